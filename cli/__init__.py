@@ -1,0 +1,1 @@
+"""The `foldnorm` command line: parse options, call one library function, render what it returns."""

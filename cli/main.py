@@ -1,0 +1,64 @@
+"""Entry point of the `foldnorm` command: subcommands, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from foldnorm import __version__
+
+
+class FoldnormGroup(click.Group):
+    """A click group that turns user errors into one line on stderr and the documented exit code.
+
+    0 ok, 1 user error, 2 usage error (click's own), 3 verification failed. Anything else is a bug and
+    keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand, mapping `FoldnormError` to its exit code."""
+        from foldnorm.errors import FoldnormError
+
+        try:
+            return super().invoke(ctx)
+        except FoldnormError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=FoldnormGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="foldnorm")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Fold BatchNorm into neighbouring linear ops of ONNX models, verify, and benchmark.
+
+    \b
+    foldnorm export resnet-bn -o model.onnx       # faithful, unfolded ONNX from PyTorch
+    foldnorm fold model.onnx -o folded.onnx       # fold, verify, report every norm node
+    foldnorm bench                                # the whole job on the built-in default model
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _register() -> None:
+    from .bench_cmd import bench
+    from .export_cmd import export
+    from .fold_cmd import fold
+
+    for command in (export, fold, bench):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="foldnorm")

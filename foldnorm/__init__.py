@@ -1,0 +1,39 @@
+"""foldnorm: fold BatchNorm into neighbouring linear ops in ONNX graphs, prove the other norms stayed intact,
+and benchmark folded against unfolded graphs.
+
+Importing foldnorm loads neither torch, onnxruntime nor tensorrt; those load inside the functions that
+need them.
+"""
+
+from foldnorm.bench import BenchResult, benchmark
+from foldnorm.compare import VerifyResult, compare_models
+from foldnorm.errors import FoldnormError, VerificationError
+from foldnorm.export import ExportResult, export_onnx
+from foldnorm.folding import FoldResult, fold_model
+from foldnorm.modelio import load_model, save_model
+from foldnorm.passes import FoldOptions
+from foldnorm.report import FoldRecord, FoldReport
+from foldnorm.workflows import FoldFileResult, fold_file
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BenchResult",
+    "ExportResult",
+    "FoldFileResult",
+    "FoldOptions",
+    "FoldRecord",
+    "FoldReport",
+    "FoldResult",
+    "FoldnormError",
+    "VerificationError",
+    "VerifyResult",
+    "__version__",
+    "benchmark",
+    "compare_models",
+    "export_onnx",
+    "fold_file",
+    "fold_model",
+    "load_model",
+    "save_model",
+]

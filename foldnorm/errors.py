@@ -1,0 +1,48 @@
+"""The one error family for user-facing problems.
+
+A `FoldnormError` carries a sentence that names the thing that is wrong and the fix. The CLI prints it on
+one line and exits with `exit_code`; anything that is not a `FoldnormError` is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class FoldnormError(Exception):
+    """A problem with the user's input or environment, not a bug in foldnorm."""
+
+    exit_code = 1
+
+
+class ModelLoadError(FoldnormError):
+    """A model file is missing, unreadable or not a valid ONNX model."""
+
+
+class InvalidModelError(FoldnormError):
+    """The model loaded but is inconsistent (e.g. BN parameters of the wrong length)."""
+
+
+class OutputPathError(FoldnormError):
+    """An output path cannot be written (missing directory, read-only, same as the input)."""
+
+
+class InputSpecError(FoldnormError):
+    """An input specification (shape, dtype, name, import spec) is malformed or does not match the model."""
+
+
+class BackendUnavailableError(FoldnormError):
+    """A requested backend cannot run on this machine."""
+
+
+class ExportError(FoldnormError):
+    """A PyTorch module could not be exported faithfully."""
+
+
+class VerificationError(FoldnormError):
+    """Two graphs that must compute the same function do not."""
+
+    exit_code = 3
+
+
+class InvariantViolation(AssertionError):
+    """A protected normalization node changed during folding: this is a bug, never a user error."""

@@ -1,0 +1,287 @@
+"""A mutable index over one ONNX graph: who produces and who consumes each value, and safe edits.
+
+The fold passes work on the protobuf directly (node metadata, doc strings, subgraphs and functions stay as
+they are). Structural edits are recorded here and applied once by `commit()`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of attribute `name` of `node` (ints, floats, strings, lists), or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
+    """Set (or replace) attribute `name` on `node`."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """The node's name, or its first output when it has none."""
+    return node.name or (node.output[0] if node.output else f"<{node.op_type}>")
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If branches, Loop/Scan bodies)."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def free_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads from its enclosing scopes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        defined.update(o for o in node.output if o)
+        used.update(i for i in node.input if i)
+        for sub in subgraphs(node):
+            used |= free_names(sub)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+class GraphIndex:
+    """Producers, consumers, initializers and types of one graph, with an optional enclosing scope."""
+
+    def __init__(self, graph: onnx.GraphProto, outer: GraphIndex | None = None, path: str = "main") -> None:
+        self.graph = graph
+        self.outer = outer
+        self.path = path
+        self._build()
+
+    def _build(self) -> None:
+        graph = self.graph
+        self.nodes: list[onnx.NodeProto] = list(graph.node)
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.graph_inputs = {i.name for i in graph.input}
+        self.graph_outputs = {o.name for o in graph.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.nodes:
+            self._link(node)
+        self.types: dict[str, onnx.TypeProto] = {}
+        for vi in [*graph.input, *graph.value_info, *graph.output]:
+            self.types[vi.name] = vi.type
+        self._removed_nodes: set[int] = set()
+        self._removed_inits: set[str] = set()
+        self._inserted: dict[int, list[onnx.NodeProto]] = {}
+        self._names: set[str] | None = None
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def _link(self, node: onnx.NodeProto) -> None:
+        for out in node.output:
+            if out:
+                self.producer[out] = node
+        for inp in node.input:
+            if inp:
+                self.consumers[inp].append(node)
+        for sub in subgraphs(node):
+            for name in free_names(sub):
+                self.consumers[name].append(node)
+
+    def _unlink(self, node: onnx.NodeProto) -> None:
+        for out in node.output:
+            if out and self.producer.get(out) is node:
+                del self.producer[out]
+        names = [i for i in node.input if i]
+        for sub in subgraphs(node):
+            names.extend(free_names(sub))
+        for name in names:
+            users = self.consumers.get(name)
+            if users:
+                for k, user in enumerate(users):
+                    if user is node:
+                        del users[k]
+                        break
+
+    def uses(self, name: str) -> int:
+        """How many nodes read `name` in this graph, plus one if it is a graph output."""
+        return len(self.consumers.get(name, ())) + (1 if name in self.graph_outputs else 0)
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The single node reading `name`, or None if it has several readers or is a graph output."""
+        users = self.consumers.get(name, ())
+        if len(users) == 1 and name not in self.graph_outputs:
+            return users[0]
+        return None
+
+    def local_initializer(self, name: str) -> onnx.TensorProto | None:
+        """The initializer `name` of this graph when it is a true constant (not overridable as an input)."""
+        tensor = self.initializers.get(name)
+        if tensor is None or name in self.graph_inputs:
+            return None
+        return tensor
+
+    def is_graph_input(self, name: str) -> bool:
+        """Whether `name` is fed from outside (an input of this or an enclosing graph, not produced here)."""
+        scope: GraphIndex | None = self
+        while scope is not None:
+            if name in scope.graph_inputs:
+                return True
+            if name in scope.producer or name in scope.initializers:
+                return False
+            scope = scope.outer
+        return False
+
+    def elem_type(self, name: str) -> int | None:
+        """The ONNX element type of a value, when the graph records it."""
+        scope: GraphIndex | None = self
+        while scope is not None:
+            if name in scope.initializers:
+                return scope.initializers[name].data_type
+            t = scope.types.get(name)
+            if t is not None and t.HasField("tensor_type"):
+                return t.tensor_type.elem_type
+            producer = scope.producer.get(name)
+            if producer is not None and producer.op_type in ("Constant",):
+                value = attr(producer, "value")
+                if isinstance(value, onnx.TensorProto):
+                    return value.data_type
+            if name in scope.producer or name in scope.graph_inputs:
+                return None
+            scope = scope.outer
+        return None
+
+    def shape(self, name: str) -> list[int | str | None] | None:
+        """The recorded shape of a value (ints, symbolic names or None per dim), when known."""
+        if name in self.initializers:
+            return list(self.initializers[name].dims)
+        t = self.types.get(name)
+        if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+            return self.outer.shape(name) if self.outer and name not in self.producer else None
+        dims: list[int | str | None] = []
+        for d in t.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return dims
+
+    # ---- names ---------------------------------------------------------------------------------------
+    def fresh_name(self, base: str) -> str:
+        """A value name not used in this graph, derived deterministically from `base`."""
+        if self._names is None:
+            names = set(self.initializers) | set(self.producer) | self.graph_inputs | self.graph_outputs
+            names |= set(self.consumers)
+            self._names = names
+        candidate, k = base, 1
+        while candidate in self._names:
+            candidate = f"{base}_{k}"
+            k += 1
+        self._names.add(candidate)
+        return candidate
+
+    # ---- editing -------------------------------------------------------------------------------------
+    def set_input(self, node: onnx.NodeProto, index: int, name: str) -> None:
+        """Point input `index` of `node` at `name` (appending empty inputs if needed)."""
+        while len(node.input) <= index:
+            node.input.append("")
+        old = node.input[index]
+        if old:
+            users = self.consumers.get(old, [])
+            for k, user in enumerate(users):
+                if user is node:
+                    del users[k]
+                    break
+        node.input[index] = name
+        if name:
+            self.consumers[name].append(node)
+
+    def set_output(self, node: onnx.NodeProto, index: int, name: str) -> None:
+        """Rename output `index` of `node` to `name`; the old name's value_info is dropped."""
+        old = node.output[index]
+        if self.producer.get(old) is node:
+            del self.producer[old]
+        self.types.pop(old, None)
+        node.output[index] = name
+        self.producer[name] = node
+
+    def remove_node(self, node: onnx.NodeProto) -> None:
+        """Drop `node` from the graph (applied at `commit`)."""
+        self._unlink(node)
+        self._removed_nodes.add(id(node))
+
+    def insert_before(self, anchor: onnx.NodeProto, new_nodes: Iterable[onnx.NodeProto]) -> None:
+        """Insert `new_nodes` just before `anchor` (applied at `commit`)."""
+        fresh = list(new_nodes)
+        self._inserted.setdefault(id(anchor), []).extend(fresh)
+        for node in fresh:
+            self._link(node)
+
+    def add_initializer(self, base_name: str, array: np.ndarray) -> str:
+        """Add a new initializer holding `array` under a fresh name derived from `base_name`."""
+        name = self.fresh_name(base_name)
+        tensor = self.graph.initializer.add()
+        tensor.CopyFrom(numpy_helper.from_array(array, name))
+        self.initializers[name] = tensor
+        return name
+
+    def overwrite_initializer(self, name: str, array: np.ndarray) -> None:
+        """Replace the contents of a local initializer that nothing else reads."""
+        self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    def remove_if_dead(self, names: Iterable[str]) -> None:
+        """Remove initializers and constant-only producer chains behind `names` that nothing reads any more."""
+        pending = [n for n in names if n]
+        while pending:
+            name = pending.pop()
+            if self.uses(name) or name in self.graph_inputs:
+                continue
+            if name in self.initializers:
+                del self.initializers[name]
+                self._removed_inits.add(name)
+                continue
+            node = self.producer.get(name)
+            if node is None or any(self.uses(o) for o in node.output if o):
+                continue
+            if any(True for _ in subgraphs(node)):
+                continue
+            inputs = [i for i in node.input if i]
+            self.remove_node(node)
+            pending.extend(inputs)
+
+    def commit(self) -> None:
+        """Apply recorded removals and insertions to the protobuf graph, then re-index it."""
+        graph = self.graph
+        if self._removed_inits:
+            for i in reversed(range(len(graph.initializer))):
+                if graph.initializer[i].name in self._removed_inits:
+                    del graph.initializer[i]
+        if self._removed_nodes or self._inserted:
+            ordered: list[onnx.NodeProto] = []
+            for node in self.nodes:
+                ordered.extend(self._inserted.get(id(node), ()))
+                if id(node) not in self._removed_nodes:
+                    ordered.append(node)
+            copies = [onnx.NodeProto() for _ in ordered]
+            for dst, src in zip(copies, ordered):
+                dst.CopyFrom(src)
+            del graph.node[:]
+            graph.node.extend(copies)
+            live = {o for n in copies for o in n.output}
+            for i in reversed(range(len(graph.value_info))):
+                if graph.value_info[i].name not in live:
+                    del graph.value_info[i]
+        self._build()

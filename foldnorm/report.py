@@ -1,0 +1,85 @@
+"""The fold report: one record per normalization node. Its JSON form is the contract."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["folded", "skipped", "kept"]
+
+
+@dataclass
+class FoldRecord:
+    """What happened to one normalization node, and why."""
+
+    op_type: str
+    node: str
+    kind: str
+    outcome: Outcome
+    reason: str
+    target: str | None = None
+    module: str | None = None
+    graph: str = "main"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready data."""
+        return asdict(self)
+
+
+@dataclass
+class FoldReport:
+    """All records of one fold run, in graph order."""
+
+    records: list[FoldRecord] = field(default_factory=list)
+
+    def add(self, record: FoldRecord) -> None:
+        """Append one record."""
+        self.records.append(record)
+
+    def counts(self) -> dict[str, int]:
+        """How many records have each outcome."""
+        c = Counter(r.outcome for r in self.records)
+        return {k: c.get(k, 0) for k in ("folded", "skipped", "kept")}
+
+    def by_kind(self, kind: str) -> list[FoldRecord]:
+        """Records of one kind of normalization (e.g. "batchnorm")."""
+        return [r for r in self.records if r.kind == kind]
+
+    @property
+    def batchnorm_total(self) -> int:
+        """BatchNorm nodes seen (folded, skipped or kept)."""
+        return len(self.by_kind("batchnorm"))
+
+    @property
+    def folded(self) -> int:
+        """Nodes folded away."""
+        return self.counts()["folded"]
+
+    @property
+    def protected_kept(self) -> int:
+        """GroupNorm/LayerNorm/InstanceNorm (and BN standing for them) left intact."""
+        return sum(1 for r in self.records if r.kind not in ("batchnorm", "affine") and r.outcome == "kept")
+
+    def summary(self) -> str:
+        """One line: what was folded, skipped and kept."""
+        c = self.counts()
+        bn = self.batchnorm_total
+        bn_folded = sum(1 for r in self.by_kind("batchnorm") if r.outcome == "folded")
+        return (
+            f"{bn_folded}/{bn} BatchNorm folded; {c['folded']} folded, {c['skipped']} skipped, "
+            f"{c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm intact"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready data."""
+        return {
+            "records": [r.to_dict() for r in self.records],
+            "counts": self.counts(),
+            "summary": self.summary(),
+        }
+
+    def to_json(self) -> str:
+        """The report as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2)

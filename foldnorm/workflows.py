@@ -1,0 +1,65 @@
+"""File-level workflows the CLI calls: one function per command, returning a data object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from foldnorm.compare import VerifyResult, compare_models
+from foldnorm.errors import VerificationError
+from foldnorm.folding import fold_model
+from foldnorm.modelio import check_output_path, load_model, save_model
+from foldnorm.passes import FoldOptions
+from foldnorm.report import FoldReport
+
+
+@dataclass
+class FoldFileResult:
+    """A fold of one file: the report, the verification, and where the output went."""
+
+    input: str
+    output: str | None
+    report: FoldReport
+    verify: VerifyResult | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "report": self.report.to_dict(),
+            "verify": self.verify.to_dict() if self.verify else None,
+        }
+
+
+def fold_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None,
+    *,
+    verify: bool = True,
+    options: FoldOptions | None = None,
+    batch_sizes: Sequence[int] = (1, 2),
+    seed: int = 0,
+) -> FoldFileResult:
+    """Fold the model at `input_path` and write it to `output_path` (None: do not write).
+
+    With `verify` (the default) the folded model is compared with the original on ONNX Runtime first; on a
+    mismatch nothing is written and `VerificationError` is raised with the result in `.result`.
+    """
+    if output_path is not None:
+        check_output_path(output_path, input_path)
+    original = load_model(input_path)
+    folded = fold_model(original, options=options)
+    result = FoldFileResult(str(input_path), None, folded.report, None)
+    if verify:
+        result.verify = compare_models(original, folded.model, batch_sizes=batch_sizes, seed=seed)
+        if not result.verify.ok:
+            err = VerificationError(f"the folded model differs from {input_path}: {result.verify.summary()}; "
+                                    "nothing was written (please report this model)")
+            err.result = result  # type: ignore[attr-defined]
+            raise err
+    if output_path is not None:
+        result.output = str(save_model(folded.model, output_path))
+    return result

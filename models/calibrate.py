@@ -1,0 +1,40 @@
+"""Give reference modules realistic state: random affine params and BN statistics from train-mode passes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def randomize_norms(module: nn.Module, seed: int = 0) -> None:
+    """Random gamma/beta on every affine normalization; random running stats on BNs that track them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if not isinstance(m, _NORMS):
+                continue
+            weight = getattr(m, "weight", None)
+            bias = getattr(m, "bias", None)
+            if isinstance(weight, torch.Tensor):
+                weight.copy_(torch.rand(weight.shape, generator=g) * 1.5 + 0.25)
+            if isinstance(bias, torch.Tensor):
+                bias.copy_(torch.randn(bias.shape, generator=g) * 0.5)
+            mean = getattr(m, "running_mean", None)
+            var = getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(torch.randn(mean.shape, generator=g) * 0.5)
+                var.copy_(torch.rand(var.shape, generator=g) * 2.0 + 0.1)
+
+
+def calibrate(module: nn.Module, input_shape: tuple[int, ...], steps: int = 4, seed: int = 0) -> nn.Module:
+    """Randomize norms, update BN statistics with a few train-mode passes on random data, return eval mode."""
+    randomize_norms(module, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    batch = (max(input_shape[0], 4), *input_shape[1:])
+    module.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            module(torch.randn(batch, generator=g) * 1.5 + 0.3)
+    return module.eval()
