@@ -78,6 +78,36 @@ def fold_conv_transpose(
     return w_folded, b * affine.scale + affine.shift
 
 
+def fold_conv_input(
+    weight: np.ndarray, bias: np.ndarray | None, affine: ChannelAffine, group: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold `affine` applied to a Conv's INPUT into the Conv (exact only when the conv pads nothing).
+
+    Conv weight `[O, I/g, k...]`: output channel o reads input channel `(o // (O/g)) * (I/g) + j` through
+    `W[o, j]`. So `W'[o, j] = W[o, j] * s[in(o, j)]` and `b'[o] = b[o] + sum_{j,k} W[o, j, k] * t[in(o, j)]`.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    cout, cin_g = w.shape[0], w.shape[1]
+    groups = np.arange(cout) // (cout // group)
+    channel = groups[:, None] * cin_g + np.arange(cin_g)[None, :]  # [O, I/g] -> input channel
+    extra = [1] * (w.ndim - 2)
+    w_folded = w * affine.scale[channel].reshape(cout, cin_g, *extra)
+    shift = (w * affine.shift[channel].reshape(cout, cin_g, *extra)).reshape(cout, -1).sum(axis=1)
+    b = np.zeros(cout) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+    return w_folded, b + shift
+
+
+def fold_bias(bias: np.ndarray | None, affine: ChannelAffine, beta: float = 1.0) -> np.ndarray:
+    """The new bias `beta * s * C + t` with channels on the LAST axis; C may be scalar, [N], [1,N] or [M,N].
+
+    `bias=None` gives `t` ([N]). The result keeps C's rank, widened to N columns where C broadcast.
+    """
+    if bias is None:
+        return affine.shift.copy()
+    c = np.asarray(bias, dtype=np.float64)
+    return beta * c * affine.scale + affine.shift
+
+
 FP16_MAX = 65504.0
 
 

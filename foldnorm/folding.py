@@ -1,4 +1,10 @@
-"""The fold engine: visit every normalization node, fold what can be folded, record why the rest stays."""
+"""The fold engine: visit every normalization node, fold what can be folded, record why the rest stays.
+
+Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
+the Conv, which then produces the second BN's input). Per-channel Mul/Add/Sub/Div with a constant are folded
+the same way when a linear producer precedes them. If/Loop/Scan bodies and model-local functions are folded
+too; weights from an enclosing graph are copied into the subgraph, never edited.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
+from onnx import helper
 
-from foldnorm.bn_math import batchnorm_affine
 from foldnorm.constants import ConstantResolver
-from foldnorm.errors import InvalidModelError
-from foldnorm.graph import GraphIndex, attr, node_label
+from foldnorm.graph import GraphIndex, node_label
 from foldnorm.modelio import ModelLike, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
-from foldnorm.passes import DEFAULT_PASSES, BatchNormParams, BatchNormPass, FoldContext, FoldOptions, Plan
+from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
+from foldnorm.passes.affine import affine_operand, affine_params
+from foldnorm.passes.common import batchnorm_params
+from foldnorm.passes.standalone import lower_to_affine
 from foldnorm.report import FoldRecord, FoldReport
 
 log = logging.getLogger(__name__)
@@ -38,13 +45,18 @@ def fold_model(
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of `source` (a path or `ModelProto`; never modified).
 
-    Returns a new model and a report with one record per normalization node. Protected normalizations
-    (GroupNorm, LayerNorm, InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`.
+    Returns a new model and a report with one record per normalization node (and per folded or refused
+    per-channel Mul/Add/Sub/Div after a linear op). Protected normalizations (GroupNorm, LayerNorm,
+    InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`.
     """
-    model = copy.deepcopy(load_model(source))
+    model = load_model(source)
+    if isinstance(source, onnx.ModelProto):
+        model = copy.deepcopy(model)  # a file was loaded fresh; a caller's object must stay as it is
     opts = options or FoldOptions()
     report = FoldReport()
     _fold_graph(model.graph, None, None, "main", opts, passes, report)
+    for function in model.functions:
+        _fold_function(function, opts, passes, report)
     return FoldResult(model, report)
 
 
@@ -62,10 +74,14 @@ def _fold_graph(
     before = protected_fingerprints(index, constants)
     ctx = FoldContext(index, constants, options)
     for node in list(index.nodes):
+        if index.is_removed(node):
+            continue
         if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
             report.add(_visit_batchnorm(ctx, node, passes))
         elif (info := classify(index, node, constants)) is not None:
             report.add(_record(node, info.kind, "kept", info.reason, path=path))
+        elif (record := _visit_affine(ctx, node, passes)) is not None:
+            report.add(record)
     index.commit()
     check_protected(before, protected_fingerprints(index, ConstantResolver(index, outer_constants)))
     for node in index.nodes:
@@ -74,6 +90,21 @@ def _fold_graph(
             for k, sub in enumerate(subs):
                 sub_path = f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else "")
                 _fold_graph(sub, index, constants, sub_path, options, passes, report)
+
+
+def _fold_function(function: onnx.FunctionProto, options: FoldOptions, passes: Sequence[BatchNormPass],
+                   report: FoldReport) -> None:
+    """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
+    graph = helper.make_graph(list(function.node), function.name,
+                              [helper.make_empty_tensor_value_info(n) for n in function.input],
+                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    folded_before = report.folded
+    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, passes, report)
+    if report.folded == folded_before:
+        return
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
+    del function.node[:]
+    function.node.extend([*constants, *graph.node])
 
 
 def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
@@ -96,47 +127,95 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto, passes: Sequence[Batc
     info = classify(index, bn, ctx.constants)
     if info is not None and info.protected:
         return _record(bn, info.kind, "kept", info.reason, path=path)
-    params = _batchnorm_params(ctx, bn)
+    params = batchnorm_params(ctx, bn)
     if isinstance(params, str):
         return _record(bn, "batchnorm", "skipped", params, path=path)
     reasons: list[str] = []  # sentences from fold rules that applied but refused
     context: list[str] = []  # why no rule applied at all
     producer = index.producer.get(bn.input[0])
-    if producer is None:
-        context.append("its input is a graph input")
-    elif not (after := [p for p in passes if p.position == "after" and producer.op_type in p.op_types]):
-        context.append(f"its input comes from {producer.op_type} {node_label(producer)}, which is not linear")
-    elif index.uses(producer.output[0]) > 1 or producer.output[0] in index.graph_outputs:
-        reasons.append(_fanout_reason(index, producer))
-    elif (plan := _first_plan(ctx, bn, producer, params, after, reasons)) is not None:
-        return _apply(bn, plan, path)
+    plan = _fold_after(ctx, bn, producer, params, passes, reasons, context)
+    if plan is not None:
+        return _apply(ctx, bn, "batchnorm", plan)
     consumer = index.only_consumer(bn.output[0])
-    before = [p for p in passes if p.position == "before" and consumer is not None and consumer.op_type in p.op_types]
-    if consumer is not None and before:
+    if consumer is not None:
+        before = [p for p in passes if p.position == "before" and consumer.op_type in p.op_types
+                  and p.accepts(ctx, consumer)]
         plan = _first_plan(ctx, bn, consumer, params, before, reasons)
         if plan is not None:
-            return _apply(bn, plan, path)
-    if reasons:
-        return _record(bn, "batchnorm", "skipped", "; ".join(reasons), path=path)
-    return _record(bn, "batchnorm", "kept", "standalone: " + "; ".join(context) + ", and nothing after it "
-                   "takes a fold", path=path)
+            return _apply(ctx, bn, "batchnorm", plan)
+    why = "; ".join(reasons) if reasons else \
+        "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
+    if ctx.options.standalone_bn == "affine":
+        lowered = lower_to_affine(ctx, bn, params)
+        if isinstance(lowered, Plan):
+            lowered.note = f"{lowered.note} (not folded: {why})"
+            return _apply(ctx, bn, "batchnorm", lowered)
+        why = f"{why}; {lowered}"
+    return _record(bn, "batchnorm", "skipped" if reasons else "kept", why, path=path)
 
 
-def _first_plan(ctx: FoldContext, bn: onnx.NodeProto, neighbour: onnx.NodeProto, params: BatchNormParams,
+def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[BatchNormPass]) -> FoldRecord | None:
+    """Fold a per-channel Mul/Add/Sub/Div with a constant into the linear op before it (None: not a candidate)."""
+    operand = affine_operand(ctx, node)
+    if operand is None:
+        return None
+    data, constant, const_index = operand
+    producer = ctx.index.producer.get(data)
+    if producer is None or (node.op_type in ("Add", "Sub") and producer.op_type == "MatMul"):
+        return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
+    if not _after_passes(ctx, producer, passes):
+        return None
+    params = affine_params(node, constant, const_index)
+    if isinstance(params, str):
+        return _record(node, "affine", "skipped", params, path=ctx.index.path)
+    reasons: list[str] = []
+    plan = _fold_after(ctx, node, producer, params, passes, reasons, [])
+    if plan is not None:
+        return _apply(ctx, node, "affine", plan)
+    return _record(node, "affine", "skipped", "; ".join(reasons), path=ctx.index.path)
+
+
+def _after_passes(ctx: FoldContext, producer: onnx.NodeProto,
+                  passes: Sequence[BatchNormPass]) -> list[BatchNormPass]:
+    return [p for p in passes if p.position == "after" and producer.op_type in p.op_types
+            and p.accepts(ctx, producer)]
+
+
+def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto | None, params: ChannelParams,
+                passes: Sequence[BatchNormPass], reasons: list[str], context: list[str]) -> Plan | None:
+    """Try the passes that fold `node` into the `producer` of its input."""
+    index = ctx.index
+    if producer is None:
+        context.append("its input is a graph input")
+        return None
+    after = _after_passes(ctx, producer, passes)
+    if not after:
+        context.append(f"its input comes from {producer.op_type} {node_label(producer)}, which is not linear")
+        return None
+    if index.uses(producer.output[0]) > 1 or producer.output[0] in index.graph_outputs:
+        reasons.append(_fanout_reason(index, producer))
+        return None
+    return _first_plan(ctx, node, producer, params, after, reasons)
+
+
+def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
                 candidates: Sequence[BatchNormPass], reasons: list[str]) -> Plan | None:
     for p in candidates:
-        verdict = p.check(ctx, bn, neighbour, params)
+        verdict = p.check(ctx, node, neighbour, params)
         if isinstance(verdict, Plan):
             return verdict
         reasons.append(verdict)
     return None
 
 
-def _apply(bn: onnx.NodeProto, plan: Plan, path: str) -> FoldRecord:
-    record = _record(bn, "batchnorm", "folded", plan.note or f"folded into {plan.target.op_type}",
-                     path=path, target=plan.target)
+def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> FoldRecord:
+    label = node_label(node)  # before the rewrite: an unnamed node is labelled by its output
+    ctx.notes.clear()
     plan.apply()
-    log.debug("folded %s into %s", node_label(bn), node_label(plan.target))
+    reason = "; ".join([plan.note or f"folded into {plan.target.op_type}", *ctx.notes])
+    record = _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
+    record.node = label
+    log.debug("folded %s into %s", label, node_label(plan.target))
     return record
 
 
@@ -146,30 +225,3 @@ def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:
         return f"the output of {producer.op_type} {node_label(producer)} is also a graph output"
     return (f"the output of {producer.op_type} {node_label(producer)} is also read by "
             f"{index.uses(out) - 1} other node(s)")
-
-
-def _batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> BatchNormParams | str:
-    if attr(bn, "training_mode", 0):
-        return "training_mode=1: the node computes batch statistics"
-    if attr(bn, "spatial", 1) == 0:
-        return "spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported"
-    if len([o for o in bn.output if o]) > 1:
-        return "the node also outputs running statistics (training graph)"
-    values = []
-    for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
-        value = ctx.constant(name)
-        if value is None:
-            where = "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
-            return f"its {role} {name!r} is {where}, not a constant"
-        values.append(value)
-    sizes = {v.size for v in values}
-    if len(sizes) != 1:
-        raise InvalidModelError(
-            f"BatchNormalization {node_label(bn)} has parameters of different lengths "
-            f"{[v.size for v in values]}; fix the model (re-export it) before folding."
-        )
-    eps = float(attr(bn, "epsilon", 1e-5))
-    affine = batchnorm_affine(values[0], values[1], values[2], values[3], eps)
-    if not (np.all(np.isfinite(affine.scale)) and np.all(np.isfinite(affine.shift))):
-        return "its scale or shift is not finite (a zero variance with eps = 0?)"
-    return BatchNormParams(affine, values[0].dtype)

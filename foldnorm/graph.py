@@ -223,6 +223,10 @@ class GraphIndex:
         self._unlink(node)
         self._removed_nodes.add(id(node))
 
+    def is_removed(self, node: onnx.NodeProto) -> bool:
+        """Whether `node` was removed since the last `commit`."""
+        return id(node) in self._removed_nodes
+
     def insert_before(self, anchor: onnx.NodeProto, new_nodes: Iterable[onnx.NodeProto]) -> None:
         """Insert `new_nodes` just before `anchor` (applied at `commit`)."""
         fresh = list(new_nodes)

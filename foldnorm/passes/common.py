@@ -1,40 +1,121 @@
-"""Checks shared by the passes that fold into a producer's weights."""
+"""Checks and rewrites shared by the passes that fold into a neighbour's weights."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 
+from foldnorm.bn_math import batchnorm_affine, emit
 from foldnorm.errors import InvalidModelError
-from foldnorm.graph import node_label
-from foldnorm.passes.base import FoldContext
+from foldnorm.graph import attr, node_label
+from foldnorm.passes.base import ChannelParams, FoldContext, Plan, is_float
+
+
+def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | str:
+    """A BatchNormalization's inference map resolved to constants, or why it has none.
+
+    Parameters of different lengths make the model invalid (`InvalidModelError`), not a skip.
+    """
+    if attr(bn, "training_mode", 0):
+        return "training_mode=1: the node computes batch statistics"
+    if attr(bn, "spatial", 1) == 0:
+        return "spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported"
+    if len([o for o in bn.output if o]) > 1:
+        return "the node also outputs running statistics (training graph)"
+    values = []
+    for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
+        value = ctx.constant(name)
+        if value is None:
+            where = "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
+            return f"its {role} {name!r} is {where}, not a constant"
+        values.append(value)
+    sizes = {v.size for v in values}
+    if len(sizes) != 1:
+        raise InvalidModelError(
+            f"BatchNormalization {node_label(bn)} has parameters of different lengths "
+            f"{[v.size for v in values]}; fix the model (re-export it) before folding."
+        )
+    eps = float(attr(bn, "epsilon", 1e-5))
+    affine = batchnorm_affine(values[0], values[1], values[2], values[3], eps)
+    if not (np.all(np.isfinite(affine.scale)) and np.all(np.isfinite(affine.shift))):
+        return "its scale or shift is not finite (a zero variance with eps = 0?)"
+    return ChannelParams(affine, values[0].dtype)
 
 
 def constant_weights(
-    ctx: FoldContext, node: onnx.NodeProto, channels: int, out_axis: int, out_channels: int | None = None
+    ctx: FoldContext, node: onnx.NodeProto, bias_index: int = 2
 ) -> tuple[np.ndarray, np.ndarray | None] | str:
-    """Resolve a producer's weight (input 1) and optional bias (input 2) to constants.
+    """Resolve a neighbour's weight (input 1) and optional bias (input `bias_index`) to constants.
 
-    Returns `(weight, bias_or_None)`, or a reason sentence when either is not a constant. A channel count
-    that disagrees with the BN is an invalid model, not a skip.
+    Returns `(weight, bias_or_None)`, or a reason sentence when either is not a constant.
     """
     label = node_label(node)
+    if len(node.input) < 2 or not node.input[1]:
+        return f"{node.op_type} {label} has no weight input"
     weight_name = node.input[1]
     weight = ctx.constant(weight_name)
     if weight is None:
         where = "a graph input" if ctx.index.is_graph_input(weight_name) else "computed at run time"
         return f"the weight {weight_name!r} of {node.op_type} {label} is {where}, not a constant"
-    if not np.issubdtype(weight.dtype, np.floating) and weight.dtype.name != "bfloat16":
+    if not is_float(weight):
         return f"the weight of {node.op_type} {label} is {weight.dtype.name}, not a float type"
     bias = None
-    if len(node.input) > 2 and node.input[2]:
-        bias = ctx.constant(node.input[2])
+    if len(node.input) > bias_index and node.input[bias_index]:
+        bias = ctx.constant(node.input[bias_index])
         if bias is None:
-            return f"the bias {node.input[2]!r} of {node.op_type} {label} is not a constant"
-    found = out_channels if out_channels is not None else weight.shape[out_axis]
-    if found != channels:
-        raise InvalidModelError(
-            f"{node.op_type} {label} has {found} output channels but the BatchNormalization after it has "
-            f"{channels} parameters; fix the model (re-export it) before folding."
-        )
+            return f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant"
     return weight, bias
+
+
+def require_channels(bn: onnx.NodeProto, node: onnx.NodeProto, found: int, channels: int) -> None:
+    """A BatchNorm whose length disagrees with its neighbour's channel count is an invalid model."""
+    if bn.op_type == "BatchNormalization" and channels != found:
+        raise InvalidModelError(
+            f"{node.op_type} {node_label(node)} has {found} channels but BatchNormalization {node_label(bn)} "
+            f"next to it has {channels} parameters; fix the model (re-export it) before folding."
+        )
+
+
+def rewrite_plan(
+    ctx: FoldContext,
+    node: onnx.NodeProto,
+    target: onnx.NodeProto,
+    weight: tuple[np.ndarray, np.dtype, int],
+    bias: tuple[np.ndarray, int],
+    position: str = "after",
+    reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None,
+    also: Callable[[], None] | None = None,
+) -> Plan | str:
+    """Emit folded `(w64, dtype, channel_axis)` and `(b64, bias_input_index)` into `target`, removing `node`.
+
+    Both are rounded once to the target's weight dtype; a value that would overflow or underflow refuses
+    the fold with the reason. `position="after"`: `target` produces `node`'s input (it takes over node's
+    output name); `"before"`: `target` consumes node's output (it reads node's input instead).
+    `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs last
+    (e.g. an attribute change).
+    """
+    w64, dtype, axis = weight
+    b64, bias_index = bias
+    label = node_label(target)
+    new_w, problem = emit(w64, dtype, channel_axis=axis)
+    if new_w is None:
+        return f"not folded into {target.op_type} {label}: {problem}"
+    if reshape_weight is not None:
+        new_w = reshape_weight(new_w)
+    new_b, problem = emit(b64, dtype, channel_axis=b64.ndim - 1 if b64.ndim else 0)
+    if new_b is None:
+        return f"not folded into {target.op_type} {label}: bias {problem}"
+
+    def apply() -> None:
+        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
+        ctx.set_param(target, bias_index, np.ascontiguousarray(new_b), "bias")
+        if position == "after":
+            ctx.absorb(node, target)
+        else:
+            ctx.bypass(node, target)
+        if also is not None:
+            also()
+
+    return Plan(target, apply)

@@ -1,4 +1,4 @@
-"""BatchNormalization after Conv (1D/2D/3D, any group count, with or without bias).
+"""BatchNormalization (or a per-channel affine) after Conv (1D/2D/3D, any group count, bias or not).
 
     Y = BN(Conv(X, W, b))   →   Y = Conv(X, W', b')
     W'[o] = W[o] * s[o],   b' = s * b + t         (s, t: the BN's affine map, in float64)
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import onnx
 
-from foldnorm.bn_math import emit, fold_conv
-from foldnorm.graph import node_label
-from foldnorm.passes.base import BatchNormParams, FoldContext, Plan
-from foldnorm.passes.common import constant_weights
+from foldnorm.bn_math import fold_conv
+from foldnorm.passes.base import ChannelParams, FoldContext, Plan
+from foldnorm.passes.common import constant_weights, require_channels, rewrite_plan
 
 
 class ConvBatchNorm:
@@ -27,24 +25,20 @@ class ConvBatchNorm:
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("Conv",)
 
+    def accepts(self, ctx: FoldContext, conv: onnx.NodeProto) -> bool:
+        """Every Conv is linear in its output channels."""
+        return True
+
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
-              params: BatchNormParams) -> Plan | str:
+              params: ChannelParams) -> Plan | str:
         """Compute the folded Conv weights, or say why the BN must stay."""
-        loaded = constant_weights(ctx, conv, params.channels, out_axis=0)
+        loaded = constant_weights(ctx, conv)
         if isinstance(loaded, str):
             return loaded
         weight, bias = loaded
-        w64, b64 = fold_conv(weight, bias, params.affine)
-        new_w, problem = emit(w64, weight.dtype, channel_axis=0)
-        if new_w is None:
-            return f"not folded into {node_label(conv)}: {problem}"
-        new_b, problem = emit(b64, weight.dtype)
-        if new_b is None:
-            return f"not folded into {node_label(conv)}: bias {problem}"
-
-        def apply() -> None:
-            ctx.set_param(conv, 1, np.ascontiguousarray(new_w), "weight")
-            ctx.set_param(conv, 2, np.ascontiguousarray(new_b), "bias")
-            ctx.absorb(bn, conv)
-
-        return Plan(conv, apply)
+        require_channels(bn, conv, weight.shape[0], params.channels)
+        affine = params.on_axis(weight.ndim, 1, weight.shape[0])
+        if isinstance(affine, str):
+            return affine
+        w64, b64 = fold_conv(weight, bias, affine)
+        return rewrite_plan(ctx, bn, conv, (w64, weight.dtype, 0), (b64, 2))

@@ -1,0 +1,52 @@
+"""BatchNormalization (or a per-channel affine) after Gemm, any transA/transB/alpha/beta and bias shape.
+
+    Y = BN(alpha * A' B' + beta * C)   →   Y = alpha * A' B'' + 1 * C''
+    B''[:, n] = B'[:, n] * s[n]   (B itself is scaled along axis 0 when transB=1, axis 1 otherwise)
+    C'' = beta * s * C + t        (C: absent → t as a new [N] bias; scalar, [N], [1,N], [M,1] or [M,N])
+
+`beta` becomes 1, so a C that was ignored (beta = 0) stays ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import onnx
+
+from foldnorm.bn_math import fold_bias, fold_output_channels
+from foldnorm.graph import attr, set_attr
+from foldnorm.passes.base import ChannelParams, FoldContext, Plan
+from foldnorm.passes.common import constant_weights, require_channels, rewrite_plan
+
+
+class GemmBatchNorm:
+    """Fold a BatchNormalization into the Gemm that produces its input."""
+
+    name = "gemm-bn"
+    position: Literal["after", "before"] = "after"
+    op_types: tuple[str, ...] = ("Gemm",)
+
+    def accepts(self, ctx: FoldContext, gemm: onnx.NodeProto) -> bool:
+        """Every Gemm is linear in its output columns."""
+        return True
+
+    def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto,
+              params: ChannelParams) -> Plan | str:
+        """Compute the folded Gemm weight and bias, or say why the BN must stay."""
+        loaded = constant_weights(ctx, gemm)
+        if isinstance(loaded, str):
+            return loaded
+        weight, bias = loaded
+        if weight.ndim != 2:
+            return f"the Gemm weight has rank {weight.ndim}, not 2"
+        axis = 0 if attr(gemm, "transB", 0) else 1
+        channels = weight.shape[axis]
+        require_channels(bn, gemm, channels, params.channels)
+        affine = params.on_axis(2, 1, channels)
+        if isinstance(affine, str):
+            return affine
+        beta = float(attr(gemm, "beta", 1.0))
+        w64, _ = fold_output_channels(weight, None, affine, axis=axis)
+        b64 = fold_bias(bias if beta != 0 else None, affine, beta)
+        return rewrite_plan(ctx, bn, gemm, (w64, weight.dtype, axis), (b64, 2),
+                            also=lambda: set_attr(gemm, "beta", 1.0))
