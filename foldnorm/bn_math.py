@@ -36,7 +36,8 @@ def batchnorm_affine(
 ) -> ChannelAffine:
     """The affine map of an inference BatchNorm, computed in float64."""
     g, b, m, v = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (gamma, beta, mean, var))
-    scale = g / np.sqrt(v + float(eps))
+    with np.errstate(divide="ignore", invalid="ignore"):  # non-finite results are refused by the caller
+        scale = g / np.sqrt(v + float(eps))
     return ChannelAffine(scale, b - m * scale)
 
 

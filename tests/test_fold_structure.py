@@ -1,0 +1,171 @@
+"""Where parameters come from and where BNs live: routed constants, shared weights, subgraphs, functions,
+and what the fold must preserve (names, metadata, external data, idempotence)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from builders import assert_close, bn_inputs, bn_params, parse, run_ort
+from fold_helpers import assert_folds
+
+from foldnorm import fold_model, load_model, save_model
+
+
+def x_feed(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+
+
+def test_params_routed_through_identity_constant_and_expand(rng: np.random.Generator) -> None:
+    p = bn_params("bn", 6, rng)
+    w = rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32)
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {
+        W = Identity (W0)
+        zero = Constant <value = float {0.0}> ()
+        shape = Shape <start = 0, end = 1> (W)
+        b = Expand (zero, shape)
+        s = Cast <to = 1> (bn_scale0)
+        c = Conv <pads = [1, 1, 1, 1]> (x, W, b)
+        y = BatchNormalization (c, s, bn_bias, bn_mean, bn_var)
+    }
+    """, {"W0": w, "bn_scale0": p.pop("bn_scale").astype(np.float64), **p})
+    result = assert_folds(model, x_feed(rng))
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+    assert {t.name for t in result.model.graph.initializer} == {"c.weight", "c.bias"}
+
+
+def test_shared_weight_is_duplicated_never_edited(rng: np.random.Generator) -> None:
+    w = rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y, float[N, 6, 6, 6] z) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("a")})
+        d = Conv <pads = [1, 1, 1, 1]> (x, W)
+        z = BatchNormalization (d, {bn_inputs("b")})
+    }}
+    """, {"W": w, **bn_params("a", 6, rng), **bn_params("b", 6, rng)})
+    result = assert_folds(model, x_feed(rng), folded=2)
+    assert "shared with other nodes" in result.report.records[0].reason
+    assert "shared" not in result.report.records[1].reason  # by then the second conv was W's only reader
+    assert len({n.input[1] for n in result.model.graph.node}) == 2
+
+
+def test_bn_in_if_branch_with_outer_scope_weights(rng: np.random.Generator) -> None:
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x, bool cond) => (float[N, 6, 6, 6] y) {{
+        y = If (cond) <
+            then_branch = t () => (float[N, 6, 6, 6] ty) {{
+                c = Conv <pads = [1, 1, 1, 1]> (x, W)
+                ty = BatchNormalization (c, {bn_inputs("bn")})
+            }},
+            else_branch = e () => (float[N, 6, 6, 6] ey) {{
+                ey = Conv <pads = [1, 1, 1, 1]> (x, W)
+            }}
+        >
+    }}
+    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+    x = x_feed(rng)
+    for cond in (True, False):
+        feeds = {**x, "cond": np.array(cond)}
+        result = assert_folds(model, feeds)
+    (record,) = result.report.records
+    assert record.graph.startswith("main/y.then_branch")
+    assert "enclosing graph" in record.reason
+    outer = {t.name for t in result.model.graph.initializer}
+    assert "W" in outer  # still read by the else branch, never edited
+
+
+def test_bn_inside_model_local_function(rng: np.random.Generator) -> None:
+    p = bn_params("bn", 6, rng)
+    w = rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32)
+
+    def const(name: str, array: np.ndarray) -> str:
+        values = ", ".join(f"{v:.9g}" for v in array.reshape(-1))
+        return f"{name} = Constant <value = float[{', '.join(map(str, array.shape))}] {{{values}}}> ()"
+
+    body = "\n".join(const(k, v) for k, v in {"W": w, **p}.items())
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18, "local" : 1]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
+        y = local.Block (x)
+    }}
+    <domain: "local", opset_import: ["" : 18]>
+    Block (i) => (o) {{
+        {body}
+        c = Conv <pads = [1, 1, 1, 1]> (i, W)
+        o = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """)
+    x = x_feed(rng)
+    result = fold_model(model)
+    (record,) = result.report.records
+    assert (record.outcome, record.graph) == ("folded", "function local.Block")
+    assert not any(n.op_type == "BatchNormalization" for n in result.model.functions[0].node)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_close(run_ort(model, x), run_ort(result.model, x))
+
+
+def test_names_metadata_and_doc_strings_are_preserved(rng: np.random.Generator) -> None:
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18, "com.example" : 1], producer_name: "unit", model_version: 7>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+    model.doc_string = "model doc"
+    model.graph.doc_string = "graph doc"
+    onnx.helper.set_model_props(model, {"author": "me"})
+    conv = model.graph.node[0]
+    conv.doc_string = "conv doc"
+    conv.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'layer1', 'layer1.conv']")
+    result = fold_model(model)
+    out = result.model
+    assert (out.doc_string, out.graph.doc_string, out.producer_name, out.model_version) == \
+        ("model doc", "graph doc", "unit", 7)
+    assert list(out.opset_import) == list(model.opset_import)
+    assert list(out.metadata_props) == list(model.metadata_props)
+    (node,) = out.graph.node
+    assert node.doc_string == "conv doc" and list(node.metadata_props) == list(conv.metadata_props)
+
+
+def test_fold_twice_changes_nothing_on_a_mixed_model(rng: np.random.Generator) -> None:
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y, float[N, 6, 6, 6] z) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("a")})
+        r = Relu (y)
+        z = BatchNormalization (r, {bn_inputs("b")})
+    }}
+    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("a", 6, rng),
+          **bn_params("b", 6, rng)})
+    once = fold_model(model)
+    twice = fold_model(once.model)
+    assert twice.model.SerializeToString() == once.model.SerializeToString()
+    assert [r.outcome for r in twice.report.records] == ["kept"]
+
+
+def test_external_data_is_read_and_written(rng: np.random.Generator, tmp_path: Path) -> None:
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 64, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, {"W": rng.normal(0, 0.5, (64, 4, 3, 3)).astype(np.float32), **bn_params("bn", 64, rng)})
+    x = x_feed(rng)
+    expected = run_ort(model, x)
+    src = tmp_path / "in.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="in.onnx.data", size_threshold=256)
+    data_before = (tmp_path / "in.onnx.data").read_bytes()
+    result = fold_model(src)
+    out = save_model(result.model, tmp_path / "out.onnx", external_data=True)
+    assert (tmp_path / "in.onnx.data").read_bytes() == data_before
+    assert (tmp_path / "out.onnx.data").exists()
+    assert_close(expected, run_ort(load_model(out), x))
