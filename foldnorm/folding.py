@@ -60,6 +60,14 @@ def fold_model(
     return FoldResult(model, report)
 
 
+def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> FoldReport:
+    """What `fold_model` would do to `source`, without writing anything: the report of a fold run on a copy.
+
+    `folded` in the report means "can be folded"; `skipped` and `kept` carry the reason.
+    """
+    return fold_model(source, options=options).report
+
+
 def _fold_graph(
     graph: onnx.GraphProto,
     outer_index: GraphIndex | None,

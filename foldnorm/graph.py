@@ -6,6 +6,7 @@ they are). Structural edits are recorded here and applied once by `commit()`.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -244,7 +245,16 @@ class GraphIndex:
 
     def overwrite_initializer(self, name: str, array: np.ndarray) -> None:
         """Replace the contents of a local initializer that nothing else reads."""
-        self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+        tensor = self.initializers[name]
+        same = (tensor.data_location != onnx.TensorProto.EXTERNAL and list(tensor.dims) == list(array.shape)
+                and tensor.data_type == onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+                and array.dtype.itemsize in (2, 4, 8) and sys.byteorder == "little")
+        if not same:
+            tensor.CopyFrom(numpy_helper.from_array(array, name))
+            return
+        for typed in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(typed)  # raw bytes are written in place: one copy fewer for big weights
+        tensor.raw_data = np.ascontiguousarray(array).tobytes()
 
     def remove_if_dead(self, names: Iterable[str]) -> None:
         """Remove initializers and constant-only producer chains behind `names` that nothing reads any more."""

@@ -78,7 +78,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     """
     out = check_output_path(output)
     if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        external_data = _estimated_size(model) > EXTERNAL_DATA_THRESHOLD
     tmpdir = Path(tempfile.mkdtemp(prefix=".foldnorm-", dir=out.parent))
     try:
         tmp_model = tmpdir / out.name
@@ -108,6 +108,22 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
         with contextlib.suppress(OSError):
             tmpdir.rmdir()
     return out
+
+
+def _estimated_size(model: onnx.ModelProto) -> int:
+    """Bytes the model will take, from its tensors' shapes (`ByteSize()` costs as much as serializing)."""
+    size = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        size += count * (onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+                         if tensor.data_type != onnx.TensorProto.STRING else 64)
+    # Nodes (Constant values and subgraphs included) and functions are measured exactly: they are small.
+    size += sum(node.ByteSize() for node in model.graph.node)
+    return size + sum(f.ByteSize() for f in model.functions)
 
 
 def _first_line(exc: BaseException) -> str:

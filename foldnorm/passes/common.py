@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from foldnorm.bn_math import batchnorm_affine, emit
+from foldnorm.bn_math import Scaled, batchnorm_affine, emit
 from foldnorm.errors import InvalidModelError
 from foldnorm.graph import attr, node_label
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, is_float
@@ -82,7 +82,7 @@ def rewrite_plan(
     ctx: FoldContext,
     node: onnx.NodeProto,
     target: onnx.NodeProto,
-    weight: tuple[np.ndarray, np.dtype, int],
+    weight: tuple[np.ndarray | Scaled, np.dtype, int],
     bias: tuple[np.ndarray, int],
     position: str = "after",
     reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None,
