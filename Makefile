@@ -1,5 +1,6 @@
 # `make run`: export, fold, verify and benchmark the built-in default model.
 # `make test`: ruff, mypy and the test suite. Both create .venv on first use.
+# `make fuzz`: the property tests' long profile (FUZZ_EXAMPLES per test); summary in benchmarks/results/fuzz.txt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,19 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+FUZZ_EXAMPLES ?= 1000
+FUZZ_OUT := benchmarks/results/fuzz.txt
+
+fuzz: $(STAMP)
+	mkdir -p $(dir $(FUZZ_OUT))
+	{ echo "make fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ($$(date -u '+%Y-%m-%d %H:%M UTC'))"; \
+	  FOLDNORM_FUZZ=1 FOLDNORM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	    tests/test_fold_properties.py --hypothesis-show-statistics 2>&1; echo "exit status: $$?"; } \
+	  > $(FUZZ_OUT).tmp
+	mv $(FUZZ_OUT).tmp $(FUZZ_OUT)
+	tail -n 3 $(FUZZ_OUT)
+	grep -q "exit status: 0" $(FUZZ_OUT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -50,4 +50,5 @@ def affine_params(node: onnx.NodeProto, constant: np.ndarray, const_index: int) 
     if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
         return "its constant gives a scale or shift that is not finite (a division by zero?)"
     axis = varying[0] - constant.ndim if varying else None
-    return ChannelParams(ChannelAffine(scale, shift), constant.dtype, axis=axis, const_rank=constant.ndim)
+    return ChannelParams(ChannelAffine(scale, shift), constant.dtype, axis=axis, const_rank=constant.ndim,
+                         source=node.name, strict=False)

@@ -19,6 +19,7 @@ import onnx
 
 from foldnorm.bn_math import ChannelAffine
 from foldnorm.constants import ConstantResolver
+from foldnorm.errors import InvalidModelError
 from foldnorm.graph import GraphIndex, attr, node_label
 
 # Ops whose output has the rank of their first input (used to prove ranks without shape inference).
@@ -55,6 +56,9 @@ class ChannelParams:
     axis: int | None = 1
     #: rank of the constant operand; it must not exceed the tensor's rank (broadcasting would grow it).
     const_rank: int = 0
+    #: the node the map comes from; for a BatchNorm a channel-count mismatch means an invalid model.
+    source: str = ""
+    strict: bool = True
 
     @property
     def channels(self) -> int:
@@ -86,6 +90,11 @@ class ChannelParams:
             proof = "" if rank is not None else " (the rank is unknown, so this cannot be proved)"
             return f"it acts on {where}, not on the producer's output-channel {target}{proof}"
         if self.channels != channels:
+            if self.strict:
+                raise InvalidModelError(
+                    f"BatchNormalization {self.source} has {self.channels} parameters but the op it meets has "
+                    f"{channels} channels on that axis; fix the model (re-export it) before folding."
+                )
             return f"it has {self.channels} channels but the producer has {channels} output channels"
         return self.affine
 

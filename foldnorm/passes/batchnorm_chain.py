@@ -17,7 +17,7 @@ from foldnorm.bn_math import ChannelAffine, emit
 from foldnorm.graph import attr, node_label
 from foldnorm.normalizations import classify
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan
-from foldnorm.passes.common import batchnorm_params, require_channels
+from foldnorm.passes.common import batchnorm_params
 
 
 class BatchNormChain:
@@ -39,7 +39,6 @@ class BatchNormChain:
         inner = batchnorm_params(ctx, first)
         if isinstance(inner, str):
             return f"{label} before it cannot be merged: {inner}"
-        require_channels(bn, first, inner.channels, params.channels)
         outer = params.on_axis(ctx.rank(first.output[0]), 1, inner.channels)
         if isinstance(outer, str):
             return outer

@@ -41,7 +41,7 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | st
     affine = batchnorm_affine(values[0], values[1], values[2], values[3], eps)
     if not (np.all(np.isfinite(affine.scale)) and np.all(np.isfinite(affine.shift))):
         return "its scale or shift is not finite (a zero variance with eps = 0?)"
-    return ChannelParams(affine, values[0].dtype)
+    return ChannelParams(affine, values[0].dtype, source=node_label(bn))
 
 
 def constant_weights(
@@ -67,15 +67,6 @@ def constant_weights(
         if bias is None:
             return f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant"
     return weight, bias
-
-
-def require_channels(bn: onnx.NodeProto, node: onnx.NodeProto, found: int, channels: int) -> None:
-    """A BatchNorm whose length disagrees with its neighbour's channel count is an invalid model."""
-    if bn.op_type == "BatchNormalization" and channels != found:
-        raise InvalidModelError(
-            f"{node.op_type} {node_label(node)} has {found} channels but BatchNormalization {node_label(bn)} "
-            f"next to it has {channels} parameters; fix the model (re-export it) before folding."
-        )
 
 
 def rewrite_plan(

@@ -16,7 +16,7 @@ import onnx
 from foldnorm.bn_math import fold_conv_input
 from foldnorm.graph import attr, node_label
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, group_of
-from foldnorm.passes.common import constant_weights, require_channels, rewrite_plan
+from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
 class BatchNormConv:
@@ -49,7 +49,6 @@ class BatchNormConv:
         weight, bias = loaded
         group = group_of(conv)
         channels = weight.shape[1] * group
-        require_channels(bn, conv, channels, params.channels)
         affine = params.on_axis(weight.ndim, 1, channels)
         if isinstance(affine, str):
             return affine

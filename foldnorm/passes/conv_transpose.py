@@ -14,7 +14,7 @@ import onnx
 
 from foldnorm.bn_math import fold_conv_transpose
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, group_of
-from foldnorm.passes.common import constant_weights, require_channels, rewrite_plan
+from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
 class ConvTransposeBatchNorm:
@@ -37,7 +37,6 @@ class ConvTransposeBatchNorm:
         weight, bias = loaded
         group = group_of(convt)
         channels = weight.shape[1] * group
-        require_channels(bn, convt, channels, params.channels)
         affine = params.on_axis(weight.ndim, 1, channels)
         if isinstance(affine, str):
             return affine

@@ -16,7 +16,7 @@ import onnx
 from foldnorm.bn_math import fold_bias, fold_output_channels
 from foldnorm.graph import attr, set_attr
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan
-from foldnorm.passes.common import constant_weights, require_channels, rewrite_plan
+from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
 class GemmBatchNorm:
@@ -41,7 +41,6 @@ class GemmBatchNorm:
             return f"the Gemm weight has rank {weight.ndim}, not 2"
         axis = 0 if attr(gemm, "transB", 0) else 1
         channels = weight.shape[axis]
-        require_channels(bn, gemm, channels, params.channels)
         affine = params.on_axis(2, 1, channels)
         if isinstance(affine, str):
             return affine

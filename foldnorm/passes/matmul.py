@@ -18,7 +18,7 @@ import onnx
 from foldnorm.bn_math import emit, fold_bias, fold_output_channels
 from foldnorm.graph import node_label
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, is_float
-from foldnorm.passes.common import constant_weights, require_channels
+from foldnorm.passes.common import constant_weights
 
 
 def bias_add_parts(ctx: FoldContext, add: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
@@ -73,7 +73,6 @@ class MatMulBatchNorm:
         if weight.ndim < 2:
             return f"the weight of MatMul {node_label(matmul)} has rank {weight.ndim}; its output has no column axis"
         channels = weight.shape[-1]
-        require_channels(bn, matmul, channels, params.channels)
         rank = self._rank(ctx, matmul, weight)
         bias = ctx.constant(add.input[bias_index]) if add is not None else None
         if rank is not None and bias is not None:
