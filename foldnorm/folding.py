@@ -54,7 +54,7 @@ def fold_model(
         model = copy.deepcopy(model)  # a file was loaded fresh; a caller's object must stay as it is
     opts = options or FoldOptions()
     report = FoldReport()
-    _fold_graph(model.graph, None, None, "main", opts, passes, report)
+    _fold_graph(model.graph, None, None, "main", opts, passes, report, model)
     for function in model.functions:
         _fold_function(function, opts, passes, report)
     return FoldResult(model, report)
@@ -76,11 +76,12 @@ def _fold_graph(
     options: FoldOptions,
     passes: Sequence[BatchNormPass],
     report: FoldReport,
+    model: onnx.ModelProto | None = None,
 ) -> None:
     index = GraphIndex(graph, outer_index, path)
     constants = ConstantResolver(index, outer_constants)
     before = protected_fingerprints(index, constants)
-    ctx = FoldContext(index, constants, options)
+    ctx = FoldContext(index, constants, options, model=model)
     for node in list(index.nodes):
         if index.is_removed(node):
             continue

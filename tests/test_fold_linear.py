@@ -126,7 +126,7 @@ def test_matmul_of_unknown_rank_is_not_folded(rng: np.random.Generator) -> None:
     inits = {"W": rng.normal(0, 0.5, (5, 4)).astype(np.float32), **bn_params("bn", 4, rng)}
     model = parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 5] x, int64[2] shape) => (float[N, 4] y) {{
+    g (float[N, 5] x, int64[K] shape) => (float[N, 4] y) {{
         r = Reshape (x, shape)
         m = MatMul (r, W)
         y = BatchNormalization (m, {bn_inputs("bn")})
@@ -147,3 +147,18 @@ def test_rank3_matmul_with_per_column_mul_folds(rng: np.random.Generator) -> Non
     }
     """, inits)
     assert_folds(model, {"x": rng.normal(0, 1, (2, 3, 5)).astype(np.float32)}, kind="affine", gone="Mul")
+
+
+def test_matmul_rank_proved_by_shape_inference(rng: np.random.Generator) -> None:
+    # No value_info for the ReduceMean output (the legacy exporter often records none): inference proves rank 2.
+    inits = {"W": rng.normal(0, 0.5, (5, 4)).astype(np.float32), "axes": np.array([1], np.int64),
+             **bn_params("bn", 4, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 3, 5] x) => (float[N, 4] y) {{
+        r = ReduceMean <keepdims = 0> (x, axes)
+        m = MatMul (r, W)
+        y = BatchNormalization (m, {bn_inputs("bn")})
+    }}
+    """, inits)
+    assert_folds(model, {"x": rng.normal(0, 1, (2, 3, 5)).astype(np.float32)})

@@ -169,3 +169,45 @@ def test_external_data_is_read_and_written(rng: np.random.Generator, tmp_path: P
     assert (tmp_path / "in.onnx.data").read_bytes() == data_before
     assert (tmp_path / "out.onnx.data").exists()
     assert_close(expected, run_ort(load_model(out), x))
+
+
+def test_bn_in_loop_body_folds(rng: np.random.Generator) -> None:
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x, int64 trips) => (float[N, 4, 6, 6] y) {{
+        keep = Constant <value = bool {{1}}> ()
+        y = Loop (trips, keep, x) <
+            body = b (int64 i, bool c, float[N, 4, 6, 6] h) => (bool co, float[N, 4, 6, 6] ho) {{
+                co = Identity (c)
+                v = Conv <pads = [1, 1, 1, 1]> (h, W)
+                ho = BatchNormalization (v, {bn_inputs("bn")})
+            }}
+        >
+    }}
+    """, {"W": rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, rng)})
+    result = assert_folds(model, {**x_feed(rng), "trips": np.array(2, np.int64)})
+    assert result.report.records[0].graph == "main/y.body"
+
+
+def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from foldnorm.cli.main import cli
+
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        r = Relu (x)
+        y = BatchNormalization (r, {bn_inputs("bn")})
+    }}
+    """, bn_params("bn", 4, rng))
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save_model(model, str(src))
+    result = CliRunner().invoke(cli, ["fold", str(src), "-o", str(out), "--standalone-bn", "affine",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)["report"]["records"]
+    assert record["outcome"] == "folded" and "Mul + Add" in record["reason"]
+    assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Relu", "Mul", "Add"]

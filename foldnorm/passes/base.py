@@ -121,6 +121,9 @@ class FoldContext:
     options: FoldOptions = field(default_factory=FoldOptions)
     #: sentences the last `apply()` wants in its record (e.g. a shared weight was duplicated).
     notes: list[str] = field(default_factory=list)
+    #: the model whose main graph this is, for shape inference when a rank is not recorded (None: subgraph).
+    model: onnx.ModelProto | None = None
+    _ranks: dict[str, int] | None = None
 
     def constant(self, name: str) -> np.ndarray | None:
         """The constant value of `name`, or None."""
@@ -131,12 +134,9 @@ class FoldContext:
         shape = self.index.shape(name)
         if shape is not None:
             return len(shape)
-        value = self.constants.value(name) if name in self.index.initializers else None
-        if value is not None:
-            return value.ndim
         producer = self.index.producer.get(name)
         if producer is None or depth > 32:
-            return None
+            return self._inferred_rank(name)
         op = producer.op_type
         if op in ("Conv", "ConvTranspose") and len(producer.input) > 1:
             weight = self.index.shape(producer.input[1])
@@ -148,7 +148,16 @@ class FoldContext:
             return 2
         if op in _RANK_PRESERVING and producer.input:
             return self.rank(producer.input[0], depth + 1)
-        return None
+        return self._inferred_rank(name)
+
+    def _inferred_rank(self, name: str) -> int | None:
+        if self.model is None:
+            return None
+        if self._ranks is None:
+            from foldnorm.shapes import infer_ranks
+
+            self._ranks = infer_ranks(self.model)
+        return self._ranks.get(name)
 
     def elem_type(self, name: str, depth: int = 0) -> int | None:
         """The ONNX element type of `name`: recorded, or that of the data input of a dtype-preserving producer."""
@@ -179,11 +188,12 @@ class FoldContext:
         index.set_input(node, input_index, name)
         if old:
             chain = self._source_chain(old)
+            outer = chain[-1] not in index.initializers and chain[-1] not in index.producer
             index.remove_if_dead([old])
             if any(index.uses(n) for n in chain):
                 self.notes.append(f"{suffix} {chain[-1]!r} is shared with other nodes: folded into a copy "
                                   f"{name!r}, the shared tensor is unchanged")
-            elif chain[-1] not in index.initializers and chain[-1] not in index.producer:
+            elif outer:
                 self.notes.append(f"{suffix} {chain[-1]!r} comes from an enclosing graph: folded into a "
                                   f"copy {name!r}")
         return name

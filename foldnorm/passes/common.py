@@ -100,8 +100,9 @@ def rewrite_plan(
         return f"not folded into {target.op_type} {label}: bias {problem}"
 
     def apply() -> None:
-        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
+        # The bias first: a dynamo `Expand(Shape(W))` zero bias then stops reading W before W is replaced.
         ctx.set_param(target, bias_index, np.ascontiguousarray(new_b), "bias")
+        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
         if position == "after":
             ctx.absorb(node, target)
         else:
