@@ -86,30 +86,22 @@ def test_constant_on_another_axis_with_channel_length_is_not_folded(rng: np.rand
     assert result.report.records[0].kind == "affine"
 
 
-def test_constant_varying_on_several_axes_is_not_folded(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(("shape", "out", "reason"), [
+    ((6, 1, 6), "float[N, 6, 6, 6]", "varies along several axes"),
+    ((1, 1, 6, 1, 1), "float[1, N, 6, 6, 6]", "more than the tensor's rank"),
+])
+def test_constant_that_is_not_per_channel_is_not_folded(rng: np.random.Generator, shape: tuple[int, ...], out: str,
+                                                        reason: str) -> None:
     inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32),
-             "m": rng.uniform(0.5, 2, (6, 1, 6)).astype(np.float32)}
-    model = parse("""
+             "m": rng.uniform(0.5, 2, shape).astype(np.float32)}
+    model = parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {
+    g (float[N, 4, 6, 6] x) => ({out} y) {{
         c = Conv <pads = [1, 1, 1, 1]> (x, W)
         y = Add (c, m)
-    }
+    }}
     """, inits)
-    assert_refused(model, "varies along several axes")
-
-
-def test_constant_of_higher_rank_is_not_folded(rng: np.random.Generator) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32),
-             "m": rng.uniform(0.5, 2, (1, 1, 6, 1, 1)).astype(np.float32)}
-    model = parse("""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[1, N, 6, 6, 6] y) {
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = Mul (c, m)
-    }
-    """, inits)
-    assert_refused(model, "more than the tensor's rank")
+    assert_refused(model, reason)
 
 
 def test_division_by_a_variable_is_left_alone(rng: np.random.Generator) -> None:

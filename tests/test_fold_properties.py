@@ -108,25 +108,14 @@ def conv_model(case: dict[str, Any], op: str, tail: str, extra_inits: dict[str, 
 
 
 @PROFILE
-@given(conv_cases(transpose=False))
-def test_conv_bn_property(case: dict[str, Any]) -> None:
+@given(st.booleans().flatmap(lambda transpose: conv_cases(transpose)))
+def test_conv_family_bn_property(case: dict[str, Any]) -> None:
+    """Conv or ConvTranspose (rank 1-3, groups, strides, dilations, pads, output_padding, bias) + BN."""
     rng = np.random.default_rng(case["seed"])
     np_type, rtol = TYPES[case["dtype"]]
+    op = "ConvTranspose" if "output_padding" in case else "Conv"
     cout = case["cout_g"] * case["group"]
-    model, feeds = conv_model(case, "Conv", f"y = BatchNormalization (c, {bn_inputs('bn')})",
-                              bn_params("bn", cout, rng, np_type), rng)
-    result = check(model, feeds, rtol)
-    if case["dtype"] == "float":
-        assert outcomes(result) == ["folded"]
-
-
-@PROFILE
-@given(conv_cases(transpose=True))
-def test_convtranspose_bn_property(case: dict[str, Any]) -> None:
-    rng = np.random.default_rng(case["seed"])
-    np_type, rtol = TYPES[case["dtype"]]
-    cout = case["cout_g"] * case["group"]
-    model, feeds = conv_model(case, "ConvTranspose", f"y = BatchNormalization (c, {bn_inputs('bn')})",
+    model, feeds = conv_model(case, op, f"y = BatchNormalization (c, {bn_inputs('bn')})",
                               bn_params("bn", cout, rng, np_type), rng)
     result = check(model, feeds, rtol)
     if case["dtype"] == "float":

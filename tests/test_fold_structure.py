@@ -3,12 +3,15 @@ and what the fold must preserve (names, metadata, external data, idempotence).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from builders import assert_close, bn_inputs, bn_params, parse, run_ort
+from click.testing import CliRunner
 from fold_helpers import assert_folds
+from foldnorm.cli.main import cli
 
 from foldnorm import fold_model, load_model, save_model
 
@@ -190,12 +193,6 @@ def test_bn_in_loop_body_folds(rng: np.random.Generator) -> None:
 
 
 def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) -> None:
-    import json
-
-    from click.testing import CliRunner
-
-    from foldnorm.cli.main import cli
-
     model = parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{

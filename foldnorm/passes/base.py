@@ -248,6 +248,14 @@ def group_of(node: onnx.NodeProto) -> int:
     return int(attr(node, "group", 1))
 
 
+class AnyNeighbour:
+    """Mixin for passes that take every neighbour of their `op_types` (refusals come from `check`)."""
+
+    def accepts(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
+        """Every node of the pass's op types qualifies."""
+        return True
+
+
 class BatchNormPass(Protocol):
     """Folds a per-channel affine node (a BatchNorm, or a Mul/Add/Sub/Div chain) into one neighbour."""
 

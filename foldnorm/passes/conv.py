@@ -14,20 +14,17 @@ from typing import Literal
 import onnx
 
 from foldnorm.bn_math import fold_conv
-from foldnorm.passes.base import ChannelParams, FoldContext, Plan
+from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan
 from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
-class ConvBatchNorm:
+class ConvBatchNorm(AnyNeighbour):
     """Fold a BatchNormalization into the Conv that produces its input."""
 
     name = "conv-bn"
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("Conv",)
 
-    def accepts(self, ctx: FoldContext, conv: onnx.NodeProto) -> bool:
-        """Every Conv is linear in its output channels."""
-        return True
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:

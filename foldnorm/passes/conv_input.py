@@ -15,20 +15,17 @@ import onnx
 
 from foldnorm.bn_math import fold_conv_input
 from foldnorm.graph import attr, node_label
-from foldnorm.passes.base import ChannelParams, FoldContext, Plan, group_of
+from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan, group_of
 from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
-class BatchNormConv:
+class BatchNormConv(AnyNeighbour):
     """Fold a BatchNormalization into the Conv that reads its output."""
 
     name = "bn-conv"
     position: Literal["after", "before"] = "before"
     op_types: tuple[str, ...] = ("Conv",)
 
-    def accepts(self, ctx: FoldContext, conv: onnx.NodeProto) -> bool:
-        """Any Conv may take the BN on its input channels (padding is checked with a reason)."""
-        return True
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:

@@ -13,20 +13,17 @@ from typing import Literal
 import onnx
 
 from foldnorm.bn_math import fold_conv_transpose
-from foldnorm.passes.base import ChannelParams, FoldContext, Plan, group_of
+from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan, group_of
 from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
-class ConvTransposeBatchNorm:
+class ConvTransposeBatchNorm(AnyNeighbour):
     """Fold a BatchNormalization into the ConvTranspose that produces its input."""
 
     name = "convtranspose-bn"
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("ConvTranspose",)
 
-    def accepts(self, ctx: FoldContext, convt: onnx.NodeProto) -> bool:
-        """Every ConvTranspose is linear in its output channels."""
-        return True
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, convt: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:

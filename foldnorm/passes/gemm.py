@@ -15,20 +15,17 @@ import onnx
 
 from foldnorm.bn_math import fold_bias, fold_output_channels
 from foldnorm.graph import attr, set_attr
-from foldnorm.passes.base import ChannelParams, FoldContext, Plan
+from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan
 from foldnorm.passes.common import constant_weights, rewrite_plan
 
 
-class GemmBatchNorm:
+class GemmBatchNorm(AnyNeighbour):
     """Fold a BatchNormalization into the Gemm that produces its input."""
 
     name = "gemm-bn"
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("Gemm",)
 
-    def accepts(self, ctx: FoldContext, gemm: onnx.NodeProto) -> bool:
-        """Every Gemm is linear in its output columns."""
-        return True
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:
