@@ -23,6 +23,7 @@ from foldnorm.normalizations import check_protected, classify, module_path, prot
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
 from foldnorm.passes.affine import affine_operand, affine_params
 from foldnorm.passes.common import batchnorm_params
+from foldnorm.passes.matmul import bias_add_parts
 from foldnorm.passes.standalone import lower_to_affine
 from foldnorm.report import FoldRecord, FoldReport
 
@@ -172,8 +173,8 @@ def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[Batch
     producer = ctx.index.producer.get(data)
     if producer is None or (node.op_type in ("Add", "Sub") and producer.op_type == "MatMul"):
         return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
-    if not _after_passes(ctx, producer, passes):
-        return None
+    if not _after_passes(ctx, producer, passes) or not _has_constant_weight(ctx, producer):
+        return None  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
     params = affine_params(node, constant, const_index)
     if isinstance(params, str):
         return _record(node, "affine", "skipped", params, path=ctx.index.path)
@@ -182,6 +183,13 @@ def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[Batch
     if plan is not None:
         return _apply(ctx, node, "affine", plan)
     return _record(node, "affine", "skipped", "; ".join(reasons), path=ctx.index.path)
+
+
+def _has_constant_weight(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
+    if producer.op_type == "Add":  # a MatMul's bias Add: the weight is the MatMul's
+        parts = bias_add_parts(ctx, producer)
+        producer = parts[0] if parts is not None else producer
+    return len(producer.input) > 1 and ctx.constant(producer.input[1]) is not None
 
 
 def _after_passes(ctx: FoldContext, producer: onnx.NodeProto,

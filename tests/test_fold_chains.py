@@ -177,3 +177,17 @@ def test_standalone_mixed_precision_bn_lowers_in_input_dtype(rng: np.random.Gene
     result = assert_folds(model, feeds, rtol=5e-3, options=FoldOptions(standalone_bn="affine"))
     new = [t for t in result.model.graph.initializer if "affine" in t.name]
     assert {t.data_type for t in new} == {onnx.TensorProto.FLOAT16}
+
+
+def test_attention_scale_after_dynamic_matmul_is_not_reported(rng: np.random.Generator) -> None:
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 3, 4] q, float[N, 4, 3] k) => (float[N, 3, 3] y) {
+        s = MatMul (q, k)
+        d = Constant <value = float {2.0}> ()
+        y = Div (s, d)
+    }
+    """)
+    result = fold_model(model)
+    assert result.report.records == []
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
