@@ -61,23 +61,26 @@ class Scaled:
         return out
 
 
-def fold_output_channels(
-    weight: np.ndarray, bias: np.ndarray | None, affine: ChannelAffine, axis: int = 0
-) -> tuple[Scaled, np.ndarray]:
-    """Fold `affine` into a producer whose output channel c is `weight` indexed by c along `axis`.
-
-    Returns `(weight', bias')`: the weight as an unevaluated float64 product, the bias in float64;
-    `bias=None` stands for a zero bias.
-    """
+def scale_output_channels(weight: np.ndarray, affine: ChannelAffine, axis: int = 0) -> Scaled:
+    """`weight` with output channel c (index c along `axis`) scaled by `s[c]`, as an unevaluated product."""
     shape = [1] * weight.ndim
     shape[axis] = affine.channels
-    b = np.zeros(affine.channels) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
-    return Scaled(weight, affine.scale.reshape(shape)), b * affine.scale + affine.shift
+    return Scaled(weight, affine.scale.reshape(shape))
+
+
+def fold_output_channels(
+    weight: np.ndarray, bias: np.ndarray | None, affine: ChannelAffine, axis: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold `affine` into a producer whose output channel c is `weight` indexed by c along `axis`.
+
+    Returns float64 `(weight', bias')`; `bias=None` stands for a zero bias.
+    """
+    return scale_output_channels(weight, affine, axis).exact(), fold_bias(bias, affine)
 
 
 def fold_conv(
     weight: np.ndarray, bias: np.ndarray | None, affine: ChannelAffine
-) -> tuple[Scaled, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Conv weight `[O, I/g, k...]`: output channel o is weight row o, for any group count."""
     return fold_output_channels(weight, bias, affine, axis=0)
 

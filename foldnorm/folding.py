@@ -148,9 +148,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto, passes: Sequence[Batc
         return _apply(ctx, bn, "batchnorm", plan)
     consumer = index.only_consumer(bn.output[0])
     if consumer is not None:
-        before = [p for p in passes if p.position == "before" and consumer.op_type in p.op_types
-                  and p.accepts(ctx, consumer)]
-        plan = _first_plan(ctx, bn, consumer, params, before, reasons)
+        plan = _first_plan(ctx, bn, consumer, params, _passes_for(ctx, consumer, passes, "before"), reasons)
         if plan is not None:
             return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
@@ -173,7 +171,7 @@ def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[Batch
     producer = ctx.index.producer.get(data)
     if producer is None or (node.op_type in ("Add", "Sub") and producer.op_type == "MatMul"):
         return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
-    if not _after_passes(ctx, producer, passes) or not _has_constant_weight(ctx, producer):
+    if not _passes_for(ctx, producer, passes, "after") or not _has_constant_weight(ctx, producer):
         return None  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
     params = affine_params(node, constant, const_index)
     if isinstance(params, str):
@@ -192,10 +190,10 @@ def _has_constant_weight(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
     return len(producer.input) > 1 and ctx.constant(producer.input[1]) is not None
 
 
-def _after_passes(ctx: FoldContext, producer: onnx.NodeProto,
-                  passes: Sequence[BatchNormPass]) -> list[BatchNormPass]:
-    return [p for p in passes if p.position == "after" and producer.op_type in p.op_types
-            and p.accepts(ctx, producer)]
+def _passes_for(ctx: FoldContext, neighbour: onnx.NodeProto, passes: Sequence[BatchNormPass],
+                position: str) -> list[BatchNormPass]:
+    return [p for p in passes if p.position == position and neighbour.op_type in p.op_types
+            and p.accepts(ctx, neighbour)]
 
 
 def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto | None, params: ChannelParams,
@@ -205,7 +203,7 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     if producer is None:
         context.append("its input is a graph input")
         return None
-    after = _after_passes(ctx, producer, passes)
+    after = _passes_for(ctx, producer, passes, "after")
     if not after:
         context.append(f"its input comes from {producer.op_type} {node_label(producer)}, which is not linear")
         return None
@@ -226,14 +224,11 @@ def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProt
 
 
 def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> FoldRecord:
-    label = node_label(node)  # before the rewrite: an unnamed node is labelled by its output
     ctx.notes.clear()
     plan.apply()
     reason = "; ".join([plan.note or f"folded into {plan.target.op_type}", *ctx.notes])
-    record = _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
-    record.node = label
-    log.debug("folded %s into %s", label, node_label(plan.target))
-    return record
+    log.debug("folded %s into %s", node_label(node), node_label(plan.target))
+    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
 
 
 def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:

@@ -1,6 +1,6 @@
 """The fold passes. `DEFAULT_PASSES` is the one list the engine runs, in order of preference."""
 
-from foldnorm.passes.base import BatchNormParams, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
+from foldnorm.passes.base import BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
 from foldnorm.passes.batchnorm_chain import BatchNormChain
 from foldnorm.passes.conv import ConvBatchNorm
 from foldnorm.passes.conv_input import BatchNormConv
@@ -19,7 +19,6 @@ DEFAULT_PASSES: tuple[BatchNormPass, ...] = (
 
 __all__ = [
     "DEFAULT_PASSES",
-    "BatchNormParams",
     "BatchNormPass",
     "ChannelParams",
     "FoldContext",

@@ -99,9 +99,6 @@ class ChannelParams:
         return self.affine
 
 
-# Kept for callers written against the skeleton: a BatchNorm's parameters are channel params on axis 1.
-BatchNormParams = ChannelParams
-
 
 @dataclass
 class Plan:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import onnx
 
-from foldnorm.bn_math import fold_conv
+from foldnorm.bn_math import fold_bias, scale_output_channels
 from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan
 from foldnorm.passes.common import constant_weights, rewrite_plan
 
@@ -36,5 +36,5 @@ class ConvBatchNorm(AnyNeighbour):
         affine = params.on_axis(weight.ndim, 1, weight.shape[0])
         if isinstance(affine, str):
             return affine
-        w64, b64 = fold_conv(weight, bias, affine)
-        return rewrite_plan(ctx, bn, conv, (w64, weight.dtype, 0), (b64, 2))
+        scaled = scale_output_channels(weight, affine, axis=0)  # output channel o is weight row o
+        return rewrite_plan(ctx, bn, conv, (scaled, weight.dtype, 0), (fold_bias(bias, affine), 2))

@@ -13,7 +13,7 @@ from typing import Literal
 
 import onnx
 
-from foldnorm.bn_math import fold_bias, fold_output_channels
+from foldnorm.bn_math import fold_bias, scale_output_channels
 from foldnorm.graph import attr, set_attr
 from foldnorm.passes.base import AnyNeighbour, ChannelParams, FoldContext, Plan
 from foldnorm.passes.common import constant_weights, rewrite_plan
@@ -42,7 +42,7 @@ class GemmBatchNorm(AnyNeighbour):
         if isinstance(affine, str):
             return affine
         beta = float(attr(gemm, "beta", 1.0))
-        w64, _ = fold_output_channels(weight, None, affine, axis=axis)
+        scaled = scale_output_channels(weight, affine, axis=axis)
         b64 = fold_bias(bias if beta != 0 else None, affine, beta)
-        return rewrite_plan(ctx, bn, gemm, (w64, weight.dtype, axis), (b64, 2),
+        return rewrite_plan(ctx, bn, gemm, (scaled, weight.dtype, axis), (b64, 2),
                             also=lambda: set_attr(gemm, "beta", 1.0))

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from foldnorm.bn_math import emit, fold_bias, fold_output_channels
+from foldnorm.bn_math import emit, fold_bias, scale_output_channels
 from foldnorm.graph import node_label
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, is_float
 from foldnorm.passes.common import constant_weights
@@ -82,8 +82,8 @@ class MatMulBatchNorm:
             return affine
         if bias is not None and (not is_float(bias) or any(d != 1 for d in bias.shape[:-1])):
             return f"the bias of Add {node_label(neighbour)} is not a per-column constant"
-        w64, _ = fold_output_channels(weight, None, affine, axis=weight.ndim - 1)
-        new_w, problem = emit(w64, weight.dtype, channel_axis=weight.ndim - 1)
+        scaled = scale_output_channels(weight, affine, axis=weight.ndim - 1)
+        new_w, problem = emit(scaled, weight.dtype, channel_axis=weight.ndim - 1)
         if new_w is None:
             return f"not folded into MatMul {node_label(matmul)}: {problem}"
         b64 = fold_bias(bias, affine)
