@@ -61,6 +61,16 @@ def free_names(graph: onnx.GraphProto) -> set[str]:
     return used - defined
 
 
+def _defined_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a graph and its subgraphs define."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(o for o in node.output if o)
+        for sub in subgraphs(node):
+            names |= _defined_names(sub)
+    return names
+
+
 class GraphIndex:
     """Producers, consumers, initializers and types of one graph, with an optional enclosing scope."""
 
@@ -182,10 +192,18 @@ class GraphIndex:
 
     # ---- names ---------------------------------------------------------------------------------------
     def fresh_name(self, base: str) -> str:
-        """A value name not used in this graph, derived deterministically from `base`."""
+        """A value name not used in this graph, its enclosing graphs or its subgraphs (no shadowing),
+        derived deterministically from `base`."""
         if self._names is None:
             names = set(self.initializers) | set(self.producer) | self.graph_inputs | self.graph_outputs
             names |= set(self.consumers)
+            for node in self.nodes:
+                for sub in subgraphs(node):
+                    names |= _defined_names(sub)
+            scope = self.outer
+            while scope is not None:
+                names |= _defined_names(scope.graph)
+                scope = scope.outer
             self._names = names
         candidate, k = base, 1
         while candidate in self._names:

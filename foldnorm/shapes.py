@@ -38,7 +38,7 @@ def infer_ranks(model: onnx.ModelProto) -> dict[str, int]:
     light.functions.extend(model.functions)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         log.debug("shape inference failed: %s", exc)
         return {}
     ranks: dict[str, int] = {}

@@ -208,3 +208,28 @@ def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) ->
     (record,) = json.loads(result.stdout)["report"]["records"]
     assert record["outcome"] == "folded" and "Mul + Add" in record["reason"]
     assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Relu", "Mul", "Add"]
+
+
+def test_new_tensors_in_a_subgraph_never_shadow_outer_names(rng: np.random.Generator) -> None:
+    # The outer graph already has a value named like the copy the fold writes into the branch.
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x, bool cond) => (float[N, 6, 6, 6] y, float[N, 4, 6, 6] z) {{
+        c_bias = Relu (x)
+        z = Identity (c_bias)
+        y = If (cond) <
+            then_branch = t () => (float[N, 6, 6, 6] ty) {{
+                c = Conv <pads = [1, 1, 1, 1]> (x, W)
+                ty = BatchNormalization (c, {bn_inputs("bn")})
+            }},
+            else_branch = e () => (float[N, 6, 6, 6] ey) {{
+                ey = Conv <pads = [1, 1, 1, 1]> (x, W)
+            }}
+        >
+    }}
+    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+    model.graph.node[0].output[0] = "c.bias"
+    model.graph.node[1].input[0] = "c.bias"
+    result = assert_folds(model, {**x_feed(rng), "cond": np.array(True)})
+    branch = next(a.g for a in result.model.graph.node[-1].attribute if a.name == "then_branch")
+    assert "c.bias" not in {t.name for t in branch.initializer}
