@@ -14,7 +14,8 @@ from foldnorm.cli.main import cli
 
 def write_model(rng: np.random.Generator, path: Path) -> None:
     inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("a", 6, rng),
-             **bn_params("b", 6, rng), "ln_s": np.ones(6, np.float32), "ln_b": np.zeros(6, np.float32)}
+             **bn_params("b", 6, rng), "ln_s": rng.normal(1, 0.3, 6).astype(np.float32),
+             "ln_b": rng.normal(0, 0.3, 6).astype(np.float32)}
     onnx.save_model(parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
