@@ -17,6 +17,7 @@ import copy
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,11 +106,30 @@ def count_norms(model: onnx.ModelProto) -> tuple[int, dict[str, int]]:
 
 
 @contextlib.contextmanager
+def _stdout_fd_to_devnull() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null: the legacy exporter's C++ log writes TorchScript graphs there."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
-    """Silence torch's warnings, exporter log lines and TorchScript dumps on stdout for the duration."""
+    """Silence torch's warnings, exporter log lines and graph dumps on stdout for the duration."""
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stdout_fd_to_devnull():
         warnings.simplefilter("ignore")
         for lg in loggers:
             lg.setLevel(logging.ERROR)
@@ -224,8 +244,8 @@ def _leaves(value: Any) -> list[torch.Tensor]:
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    informative = [ln for ln in lines if not ln.startswith(("Torch IR graph", "graph(", "%"))]
-    return (informative or lines or [type(exc).__name__])[0][:300]
+    first = (lines or [type(exc).__name__])[0]
+    return first.split(" [Caused by")[0].strip()[:300]
 
 
 def _run_exporter(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
