@@ -13,7 +13,8 @@ from .options import format_option
 from .render import emit_json, info, table
 
 
-def _named_shapes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
+def _named_shapes(ctx: click.Context, param: click.Parameter,
+                  values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
     """Click callback: `1x3x224x224` or `NAME:1x3x224x224`, repeated; names on all of them or on none."""
     try:
         parsed = [parse_named_shape(v) for v in values]
@@ -60,7 +61,7 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
                                  param_hint="--input-shape")
     names = [name for name, _ in input_shapes if name] or None
     described = ", ".join((f"{n}:" if n else "") + "x".join(map(str, s))
-                          for n, s in zip(names or [None] * len(shapes), shapes))
+                          for n, s in zip([n for n, _ in input_shapes] or [None], shapes))
     info(f"exporting {label} ({exporter}, opset {opset}, {dtype}) with input {described}")
     gen = torch.Generator().manual_seed(0)
     result = export_onnx(module, [torch.randn(s, generator=gen) for s in shapes], output, input_names=names,

@@ -186,21 +186,34 @@ def export_onnx(
     args = tuple(_cast(a, target) for a in args)
     work.eval()
     try:
-        with torch.no_grad():
-            outputs = _leaves(work(*args))
-        output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-        model = _run_exporter(work, args, names, output_names, opset, exporter, dynamic_batch)
+        return _export_eval_module(work, args, names, out, opset=opset, exporter=exporter,
+                                   dynamic_batch=dynamic_batch, external_data=external_data,
+                                   check_batch_sizes=check_batch_sizes, train_mode=was_training,
+                                   label=module)
     finally:
         if was_training:
             module.train()
+
+
+def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str], out: Path, *,
+                        opset: int, exporter: Exporter, dynamic_batch: bool, external_data: bool | None,
+                        check_batch_sizes: Sequence[int], train_mode: bool, label: torch.nn.Module
+                        ) -> ExportResult:
+    """Export the eval-mode `work`, clean, record settings, save and check (`label`: the caller's module)."""
+    import torch
+
+    with torch.no_grad():
+        outputs = _leaves(work(*args))
+    output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    model = _run_exporter(work, args, names, output_names, opset, exporter, dynamic_batch)
     cleanup = clean_export(model)
     settings = {
         "foldnorm.exporter": exporter, "foldnorm.opset": str(opset), "foldnorm.torch_version": torch.__version__,
-        "foldnorm.module": f"{type(module).__module__}.{type(module).__qualname__}",
+        "foldnorm.module": f"{type(label).__module__}.{type(label).__qualname__}",
         "foldnorm.dtype": str(args[0].dtype).removeprefix("torch."),
         "foldnorm.dynamic_batch": str(dynamic_batch).lower(),
         "foldnorm.inputs": ";".join(f"{n}:{'x'.join(map(str, a.shape))}" for n, a in zip(names, args)),
-        "foldnorm.train_mode": str(was_training).lower(),
+        "foldnorm.train_mode": str(train_mode).lower(),
     }
     for key, value in settings.items():
         entry = model.metadata_props.add()
@@ -211,7 +224,7 @@ def export_onnx(
     result = ExportResult(
         str(out), exporter, opset, bn, protected, dtype=settings["foldnorm.dtype"],
         inputs={n: list(a.shape) for n, a in zip(names, args)}, outputs=[o.name for o in model.graph.output],
-        dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=was_training,
+        dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=train_mode,
         cleanup=cleanup.to_dict(),
     )
     if check_batch_sizes:

@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from foldnorm.cli.main import cli
+from foldnorm.models import REGISTRY, get_spec
+from foldnorm.models.calibrate import calibrate
 from torch import nn
 
 from foldnorm import compare_models, export_onnx, fold_model
-from foldnorm.cli.main import cli
 from foldnorm.export import ExportResult, count_norms
-from foldnorm.models import REGISTRY, get_spec
-from foldnorm.models.calibrate import calibrate
 
 
 @dataclass(frozen=True)
