@@ -70,6 +70,8 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
     if fmt == "json":
         emit_json(result.to_dict())
     else:
+        if result.requested_opset is not None and result.requested_opset != result.opset:
+            info(f"note: torch wrote opset {result.opset}, not the requested {result.requested_opset}")
         if result.train_mode:
             info("note: the module was in train mode; BatchNorm was exported with its running statistics")
         if result.checks:

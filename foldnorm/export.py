@@ -78,6 +78,7 @@ class ExportResult:
     cleanup: dict[str, int] = field(default_factory=dict)
     checks: list[BatchCheck] = field(default_factory=list)
     check_note: str | None = None
+    requested_opset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready data."""
@@ -207,6 +208,9 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     model = _run_exporter(work, args, names, output_names, opset, exporter, dynamic_batch)
     cleanup = clean_export(model)
+    requested, opset = opset, _default_opset(model, opset)
+    if opset != requested:
+        log.info("torch wrote opset %d although opset %d was requested", opset, requested)
     settings = {
         "foldnorm.exporter": exporter, "foldnorm.opset": str(opset), "foldnorm.torch_version": torch.__version__,
         "foldnorm.module": f"{type(label).__module__}.{type(label).__qualname__}",
@@ -225,13 +229,18 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
         str(out), exporter, opset, bn, protected, dtype=settings["foldnorm.dtype"],
         inputs={n: list(a.shape) for n, a in zip(names, args)}, outputs=[o.name for o in model.graph.output],
         dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=train_mode,
-        cleanup=cleanup.to_dict(),
+        cleanup=cleanup.to_dict(), requested_opset=requested,
     )
     if check_batch_sizes:
         batches = list(check_batch_sizes) if dynamic_batch else [int(args[0].shape[0])]
         with torch.no_grad():
             _check_against_torch(work, args, out, model, result, batches)
     return result
+
+
+def _default_opset(model: onnx.ModelProto, fallback: int) -> int:
+    """The opset of the default ONNX domain the exporter actually wrote."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), fallback)
 
 
 def _input_names(given: Sequence[str] | None, count: int) -> list[str]:

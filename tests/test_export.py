@@ -187,7 +187,7 @@ def test_cli_text_prints_both_batch_sizes(tmp_path: Path) -> None:
 def test_cli_mismatch_exits_3(tmp_path: Path) -> None:
     out = tmp_path / "c.onnx"
     res = CliRunner().invoke(cli, ["export", "zoo_user_model:counting_net", "-o", str(out),
-                                   "--input-shape", "1x3x8x8"])
+                                   "--input-shape", "1x3x8x8", "--exporter", "legacy"])
     assert res.exit_code == 3, res.output
     assert "does not match" in res.stderr and out.exists()
 
@@ -213,7 +213,7 @@ def test_cli_bad_input(tmp_path: Path, args: list[str], code: int, message: str)
 
 def test_cli_train_ok_exports(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["export", "zoo_user_model:train_mode_net", "-o", str(tmp_path / "m.onnx"),
-                                   "--input-shape", "1x3x8x8", "--train-ok"])
+                                   "--input-shape", "1x3x8x8", "--train-ok", "--exporter", "legacy"])
     assert res.exit_code == 0, res.output
     assert "running statistics" in res.stderr
 
@@ -228,3 +228,11 @@ def test_stderr_shows_only_progress_lines(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["exporting mlp-bn1d (dynamo, opset 18, float32) with input 1x32"]
     assert "2 BatchNorm" in proc.stdout
+
+
+def test_opset_torch_actually_wrote_is_reported(tmp_path: Path) -> None:
+    module = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).eval()
+    result = export_onnx(module, [torch.randn(2, 4)], tmp_path / "m.onnx", opset=16)
+    assert result.requested_opset == 16
+    assert result.opset == next(o.version for o in onnx.load(result.path).opset_import if o.domain == "")
+    assert result.protected["LayerNormalization"] == 1
