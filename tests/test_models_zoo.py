@@ -60,20 +60,24 @@ def test_every_registry_model_has_expectations() -> None:
     assert set(EXPECTED) == set(REGISTRY)
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Module, ExportResult]]:
-    """Each model built and exported (dynamo) once per session, on first use."""
-    root = tmp_path_factory.mktemp("zoo")
+class ZooExports:
+    """Each model built and exported (dynamo) once per test module, on first use."""
 
-    class Lazy(dict):  # type: ignore[type-arg]
-        def __missing__(self, name: str) -> tuple[nn.Module, ExportResult]:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: dict[str, tuple[nn.Module, ExportResult]] = {}
+
+    def __getitem__(self, name: str) -> tuple[nn.Module, ExportResult]:
+        if name not in self.done:
             spec = get_spec(name)
             module = spec.build()
-            result = export_onnx(module, [torch.randn(spec.input_shape)], root / f"{name}.onnx")
-            self[name] = (module, result)
-            return self[name]
+            self.done[name] = module, export_onnx(module, [torch.randn(spec.input_shape)], self.root / f"{name}.onnx")
+        return self.done[name]
 
-    return Lazy()
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> ZooExports:
+    return ZooExports(tmp_path_factory.mktemp("zoo"))
 
 
 def _bn_modules(module: nn.Module) -> int:
@@ -81,7 +85,7 @@ def _bn_modules(module: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_export_keeps_every_norm_and_matches_torch(name: str, exports: dict) -> None:
+def test_export_keeps_every_norm_and_matches_torch(name: str, exports: ZooExports) -> None:
     module, result = exports[name]
     expect = EXPECTED[name]
     model = onnx.load(result.path)
@@ -103,7 +107,7 @@ def test_export_keeps_every_norm_and_matches_torch(name: str, exports: dict) -> 
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_fold_keeps_outputs(name: str, exports: dict) -> None:
+def test_fold_keeps_outputs(name: str, exports: ZooExports) -> None:
     _, result = exports[name]
     expect = EXPECTED[name]
     original = onnx.load(result.path)
