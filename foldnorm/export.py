@@ -31,7 +31,7 @@ from foldnorm.compare import measure_error, tolerances_for
 from foldnorm.errors import ExportError, FoldnormError, InputSpecError
 from foldnorm.export_cleanup import clean_export
 from foldnorm.inputs import input_specs
-from foldnorm.modelio import check_output_path, save_model
+from foldnorm.modelio import EXTERNAL_DATA_THRESHOLD, check_output_path, save_model
 from foldnorm.normalizations import LAYERNORM_OPS
 
 if TYPE_CHECKING:
@@ -183,7 +183,9 @@ def export_onnx(
         raise InputSpecError("the example inputs differ in their first dimension, so they share no batch axis; "
                              "export with a static batch (--static / dynamic_batch=False)")
     target = getattr(torch, dtype) if dtype else None
-    work = copy.deepcopy(module).to(target) if target is not None else module
+    tensors = [*module.parameters(), *module.buffers()]
+    convert = target is not None and any(t.is_floating_point() and t.dtype != target for t in tensors)
+    work = copy.deepcopy(module).to(target) if convert else module
     args = tuple(_cast(a, target) for a in args)
     work.eval()
     try:
@@ -222,7 +224,7 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
     for key, value in settings.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    saved_external = bool(external_data) or (external_data is None and model.ByteSize() > 1_800_000_000)
+    saved_external = bool(external_data) or (external_data is None and model.ByteSize() > EXTERNAL_DATA_THRESHOLD)
     save_model(model, out, external_data=saved_external)
     bn, protected = count_norms(model)
     result = ExportResult(
