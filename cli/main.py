@@ -51,8 +51,9 @@ def _register() -> None:
     from .bench_cmd import bench
     from .export_cmd import export
     from .fold_cmd import fold
+    from .models_cmd import models
 
-    for command in (export, fold, bench):
+    for command in (export, fold, bench, models):
         cli.add_command(command)
 
 

@@ -95,7 +95,8 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
             # convert_model_to_external_data marks the tensors in place; load them back into memory so the
             # caller's object stays self-contained.
             onnx.load_external_data_for_model(model, str(tmpdir))
-            os.replace(tmpdir / data_name, out.parent / data_name)
+            if (tmpdir / data_name).exists():  # absent when every tensor is under the size threshold
+                os.replace(tmpdir / data_name, out.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, out)
