@@ -65,7 +65,7 @@ def fold_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | None
         reason, producer = _refusal(gm, node, producer_node, calls, shared, ranks)
         record = FoldRecord(type(bn).__name__, node.name, "batchnorm", "skipped", reason or "", module=str(node.target))
         if reason is None:
-            assert producer is not None and isinstance(producer_node, fx.Node)
+            assert producer is not None and bn is not None and isinstance(producer_node, fx.Node)
             reason = _fuse(producer, bn)
             if reason is None:
                 node.replace_all_uses_with(producer_node)
@@ -151,38 +151,37 @@ def _refusal(gm: fx.GraphModule, bn_node: fx.Node, producer_node: Any, calls: Co
     return None, producer
 
 
-def _spatial_dims(conv: nn.Module) -> int:
+def _spatial_dims(conv: Any) -> int:
     return len(conv.kernel_size) if hasattr(conv, "kernel_size") else 0
 
 
-def _fuse(producer: nn.Module, bn: nn.Module) -> str | None:
+def _fuse(producer: Any, bn: Any) -> str | None:
     """Rewrite `producer`'s weight and bias in place (on the copy); a reason string if the dtype refuses."""
     import torch
     from torch import nn
 
-    def f64(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.detach().to(torch.float64).cpu().numpy()
+    def f64(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to(torch.float64).cpu().numpy()
 
-    num = bn.num_features  # type: ignore[union-attr]
-    gamma = f64(bn.weight) if bn.weight is not None else np.ones(num)  # type: ignore[arg-type]
-    beta = f64(bn.bias) if bn.bias is not None else np.zeros(num)  # type: ignore[arg-type]
-    affine = bn_math.batchnorm_affine(gamma, beta, f64(bn.running_mean), f64(bn.running_var),  # type: ignore[arg-type]
-                                      float(bn.eps))  # type: ignore[arg-type]
-    weight, bias = f64(producer.weight), f64(producer.bias)  # type: ignore[arg-type]
-    assert weight is not None
+    num = bn.num_features
+    gamma = f64(bn.weight) if bn.weight is not None else np.ones(num)  # affine=False: gamma 1, beta 0
+    beta = f64(bn.bias) if bn.bias is not None else np.zeros(num)
+    affine = bn_math.batchnorm_affine(gamma, beta, f64(bn.running_mean), f64(bn.running_var), float(bn.eps))
+    weight = f64(producer.weight)
+    bias = None if producer.bias is None else f64(producer.bias)
     if isinstance(producer, nn.modules.conv._ConvTransposeNd):
         w, b = bn_math.fold_conv_transpose(weight, bias, affine, producer.groups)
         out_axis = 1
     else:
         w, b = bn_math.fold_conv(weight, bias, affine)
         out_axis = 0
-    dtype = producer.weight.dtype  # type: ignore[union-attr]
+    dtype = producer.weight.dtype
     np_dtype = ml_dtypes.bfloat16 if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
     w_out, why = bn_math.emit(w, np_dtype, channel_axis=out_axis)
     b_out, why_b = bn_math.emit(b, np_dtype)
     if w_out is None or b_out is None:
         return why or why_b
-    device = producer.weight.device  # type: ignore[union-attr]
+    device = producer.weight.device
     with torch.no_grad():
         # the rounded values are exact in `dtype`, so going through float64 changes nothing
         producer.weight = nn.Parameter(torch.from_numpy(w_out.astype(np.float64)).to(device, dtype))

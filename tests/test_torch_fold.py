@@ -165,7 +165,7 @@ def test_untraceable_module_is_a_clear_error() -> None:
 
     from foldnorm.errors import FoldnormError
 
-    with pytest.raises(FoldnormError, match="torch.fx"):
+    with pytest.raises(FoldnormError, match=r"torch\.fx"):
         fold_module(Branchy())
 
 
