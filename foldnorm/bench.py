@@ -226,9 +226,10 @@ def _bench_config(backend: Backend, cfg: dict[str, Any], label: str, targets: Ma
         timed = {v: Timed(partial(s.run_timed, prepared[v]), s.synchronize, s.device_timer())
                  for v, s in sessions.items()}
         title = f"timing {backend.name} {label}"
-        stats, samples = time_interleaved(timed, warmup=timing.warmup, min_time_s=timing.min_time_s,
-                                          max_iterations=timing.iterations,
-                                          min_iterations=min(10, timing.iterations or 10),
+        exact = timing.iterations  # --iterations is exact; otherwise at least 10 runs and min_time_s each
+        stats, samples = time_interleaved(timed, warmup=timing.warmup,
+                                          min_time_s=0.0 if exact else timing.min_time_s,
+                                          max_iterations=exact, min_iterations=exact or 10,
                                           on_progress=lambda frac: say(title, frac))
         memory = {v: s.peak_memory_bytes() for v, s in sessions.items()}
     finally:
