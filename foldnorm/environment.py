@@ -61,6 +61,16 @@ def load_note() -> str | None:
             "noisy; compare speed-ups within a row pair, not absolute latencies")
 
 
+def _peak_rss_mb() -> str | None:
+    """This process's peak resident memory so far (all sessions together), in MiB."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return f"{kib / 1024:.0f}"
+
+
 def environment() -> dict[str, str | None]:
     """Versions of foldnorm and the runtimes, the CPU and GPU; packages not installed are None."""
     env: dict[str, str | None] = {
@@ -70,6 +80,7 @@ def environment() -> dict[str, str | None]:
         "cpu_count": str(cpu_count()),
         "load_average": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else None,
         "gpu": gpu_name(),
+        "peak_rss_mb": _peak_rss_mb(),
     }
     for pkg in ("foldnorm", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
         env[pkg] = _version(pkg)

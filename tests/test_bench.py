@@ -12,9 +12,9 @@ import onnx
 import pytest
 from builders import bn_inputs, bn_params, parse
 from click.testing import CliRunner
+from foldnorm.cli.main import cli
 
 from foldnorm.bench import benchmark
-from foldnorm.cli.main import cli
 from foldnorm.errors import BackendUnavailableError
 
 FAST = ["--warmup", "1", "--iterations", "3"]

@@ -149,12 +149,13 @@ class TrtSession:
         torch = self._torch
         prepared = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])).to("cuda", self._dtypes[n]).contiguous()
                     for n in self.inputs}
-        for name, tensor in prepared.items():
-            self._context.set_tensor_address(name, tensor.data_ptr())
+        torch.cuda.current_stream().synchronize()  # the copies ran on the default stream; runs use ours
         return prepared
 
     def run_timed(self, prepared: Any) -> None:
-        """Enqueue one inference between two CUDA events on the session's stream."""
+        """Bind the prepared inputs and enqueue one inference between two CUDA events on the session's stream."""
+        for name, tensor in prepared.items():
+            self._context.set_tensor_address(name, tensor.data_ptr())
         stream = self._stream
         self._events[0].record(stream)
         if not self._context.execute_async_v3(stream.cuda_stream):

@@ -8,6 +8,7 @@ profiles {input: [min, opt, max]}. Exit 0: the engine file is written; exit 2: a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def build_engine(spec: dict[str, Any]) -> None:
     if engine is None:
         raise RuntimeError("TensorRT could not build an engine (see its log above)")
     Path(spec["engine"]).write_bytes(bytes(engine))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    partial = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
+    partial.write_bytes(bytes(config.get_timing_cache().serialize()))
+    os.replace(partial, cache_path)  # builds running side by side never see half a cache
 
 
 def main(argv: list[str]) -> int:
