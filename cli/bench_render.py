@@ -16,13 +16,14 @@ from foldnorm.bench import BenchResult, BenchRow
 from .render import table
 
 HEADERS = ["backend", "config", "precision", "variant", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
-           "samples/s", "speed-up", "max abs err", "max rel err", "NaN/Inf", "build s", "peak MB", "runs"]
+           "samples/s", "speed-up", "IQR", "max abs err", "max rel err", "NaN/Inf", "build s", "peak MB", "runs"]
 
 
 def _cells(row: BenchRow) -> list[Any]:
     lat = row.latency
+    iqr = f"{row.speedup_iqr[0]:.2f}-{row.speedup_iqr[1]:.2f}"
     return [row.backend, row.config, row.precision, row.variant, lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms,
-            lat.std_ms, row.throughput, row.speedup, row.max_abs, row.max_rel, row.nonfinite, row.build_s,
+            lat.std_ms, row.throughput, row.speedup, iqr, row.max_abs, row.max_rel, row.nonfinite, row.build_s,
             row.peak_mem_mb, lat.iterations]
 
 
@@ -41,7 +42,7 @@ def _footer(result: BenchResult) -> list[str]:
 def bench_text(result: BenchResult) -> str:
     """The rows as an aligned text table, with the fold, verification, unavailable and environment lines."""
     head = (f"model: {result.model} (batch {result.batch_size}); accuracy vs unfolded on ort-cpu opt=disabled fp32; "
-            "speed-up = unfolded p50 / row p50 in the same configuration")
+            "speed-up = median over rounds of unfolded/row latency, same configuration (IQR: 25th-75th pct)")
     return "\n".join([head, table(HEADERS, [_cells(r) for r in result.rows]), *_footer(result)])
 
 
@@ -70,11 +71,12 @@ def bench_csv(result: BenchResult) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     fields = ["model", "batch_size", "backend", "config", "precision", "variant", "iterations", "p50_ms", "p90_ms",
-              "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "speedup", "max_abs", "max_rel", "nonfinite",
-              "build_s", "peak_mem_mb"]
+              "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "speedup", "speedup_p25", "speedup_p75",
+              "max_abs", "max_rel", "nonfinite", "build_s", "peak_mem_mb"]
     writer.writerow(fields)
     for row in result.rows:
-        flat = {"model": result.model, "batch_size": result.batch_size, **row.to_dict(), **row.latency.to_dict()}
+        flat = {"model": result.model, "batch_size": result.batch_size, **row.to_dict(), **row.latency.to_dict(),
+                "speedup_p25": row.speedup_iqr[0], "speedup_p75": row.speedup_iqr[1]}
         writer.writerow(["" if flat[f] is None else flat[f] for f in fields])
     return buf.getvalue()
 

@@ -50,6 +50,7 @@ class BenchRow:
     latency: LatencyStats
     throughput: float
     speedup: float
+    speedup_iqr: tuple[float, float]
     max_abs: float
     max_rel: float
     nonfinite: int
@@ -235,15 +236,26 @@ def _bench_config(backend: Backend, cfg: dict[str, Any], label: str, targets: Ma
     finally:
         for sess in sessions.values():
             sess.close()
-    base = stats["unfolded"].p50_ms
     precision = str(cfg.get("precision", "fp32"))
     mem_mb = {v: None if m is None else m / 2**20 for v, m in memory.items()}
-    return [
-        BenchRow(backend.name, label, precision, v, stats[v], stats[v].throughput(batch_size),
-                 base / stats[v].p50_ms if stats[v].p50_ms else 0.0, *accuracy[v], build_s[v],
-                 mem_mb[v], [s * 1e3 for s in samples[v]])
-        for v in VARIANTS
-    ]
+    rows = []
+    for v in VARIANTS:
+        speedup, iqr = paired_speedup(samples["unfolded"], samples[v])
+        max_abs, max_rel, nonfinite = accuracy[v]
+        rows.append(BenchRow(backend.name, label, precision, v, stats[v], stats[v].throughput(batch_size), speedup,
+                             iqr, max_abs, max_rel, nonfinite, build_s[v], mem_mb[v], [s * 1e3 for s in samples[v]]))
+    return rows
+
+
+def paired_speedup(base: Sequence[float], other: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Median and interquartile range of the per-round ratios base/other.
+
+    Both samples of a round ran back to back, so load that comes and goes hits both; the ratio of each
+    pair cancels it where the ratio of two medians would not.
+    """
+    ratios = np.asarray(base, dtype=np.float64) / np.maximum(np.asarray(other, dtype=np.float64), 1e-12)
+    lo, mid, hi = np.percentile(ratios, [25, 50, 75])
+    return float(mid), (float(lo), float(hi))
 
 
 def _accuracy(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float, int]:
