@@ -58,7 +58,7 @@ def load_note() -> str | None:
     if load <= cpus:
         return None
     return (f"load average {load:.1f} on {cpus} CPUs: other processes compete for the CPU, so CPU timings are "
-            "noisy; compare speed-ups within a row pair, not absolute latencies")
+            "noisy (read the speed-up IQR); --threads 1 avoids thread-pool stalls on a busy machine")
 
 
 def _peak_rss_mb() -> str | None:

@@ -6,10 +6,10 @@ matplotlib is an optional extra (`pip install 'foldnorm[plot]'`), imported only 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from foldnorm.atomicfile import atomic_path
 from foldnorm.errors import FoldnormError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def plot_latency(result: BenchResult, path: str | os.PathLike[str]) -> Path:
         raise FoldnormError(f"--plot needs matplotlib, which is not installed; install: {PLOT_INSTALL_HINT}") from None
     groups: dict[str, dict[str, list[float]]] = {}
     for row in result.rows:
-        key = f"{row.backend}\n{row.config}" if row.config else row.backend
+        key = f"{row.backend} {row.precision}\n{row.config}"
         groups.setdefault(key, {})[row.variant] = row.samples_ms
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(2.6 * max(len(groups), 1) + 1, 3.6), squeeze=False)
     for ax, (title, variants) in zip(axes[0], groups.items()):
@@ -42,13 +42,9 @@ def plot_latency(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     fig.suptitle(f"{result.model}, batch {result.batch_size}: latency per run (whiskers 1.5 IQR)", fontsize=10)
     fig.tight_layout()
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
