@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import bn_inputs, bn_params, parse, run_ort
+from bench_models import conv_bn_onnx
+from builders import run_ort
 
 from foldnorm.backends import BACKENDS, get_backend
 from foldnorm.backends.fp16 import to_float16
@@ -18,22 +19,8 @@ from foldnorm.errors import InputSpecError
 from foldnorm.timing import Timed, time_interleaved
 
 
-def conv_bn_relu(rng: np.random.Generator) -> onnx.ModelProto:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    return parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization <epsilon = 0.001> (c, {bn_inputs("bn")})
-        one = Constant <value = float {{1.0}}> ()
-        s = Add (b, one)
-        y = Relu (s)
-    }}
-    """, inits)
-
-
 def test_fp16_copy_runs_and_stays_close(rng: np.random.Generator) -> None:
-    model = conv_bn_relu(rng)
+    model = conv_bn_onnx(rng, tail=True)
     half = to_float16(model)
     onnx.checker.check_model(half, full_check=True)
     assert model.graph.initializer[0].data_type == onnx.TensorProto.FLOAT, "the input model must not change"
@@ -88,7 +75,7 @@ def _needs(name: str) -> None:
 def test_gpu_backend_end_to_end(name: str, tmp_path: Path, rng: np.random.Generator) -> None:
     _needs(name)
     path = tmp_path / "m.onnx"
-    onnx.save(conv_bn_relu(rng), path)
+    onnx.save(conv_bn_onnx(rng, tail=True), path)
     result = benchmark(str(path), backends=[name], warmup=2, iterations=5, batch_size=2, cache_dir=tmp_path)
     assert result.rows, result.unavailable
     for row in result.rows:

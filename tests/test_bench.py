@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import bn_inputs, bn_params, parse
+from bench_models import conv_bn_onnx
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
 
@@ -20,21 +20,10 @@ from foldnorm.errors import BackendUnavailableError
 FAST = ["--warmup", "1", "--iterations", "3"]
 
 
-def conv_bn(rng: np.random.Generator) -> onnx.ModelProto:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    return parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization <epsilon = 0.001> (c, {bn_inputs("bn")})
-    }}
-    """, inits)
-
-
 @pytest.fixture
 def model_path(tmp_path: Path, rng: np.random.Generator) -> str:
     path = tmp_path / "m.onnx"
-    onnx.save(conv_bn(rng), path)
+    onnx.save(conv_bn_onnx(rng), path)
     return str(path)
 
 
