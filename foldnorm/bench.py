@@ -171,6 +171,7 @@ def benchmark(
             if status.ok and backend.source == "module" and source.module is None:
                 status = NEEDS_MODULE
             if not status.ok:
+                log.info("skipping %s: %s", backend.name, status.message())
                 unavailable[backend.name] = status.message()
                 continue
             if backend.source == "module" and "module" not in targets:
