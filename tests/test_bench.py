@@ -113,3 +113,26 @@ def test_torch_backend_on_cpu_from_an_import_spec() -> None:
 def test_unknown_backend_is_a_usage_error(model_path: str) -> None:
     out = CliRunner().invoke(cli, ["bench", model_path, "--backend", "nope"])
     assert out.exit_code == 2
+
+
+def test_progress_draws_bars_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from foldnorm.cli.bench_cmd import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = Progress()
+    progress("opening", None)
+    for frac in (0.25, 0.5, 1.0):
+        progress("timing ort-cpu", frac)
+    err = capsys.readouterr().err
+    assert err.startswith("opening\n") and "\rtiming ort-cpu [#####" in err and "100%\n" in err
+
+
+def test_progress_is_plain_lines_otherwise(capsys: pytest.CaptureFixture) -> None:
+    from foldnorm.cli.bench_cmd import Progress
+
+    progress = Progress()
+    for frac in (0.5, 1.0):
+        progress("timing ort-cpu", frac)
+    assert capsys.readouterr().err == "timing ort-cpu\n"

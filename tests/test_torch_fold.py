@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -187,3 +189,18 @@ def test_import_foldnorm_does_not_load_torch() -> None:
 
     code = "import sys, foldnorm; foldnorm.fold_module; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(groups=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       bias=st.booleans(), transpose=st.booleans(), seed=st.integers(0, 10_000))
+def test_property_conv_and_conv_transpose(groups: int, stride: int, dilation: int, bias: bool, transpose: bool,
+                                          seed: int) -> None:
+    torch.manual_seed(seed)
+    cin, cout = 3 * groups, 2 * groups
+    conv_cls = nn.ConvTranspose2d if transpose else nn.Conv2d
+    conv = conv_cls(cin, cout, 3, stride=stride, dilation=dilation, groups=groups, bias=bias)
+    model = randomize_bn(nn.Sequential(conv, nn.BatchNorm2d(cout)), seed=seed)
+    result = fold_module(model)
+    assert count_bn(result.module) == 0
+    assert_same(model, result.module, torch.randn(2, cin, 7, 7))
