@@ -157,9 +157,10 @@ def benchmark(
         from foldnorm.backends.ort_cpu import OrtSession
 
         reference = OrtSession(paths["unfolded"]).run(feeds)
-        options = RunOptions(tuple(ort_opt), threads, tuple(precisions), batch_size, max_batch_size, cache_dir,
-                             {k: tuple(v.shape) for k, v in feeds.items()})
-        extra = {"cache_dir": cache_dir, "max_batch_size": max_batch_size, "shapes": options.example_shapes,
+        options = RunOptions(tuple(ort_opt), threads, tuple(precisions))
+        # open-time options for the backends that need them (TensorRT: engine cache and shape profile)
+        extra = {"cache_dir": cache_dir, "max_batch_size": max_batch_size,
+                 "shapes": {k: tuple(v.shape) for k, v in feeds.items()},
                  "dynamic_batch": {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
                                    for s in input_specs(unfolded) if s.dims}}
         targets: dict[str, dict[str, Any]] = {"onnx": paths}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -35,10 +34,6 @@ class RunOptions:
     ort_opt: tuple[str, ...] = ("disabled", "all")
     threads: int = 0
     precisions: tuple[str, ...] = ("fp32", "fp16")
-    batch_size: int = 1
-    max_batch_size: int | None = None
-    cache_dir: Path | None = None
-    example_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 class Session(Protocol):
