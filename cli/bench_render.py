@@ -38,11 +38,30 @@ def _footer(result: BenchResult) -> list[str]:
     return lines
 
 
+TEXT_HEADERS = ["backend", "config", "precision", "variant", "p50 ms", "p90 ms", "speed-up", "IQR",
+                "max abs err", "max rel err", "NaN/Inf", "BN folded", "GN/LN/IN kept"]
+
+
+def _folded_counts(result: BenchResult, row: BenchRow) -> tuple[int, int]:
+    """BatchNorm folded and GN/LN/IN kept in the graph (or module) the row ran."""
+    report = result.torch_fold_report if row.backend == "torch" else result.fold_report
+    if report is None:
+        return 0, 0
+    folded = sum(1 for r in report.by_kind("batchnorm") if r.outcome == "folded")
+    return (folded if row.variant == "folded" else 0), result.fold_report.protected_kept
+
+
 def bench_text(result: BenchResult) -> str:
-    """The rows as an aligned text table, with the fold, verification, unavailable and environment lines."""
-    head = (f"model: {result.model} (batch {result.batch_size}); accuracy vs unfolded on ort-cpu opt=disabled fp32; "
-            "speed-up = median over rounds of unfolded/row latency, same configuration (IQR: 25th-75th pct)")
-    return "\n".join([head, table(HEADERS, [_cells(r) for r in result.rows]), *_footer(result)])
+    """The main columns as an aligned text table, then the fold, verification, unavailable and environment
+    lines. Every statistic (p99, mean, std, throughput, build time, memory) is in the JSON, CSV and Markdown."""
+    head = (f"model: {result.model} (batch {result.batch_size}); errors vs unfolded on ort-cpu opt=disabled fp32; "
+            "speed-up: median of per-round unfolded/row ratios (IQR 25-75%)")
+    rows = []
+    for r in result.rows:
+        iqr = f"{r.speedup_iqr[0]:.2f}-{r.speedup_iqr[1]:.2f}"
+        rows.append([r.backend, r.config, r.precision, r.variant, r.latency.p50_ms, r.latency.p90_ms, r.speedup,
+                     iqr, r.max_abs, r.max_rel, r.nonfinite, *_folded_counts(result, r)])
+    return "\n".join([head, table(TEXT_HEADERS, rows), *_footer(result)])
 
 
 def bench_markdown(result: BenchResult) -> str:

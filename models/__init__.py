@@ -45,7 +45,7 @@ def _lazy(module: str, cls: str, **kwargs: Any) -> Callable[[], nn.Module]:
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet-bn", _lazy("resnet_bn", "ResNetBN"), (1, 3, 32, 32),
+        ModelSpec("resnet-bn", _lazy("resnet_bn", "ResNetBN"), (1, 3, 224, 224),
                   "ResNet-style Conv-BN-ReLU residual blocks and a Conv-GroupNorm block"),
         ModelSpec("mobilenet-bn", _lazy("mobilenet_bn", "MobileNetBN"), (1, 3, 32, 32),
                   "depthwise separable Conv-BN-ReLU6 blocks, BN eps 1e-3"),
