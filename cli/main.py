@@ -41,6 +41,7 @@ def cli(verbose: int) -> None:
     \b
     foldnorm export resnet-bn -o model.onnx       # faithful, unfolded ONNX from PyTorch
     foldnorm fold model.onnx -o folded.onnx       # fold, verify, report every norm node
+    foldnorm verify model.onnx folded.onnx        # same numbers? GN/LN/IN intact? (exit 3 if not)
     foldnorm bench                                # the whole job on the built-in default model
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -51,8 +52,9 @@ def _register() -> None:
     from .bench_cmd import bench
     from .export_cmd import export
     from .fold_cmd import fold
+    from .verify_cmd import verify
 
-    for command in (export, fold, bench):
+    for command in (export, fold, verify, bench):
         cli.add_command(command)
 
 
