@@ -42,19 +42,23 @@ def fold_file(
     options: FoldOptions | None = None,
     batch_sizes: Sequence[int] = (1, 2),
     seed: int = 0,
+    in_place: bool = False,
 ) -> FoldFileResult:
     """Fold the model at `input_path` and write it to `output_path` (None: do not write).
 
     With `verify` (the default) the folded model is compared with the original on ONNX Runtime first; on a
     mismatch nothing is written and `VerificationError` is raised with the result in `.result`.
+    `output_path` may equal `input_path` only with `in_place` (the file is then replaced atomically).
     """
     if output_path is not None:
-        check_output_path(output_path, input_path)
-    original = load_model(input_path)
-    folded = fold_model(original, options=options)
+        check_output_path(output_path, input_path, in_place=in_place)
+    # Without verification the original is not needed: fold the freshly loaded model without a copy.
+    original = load_model(input_path) if verify else None
+    folded = fold_model(original if original is not None else input_path, options=options)
     result = FoldFileResult(str(input_path), None, folded.report, None)
-    if verify:
+    if original is not None:
         result.verify = compare_models(original, folded.model, batch_sizes=batch_sizes, seed=seed)
+        del original
         if not result.verify.ok:
             err = VerificationError(f"the folded model differs from {input_path}: {result.verify.summary()}; "
                                     "nothing was written (please report this model)")
