@@ -22,8 +22,9 @@ import numpy as np
 import onnx
 
 from foldnorm.errors import InputSpecError, ModelMismatchError
+from foldnorm.external import has_weights_on_disk
 from foldnorm.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
-from foldnorm.modelio import EXTERNAL_DATA_THRESHOLD, ModelLike, load_model, model_label
+from foldnorm.modelio import ModelLike, load_model, model_label, needs_external_data
 from foldnorm.structure import StructureReport, compare_structure
 
 # Default tolerances by the reference output's dtype: (rtol, atol).
@@ -190,20 +191,23 @@ def _describe(spec: InputSpec) -> str:
     return f"{onnx.helper.tensor_dtype_to_string(spec.elem_type).removeprefix('TensorProto.').lower()}[{dims}]"
 
 
-def _session_source(model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
+    """What ONNX Runtime opens: the file itself, the serialized model, or a copy written to `workdir`."""
+    if not isinstance(source, onnx.ModelProto):
+        return str(source)
+    if not has_weights_on_disk(model) and not needs_external_data(model):
         return model.SerializeToString()
     from foldnorm.modelio import save_model
 
     return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
 
-def _run_all(model: onnx.ModelProto, workdir: Path, role: str, label: str,
+def _run_all(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str, label: str,
              feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Outputs of `model` for every feed, one session at a time (so two big models are never both loaded)."""
     from foldnorm.backends.ort_cpu import OrtSession
 
-    session = OrtSession(_session_source(model, workdir, role))
+    session = OrtSession(_session_source(source, model, workdir, role))
     try:
         return [session.run(f) for f in feeds]
     except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
@@ -240,7 +244,9 @@ def compare_models(
     if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
                              "use e.g. batch_sizes=(1, 4), samples=1")
-    ref_model, cand_model = load_model(reference), load_model(candidate)
+    # Files are read without their weights (ONNX Runtime opens the files themselves).
+    ref_model = load_model(reference, keep_weights_on_disk=True)
+    cand_model = load_model(candidate, keep_weights_on_disk=True)
     check_interface(ref_model, cand_model)
     if inputs is not None:
         feeds = [load_feeds(inputs, ref_model)]
@@ -256,8 +262,8 @@ def compare_models(
         result.structure = compare_structure(ref_model, cand_model)
     names = [o.name for o in ref_model.graph.output]
     with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
-        expected = _run_all(ref_model, Path(tmp), "reference", result.reference, feeds)
-        got = _run_all(cand_model, Path(tmp), "candidate", result.candidate, feeds)
+        expected = _run_all(reference, ref_model, Path(tmp), "reference", result.reference, feeds)
+        got = _run_all(candidate, cand_model, Path(tmp), "candidate", result.candidate, feeds)
     for i, name in enumerate(names):
         dtype = expected[0][i].dtype
         r, a = tolerances_for(dtype, rtol, atol)

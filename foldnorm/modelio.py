@@ -10,10 +10,11 @@ from pathlib import Path
 import onnx
 import onnx.checker
 import onnx.shape_inference
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError
+from foldnorm.external import has_weights_on_disk, point_to_files, repoint, write_with_external_data
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -24,12 +25,14 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 MIN_OPSET = 7
 
 
-def load_model(source: ModelLike, *, check: bool = True) -> onnx.ModelProto:
+def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: bool = False) -> onnx.ModelProto:
     """Return the model at `source` (a path or an already loaded `ModelProto`), external data included.
 
     A path is checked before its weights are read: it must parse as ONNX, use a supported opset, pass
     `onnx.checker` and strict shape inference (`check=False` skips these two), and have its external data
     files in place. Every problem raises `ModelLoadError` or `InvalidModelError` naming the file and the fix.
+    With `keep_weights_on_disk` external tensors are not read into memory: they point at their file (see
+    `foldnorm.external`); such a model is for folding and `save_model`, not for `SerializeToString`.
     A `ModelProto` is returned as it is.
     """
     if isinstance(source, onnx.ModelProto):
@@ -55,6 +58,9 @@ def load_model(source: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     _check_external_files(model, path)
     if check:
         _check_model(model, path)
+    if keep_weights_on_disk:
+        point_to_files(model, path.parent)
+        return model
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (FileNotFoundError, OSError, ValueError) as exc:
@@ -117,6 +123,14 @@ def model_label(source: ModelLike) -> str:
     return str(source)
 
 
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether `model` is too big to serialize as one protobuf (over 2 GiB, with a margin)."""
+    try:
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except EncodeError:  # protobuf refuses to even size a message over 2 GiB
+        return True
+
+
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike, in_place: bool = False) -> Path:
     """Validate an output path before any work is done; refuse to overwrite an input unless `in_place`."""
     out = Path(output)
@@ -143,49 +157,78 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike, in_
     return out
 
 
+class StagedModel:
+    """A model written to a hidden temporary folder beside its destination, not yet moved into place."""
+
+    def __init__(self, output: Path, tmpdir: Path, data_name: str | None) -> None:
+        self.output = output
+        self.tmpdir = tmpdir
+        self.data_name = data_name
+        self.path = tmpdir / output.name
+
+    def commit(self) -> Path:
+        """Move the staged files into place (data file first, then the model) and return the output path."""
+        try:
+            if self.data_name is not None:
+                os.replace(self.tmpdir / self.data_name, self.output.parent / self.data_name)
+            os.replace(self.path, self.output)
+        except OSError as exc:
+            raise OutputPathError(f"{self.output}: cannot write ({_first_line(exc)}); choose a writable path.") \
+                from exc
+        finally:
+            self.discard()
+        return self.output
+
+    def discard(self) -> None:
+        """Remove whatever is still staged."""
+        for leftover in self.tmpdir.iterdir() if self.tmpdir.is_dir() else ():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            self.tmpdir.rmdir()
+
+
+def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None,
+                in_place: bool = False, inputs: tuple[str | os.PathLike, ...] = ()) -> StagedModel:
+    """Write `model` next to `output` under a temporary name; `commit()` moves it into place atomically.
+
+    `external_data=None` stores tensors externally when the model would exceed protobuf's 2 GiB limit or
+    keeps weights on disk; they go to `<output name>.data`. Afterwards the model's external tensors point
+    at the written data file. On any error or interrupt nothing is left behind.
+    """
+    out = check_output_path(output, *inputs, in_place=in_place)
+    if external_data is None:
+        external_data = has_weights_on_disk(model) or needs_external_data(model)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".foldnorm-", dir=out.parent))
+    staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None)
+    try:
+        if staged.data_name is not None:
+            write_with_external_data(model, staged.path, staged.data_name)
+        else:
+            onnx.save_model(model, str(staged.path))
+    except OSError as exc:
+        staged.discard()
+        raise OutputPathError(f"{out}: cannot write ({_first_line(exc)}); choose a writable path with free "
+                              "space.") from exc
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None) -> Path:
     """Write `model` to `output` atomically (temp files, then rename); never leave a partial file.
 
-    `external_data=None` stores tensors externally only when the model would exceed protobuf's 2 GiB limit.
-    External tensors go to `<output name>.data` beside the model. An interrupt (Ctrl-C) or a write error
-    leaves the previous file, if any, untouched and no temporary file behind.
+    `external_data=None` stores tensors externally only when the model would exceed protobuf's 2 GiB limit
+    (or was loaded with its weights kept on disk); they go to `<output name>.data` beside the model, and the
+    model's tensors then refer to that file instead of holding their bytes. An interrupt (Ctrl-C) or a write
+    error leaves the previous file, if any, untouched and no temporary file behind.
     """
-    out = check_output_path(output)
-    if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    tmpdir: Path | None = None
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".foldnorm-", dir=out.parent))
-        tmp_model = tmpdir / out.name
-        data_name = out.name + ".data"
-        if external_data:
-            onnx.save_model(
-                model,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            # onnx moved the tensors' bytes to the file and marked them external; read them back so the
-            # caller's object stays self-contained.
-            onnx.load_external_data_for_model(model, str(tmpdir))
-            os.replace(tmpdir / data_name, out.parent / data_name)
-        else:
-            onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, out)
-    except FileNotFoundError as exc:
-        raise OutputPathError(f"{out}: cannot write ({_first_line(exc)}); create the directory first.") from exc
-    except OSError as exc:
-        raise OutputPathError(f"{out}: cannot write ({_first_line(exc)}); choose a writable path.") from exc
-    finally:
-        if tmpdir is not None:
-            for leftover in tmpdir.iterdir():
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
-            with contextlib.suppress(OSError):
-                tmpdir.rmdir()
-    return out
+    staged = stage_model(model, output, external_data=external_data)
+    written = staged.commit()
+    if staged.data_name is not None:
+        repoint(model, staged.tmpdir / staged.data_name, written.parent / staged.data_name)
+    return written
 
 
 def _first_line(exc: BaseException) -> str:

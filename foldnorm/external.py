@@ -1,0 +1,147 @@
+"""Weights kept on disk: tensors whose bytes stay in an external data file until something needs them.
+
+A model loaded with `load_model(path, keep_weights_on_disk=True)` has its external tensors point at their
+data file by absolute path. The fold engine reads them one at a time (`tensor_array`), replaces only those
+it changes, and `save_model` copies the untouched ones file to file. Protobuf (upb) never frees the bytes of
+a replaced field before the whole model is freed, so keeping weights out of the message is what keeps peak
+memory near the model's size. Absolute locations never reach a written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+# Tensors at least this large go to the data file; offsets are page-aligned so readers can map them.
+SIZE_THRESHOLD = 1024
+ALIGN = 4096
+_CHUNK = 64 << 20
+
+
+def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
+    return list(external_data_helper._get_all_tensors(model))
+
+
+def _entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def is_on_disk(tensor: onnx.TensorProto) -> bool:
+    """Whether the tensor's bytes are in a file rather than in the message."""
+    return external_data_helper.uses_external_data(tensor) and not tensor.HasField("raw_data")
+
+
+def has_weights_on_disk(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model still lives in an external file."""
+    return any(is_on_disk(t) for t in all_tensors(model))
+
+
+def point_to_files(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Make the external tensors' locations absolute, so they can be read wherever the model goes."""
+    for tensor in all_tensors(model):
+        if is_on_disk(tensor):
+            entries = _entries(tensor)
+            _set_location(tensor, str((base_dir / entries["location"]).resolve()),
+                          int(entries.get("offset", 0)), _length(tensor, entries))
+
+
+def _length(tensor: onnx.TensorProto, entries: dict[str, str]) -> int:
+    if "length" in entries:
+        return int(entries["length"])
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def _set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _read_bytes(tensor: onnx.TensorProto) -> bytes:
+    entries = _entries(tensor)
+    with open(entries["location"], "rb") as f:
+        f.seek(int(entries.get("offset", 0)))
+        return f.read(_length(tensor, entries))
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's value as a numpy array, read from its file when it is kept on disk."""
+    if not is_on_disk(tensor):
+        return numpy_helper.to_array(tensor)
+    loaded = onnx.TensorProto()
+    loaded.name, loaded.data_type = tensor.name, tensor.data_type
+    loaded.dims.extend(tensor.dims)
+    loaded.raw_data = _read_bytes(tensor)
+    return numpy_helper.to_array(loaded)
+
+
+def tensor_digest(tensor: onnx.TensorProto) -> bytes:
+    """Bytes that identify the tensor's name, type, shape and contents, wherever the contents are stored."""
+    if not is_on_disk(tensor):
+        return tensor.SerializeToString()
+    h = hashlib.sha256(f"{tensor.name}|{tensor.data_type}|{list(tensor.dims)}".encode())
+    h.update(_read_bytes(tensor))
+    return h.digest()
+
+
+def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> None:
+    """Write `model` to `model_path` and its large tensors to `data_name` beside it.
+
+    Tensors held in memory move to the file (the message keeps a reference); tensors kept on disk are
+    copied file to file. Afterwards every external tensor of `model` points at the new file by absolute path.
+    """
+    data_path = model_path.parent / data_name
+    moved: list[tuple[onnx.TensorProto, int, int]] = []
+    with open(data_path, "wb") as out:
+        for tensor in all_tensors(model):
+            on_disk = is_on_disk(tensor)
+            if not on_disk and not (tensor.HasField("raw_data") and tensor.ByteSize() >= SIZE_THRESHOLD):
+                continue
+            out.write(b"\0" * (-out.tell() % ALIGN))
+            offset = out.tell()
+            if on_disk:
+                entries = _entries(tensor)
+                with open(entries["location"], "rb") as src:
+                    src.seek(int(entries.get("offset", 0)))
+                    _copy_range(src, out, _length(tensor, entries))
+            else:
+                out.write(tensor.raw_data)
+            moved.append((tensor, offset, out.tell() - offset))
+        out.flush()
+        os.fsync(out.fileno())
+    for tensor, offset, length in moved:
+        _set_location(tensor, data_name, offset, length)
+    model_path.write_bytes(model.SerializeToString())
+    for tensor, offset, length in moved:
+        _set_location(tensor, str(data_path.resolve()), offset, length)
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, length: int) -> None:
+    remaining = length
+    while remaining > 0:
+        chunk = src.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise OSError(f"external data ended {remaining} bytes early")
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+def repoint(model: onnx.ModelProto, old: Path, new: Path) -> None:
+    """Tensors kept in file `old` are now in file `new` (after a rename)."""
+    old_text, new_text = str(old.resolve()), str(new.resolve())
+    for tensor in all_tensors(model):
+        if is_on_disk(tensor) and _entries(tensor).get("location") == old_text:
+            entries = _entries(tensor)
+            _set_location(tensor, new_text, int(entries.get("offset", 0)), _length(tensor, entries))
+
