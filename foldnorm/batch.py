@@ -99,7 +99,8 @@ def fold_directory(
     if jobs < 1:
         raise FoldnormError(f"jobs={jobs}: give a positive number of parallel jobs")
     if not dst_dir.is_dir():
-        raise OutputPathError(f"{dst_dir}: output directory does not exist; create it first.")
+        raise OutputPathError(f"{src_dir} is a directory, so the output {dst_dir} must be an existing directory "
+                              "(models keep their names); create it, or give one .onnx file to fold.")
     sources = sorted(p for p in src_dir.glob("*.onnx") if p.is_file())
     if not sources:
         raise FoldnormError(f"{src_dir}: holds no .onnx files; give a directory of ONNX models.")

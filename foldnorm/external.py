@@ -38,6 +38,26 @@ def is_on_disk(tensor: onnx.TensorProto) -> bool:
     return external_data_helper.uses_external_data(tensor) and not tensor.HasField("raw_data")
 
 
+def payload_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of data the tensor holds in memory, computed without copying or serializing it.
+
+    (With the upb protobuf backend `ByteSize()` serializes the message, which for a big model costs more
+    memory than the model itself.)
+    """
+    if is_on_disk(tensor):
+        return 0
+    if tensor.HasField("raw_data"):
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return 8 * sum(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data",
+                                                     "uint64_data")) + sum(len(x) for x in tensor.string_data)
+
+
+def in_memory_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data the model holds in memory (its serialized size, less the graph structure)."""
+    return sum(payload_bytes(t) for t in all_tensors(model))
+
+
 def has_weights_on_disk(model: onnx.ModelProto) -> bool:
     """Whether any tensor of the model still lives in an external file."""
     return any(is_on_disk(t) for t in all_tensors(model))
@@ -87,11 +107,14 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
 
 
 def tensor_digest(tensor: onnx.TensorProto) -> bytes:
-    """Bytes that identify the tensor's name, type, shape and contents, wherever the contents are stored."""
-    if not is_on_disk(tensor):
-        return tensor.SerializeToString()
-    h = hashlib.sha256(f"{tensor.name}|{tensor.data_type}|{list(tensor.dims)}".encode())
-    h.update(_read_bytes(tensor))
+    """A digest of the tensor's name, type, shape and contents, the same wherever the contents are stored."""
+    h = hashlib.sha256(f"{tensor.name}|{tensor.data_type}|{list(tensor.dims)}|".encode())
+    if is_on_disk(tensor):
+        h.update(_read_bytes(tensor))
+    elif tensor.HasField("raw_data"):
+        h.update(tensor.raw_data)
+    else:
+        h.update(numpy_helper.to_array(tensor).tobytes())
     return h.digest()
 
 
@@ -106,7 +129,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
     with open(data_path, "wb") as out:
         for tensor in all_tensors(model):
             on_disk = is_on_disk(tensor)
-            if not on_disk and not (tensor.HasField("raw_data") and tensor.ByteSize() >= SIZE_THRESHOLD):
+            if not on_disk and not (tensor.HasField("raw_data") and payload_bytes(tensor) >= SIZE_THRESHOLD):
                 continue
             out.write(b"\0" * (-out.tell() % ALIGN))
             offset = out.tell()

@@ -10,11 +10,12 @@ from pathlib import Path
 import onnx
 import onnx.checker
 import onnx.shape_inference
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError
-from foldnorm.external import has_weights_on_disk, point_to_files, repoint, write_with_external_data
+from foldnorm.external import has_weights_on_disk, in_memory_bytes, point_to_files, repoint, write_with_external_data
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -48,7 +49,7 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
         model = onnx.load(str(path), load_external_data=False)
     except PermissionError as exc:
         raise ModelLoadError(f"{path}: cannot be read ({_first_line(exc)}); check its permissions.") from exc
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except (DecodeError, json_format.Error, ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
             f"{path}: not a valid ONNX model ({_first_line(exc)}); give an .onnx file written by an exporter."
         ) from exc
@@ -125,10 +126,7 @@ def model_label(source: ModelLike) -> str:
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """Whether `model` is too big to serialize as one protobuf (over 2 GiB, with a margin)."""
-    try:
-        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    except EncodeError:  # protobuf refuses to even size a message over 2 GiB
-        return True
+    return in_memory_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike, in_place: bool = False) -> Path:
