@@ -118,14 +118,17 @@ def tensor_digest(tensor: onnx.TensorProto) -> bytes:
     return h.digest()
 
 
-def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> None:
+def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str, *,
+                             keep_in_memory: bool = True) -> None:
     """Write `model` to `model_path` and its large tensors to `data_name` beside it.
 
-    Tensors held in memory move to the file (the message keeps a reference); tensors kept on disk are
-    copied file to file. Afterwards every external tensor of `model` points at the new file by absolute path.
+    Tensors kept on disk are copied file to file and keep pointing at their source. Tensors held in memory
+    are written out; with `keep_in_memory` they are read back afterwards, so the caller's model is as it
+    was (for a big model that costs its size again: protobuf keeps the old bytes), otherwise they are left
+    pointing at the written file by absolute path (for a caller that drops the model next).
     """
     data_path = model_path.parent / data_name
-    moved: list[tuple[onnx.TensorProto, int, int]] = []
+    moved: list[tuple[onnx.TensorProto, int, int, dict[str, str] | None]] = []
     with open(data_path, "wb") as out:
         for tensor in all_tensors(model):
             on_disk = is_on_disk(tensor)
@@ -133,21 +136,35 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
                 continue
             out.write(b"\0" * (-out.tell() % ALIGN))
             offset = out.tell()
-            if on_disk:
-                entries = _entries(tensor)
-                with open(entries["location"], "rb") as src:
-                    src.seek(int(entries.get("offset", 0)))
-                    _copy_range(src, out, _length(tensor, entries))
+            source = _entries(tensor) if on_disk else None
+            if source is not None:
+                with open(source["location"], "rb") as src:
+                    src.seek(int(source.get("offset", 0)))
+                    _copy_range(src, out, _length(tensor, source))
             else:
                 out.write(tensor.raw_data)
-            moved.append((tensor, offset, out.tell() - offset))
+            moved.append((tensor, offset, out.tell() - offset, source))
         out.flush()
         os.fsync(out.fileno())
-    for tensor, offset, length in moved:
-        _set_location(tensor, data_name, offset, length)
-    model_path.write_bytes(model.SerializeToString())
-    for tensor, offset, length in moved:
-        _set_location(tensor, str(data_path.resolve()), offset, length)
+    try:
+        for tensor, offset, length, _ in moved:
+            _set_location(tensor, data_name, offset, length)
+        model_path.write_bytes(model.SerializeToString())
+    finally:
+        for tensor, offset, length, source in moved:
+            if source is not None:
+                _set_location(tensor, source["location"], int(source.get("offset", 0)), _length(tensor, source))
+            else:
+                _set_location(tensor, str(data_path.resolve()), offset, length)
+                if keep_in_memory:
+                    _load_into_message(tensor)
+
+
+def _load_into_message(tensor: onnx.TensorProto) -> None:
+    data = _read_bytes(tensor)
+    tensor.ClearField("data_location")
+    del tensor.external_data[:]
+    tensor.raw_data = data
 
 
 def _copy_range(src: BinaryIO, dst: BinaryIO, length: int) -> None:
@@ -158,13 +175,3 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, length: int) -> None:
             raise OSError(f"external data ended {remaining} bytes early")
         dst.write(chunk)
         remaining -= len(chunk)
-
-
-def repoint(model: onnx.ModelProto, old: Path, new: Path) -> None:
-    """Tensors kept in file `old` are now in file `new` (after a rename)."""
-    old_text, new_text = str(old.resolve()), str(new.resolve())
-    for tensor in all_tensors(model):
-        if is_on_disk(tensor) and _entries(tensor).get("location") == old_text:
-            entries = _entries(tensor)
-            _set_location(tensor, new_text, int(entries.get("offset", 0)), _length(tensor, entries))
-

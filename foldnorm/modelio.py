@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError
-from foldnorm.external import has_weights_on_disk, in_memory_bytes, point_to_files, repoint, write_with_external_data
+from foldnorm.external import has_weights_on_disk, in_memory_bytes, point_to_files, write_with_external_data
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -187,12 +187,14 @@ class StagedModel:
 
 
 def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None,
-                in_place: bool = False, inputs: tuple[str | os.PathLike, ...] = ()) -> StagedModel:
+                in_place: bool = False, inputs: tuple[str | os.PathLike, ...] = (),
+                keep_in_memory: bool = True) -> StagedModel:
     """Write `model` next to `output` under a temporary name; `commit()` moves it into place atomically.
 
     `external_data=None` stores tensors externally when the model would exceed protobuf's 2 GiB limit or
-    keeps weights on disk; they go to `<output name>.data`. Afterwards the model's external tensors point
-    at the written data file. On any error or interrupt nothing is left behind.
+    keeps weights on disk; they go to `<output name>.data`. `keep_in_memory=False` is for a caller that
+    drops `model` right after: its written tensors are then not read back (see
+    `foldnorm.external.write_with_external_data`). On any error or interrupt nothing is left behind.
     """
     out = check_output_path(output, *inputs, in_place=in_place)
     if external_data is None:
@@ -201,7 +203,7 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
     staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None)
     try:
         if staged.data_name is not None:
-            write_with_external_data(model, staged.path, staged.data_name)
+            write_with_external_data(model, staged.path, staged.data_name, keep_in_memory=keep_in_memory)
         else:
             onnx.save_model(model, str(staged.path))
     except OSError as exc:
@@ -218,15 +220,11 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     """Write `model` to `output` atomically (temp files, then rename); never leave a partial file.
 
     `external_data=None` stores tensors externally only when the model would exceed protobuf's 2 GiB limit
-    (or was loaded with its weights kept on disk); they go to `<output name>.data` beside the model, and the
-    model's tensors then refer to that file instead of holding their bytes. An interrupt (Ctrl-C) or a write
-    error leaves the previous file, if any, untouched and no temporary file behind.
+    (or was loaded with its weights kept on disk); they go to `<output name>.data` beside the model. `model`
+    itself is left as it was. An interrupt (Ctrl-C) or a write error leaves the previous file, if any,
+    untouched and no temporary file behind.
     """
-    staged = stage_model(model, output, external_data=external_data)
-    written = staged.commit()
-    if staged.data_name is not None:
-        repoint(model, staged.tmpdir / staged.data_name, written.parent / staged.data_name)
-    return written
+    return stage_model(model, output, external_data=external_data).commit()
 
 
 def _first_line(exc: BaseException) -> str:

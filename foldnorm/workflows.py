@@ -60,7 +60,7 @@ def fold_file(
             result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed)
             _raise_if_different(result)
         return result
-    staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,))
+    staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
     del folded  # the staged file holds it now; ONNX Runtime reads it from there
     try:
         if verify:

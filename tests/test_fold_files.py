@@ -126,3 +126,16 @@ def test_fold_directory_all_good_exit_0(model_dir: Path, tmp_path: Path) -> None
 def test_fold_directory_refuses_itself_without_in_place(model_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["fold", str(model_dir), "-o", str(model_dir)])
     assert result.exit_code == 1 and "--in-place" in result.stderr
+
+
+def test_save_model_leaves_the_callers_model_usable(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = conv_bn_ln(rng)
+    before = model.SerializeToString()
+    foldnorm.save_model(model, tmp_path / "ext.onnx", external_data=True)
+    assert model.SerializeToString() == before
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 0
+    lazy = foldnorm.load_model(tmp_path / "ext.onnx", keep_weights_on_disk=True)
+    assert foldnorm.compare_models(model, lazy).ok  # runs the lazy model from a temporary copy
+    foldnorm.save_model(lazy, tmp_path / "again.onnx")
+    assert foldnorm.compare_models(model, tmp_path / "again.onnx").ok
+    assert foldnorm.compare_models(model, lazy).ok  # still readable: it points at its own file
