@@ -28,7 +28,7 @@ class FoldnormGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; no output was written", err=True)
+            click.echo("interrupted; no partially written file was left behind", err=True)
             sys.exit(130)
 
 

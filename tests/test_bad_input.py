@@ -232,7 +232,7 @@ def test_interrupted_write_leaves_nothing(good: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(modelio.onnx, "save_model", save_then_interrupt)
     result = CliRunner().invoke(cli, ["fold", str(good), "-o", str(out)])
     assert result.exit_code == 130
-    assert "no output was written" in result.stderr
+    assert "no partially written file" in result.stderr
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "out.onnx"]
 
