@@ -52,9 +52,10 @@ def _register() -> None:
     from .bench_cmd import bench
     from .export_cmd import export
     from .fold_cmd import fold
+    from .models_cmd import models
     from .verify_cmd import verify
 
-    for command in (export, fold, verify, bench):
+    for command in (export, fold, verify, bench, models):
         cli.add_command(command)
 
 

@@ -119,8 +119,10 @@ def tensor_digest(tensor: onnx.TensorProto) -> bytes:
 
 
 def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str, *,
-                             keep_in_memory: bool = True) -> None:
-    """Write `model` to `model_path` and its large tensors to `data_name` beside it.
+                             keep_in_memory: bool = True) -> int:
+    """Write `model` to `model_path` and its large tensors to `data_name` beside it; return how many.
+
+    With no tensor large enough, no data file is left.
 
     Tensors kept on disk are copied file to file and keep pointing at their source. Tensors held in memory
     are written out; with `keep_in_memory` they are read back afterwards, so the caller's model is as it
@@ -158,6 +160,9 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
                 _set_location(tensor, str(data_path.resolve()), offset, length)
                 if keep_in_memory:
                     _load_into_message(tensor)
+    if not moved:
+        data_path.unlink()
+    return len(moved)
 
 
 def _load_into_message(tensor: onnx.TensorProto) -> None:

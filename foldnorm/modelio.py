@@ -203,7 +203,8 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
     staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None)
     try:
         if staged.data_name is not None:
-            write_with_external_data(model, staged.path, staged.data_name, keep_in_memory=keep_in_memory)
+            if not write_with_external_data(model, staged.path, staged.data_name, keep_in_memory=keep_in_memory):
+                staged.data_name = None
         else:
             onnx.save_model(model, str(staged.path))
     except OSError as exc:
