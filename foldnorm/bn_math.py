@@ -47,10 +47,10 @@ def fold_output_channels(
 
     Returns float64 `(weight', bias')`; `bias=None` stands for a zero bias.
     """
-    w = np.asarray(weight, dtype=np.float64)
-    shape = [1] * w.ndim
+    w_folded = np.array(weight, dtype=np.float64)  # our own copy, scaled in place (big weights: one buffer)
+    shape = [1] * w_folded.ndim
     shape[axis] = affine.channels
-    w_folded = w * affine.scale.reshape(shape)
+    w_folded *= affine.scale.reshape(shape)
     b = np.zeros(affine.channels) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
     return w_folded, b * affine.scale + affine.shift
 
@@ -90,15 +90,12 @@ def emit(values: np.ndarray, dtype: np.dtype, channel_axis: int = 0) -> tuple[np
     if not np.all(np.isfinite(values)):
         return None, "the folded values are not finite (a zero variance with eps = 0, or an infinite parameter)"
     finfo_max, name = float(ml_dtypes.finfo(dtype).max), str(np.dtype(dtype))
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     if peak > finfo_max:
         return None, f"a folded value ({peak:.4g}) exceeds the {name} range (max {finfo_max:.6g})"
     rounded = values.astype(dtype)
     if values.ndim and values.size:
-        moved = np.moveaxis(values, channel_axis, 0).reshape(values.shape[channel_axis], -1)
-        back = np.moveaxis(rounded.astype(np.float64), channel_axis, 0).reshape(moved.shape)
-        mag = np.max(np.abs(moved), axis=1)
-        err = np.max(np.abs(back - moved), axis=1)
+        mag, err = _channel_rounding_error(values, rounded, channel_axis)
         lossy = (mag > 0) & (err > 0.01 * mag)
         if np.any(lossy):
             c = int(np.argmax(lossy))
@@ -108,3 +105,18 @@ def emit(values: np.ndarray, dtype: np.dtype, channel_axis: int = 0) -> tuple[np
             )
     return rounded, None
 
+
+
+def _channel_rounding_error(values: np.ndarray, rounded: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: largest |value| and largest rounding error, a few million elements at a time (big
+    weights would otherwise need several float64 temporaries of their full size)."""
+    moved, back = np.moveaxis(values, axis, 0), np.moveaxis(rounded, axis, 0)
+    channels = moved.shape[0]
+    mag, err = np.empty(channels), np.empty(channels)
+    step = max(1, (1 << 22) // max(1, moved[0].size))
+    for start in range(0, channels, step):
+        v = moved[start:start + step].reshape(-1, moved[0].size)
+        r = back[start:start + step].reshape(v.shape).astype(np.float64)
+        mag[start:start + step] = np.max(np.abs(v), axis=1)
+        err[start:start + step] = np.max(np.abs(r - v), axis=1)
+    return mag, err

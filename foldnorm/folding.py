@@ -41,7 +41,8 @@ def fold_model(
     Returns a new model and a report with one record per normalization node. Protected normalizations
     (GroupNorm, LayerNorm, InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`.
     """
-    model = copy.deepcopy(load_model(source))
+    # A model read from a path is ours to edit; a caller's ModelProto is copied first.
+    model = copy.deepcopy(source) if isinstance(source, onnx.ModelProto) else load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
     _fold_graph(model.graph, None, None, "main", opts, passes, report)
