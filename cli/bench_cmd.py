@@ -1,74 +1,119 @@
-"""`foldnorm bench`: folded vs unfolded, latency and accuracy, per backend."""
+"""`foldnorm bench`: folded vs unfolded, latency and accuracy, per backend, configuration and precision."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
+from foldnorm.backends import BACKENDS
 from foldnorm.errors import VerificationError
 from foldnorm.inputs import Shape
 
+from .bench_render import RENDERERS, names, write_outputs
 from .options import format_option, shape_option
-from .render import emit_json, info, table
+from .render import info
+
+PRECISIONS = ("fp32", "fp16")
 
 
-def bench_table(result: object) -> str:
-    """The benchmark rows as a text table, with the fold and verification summary lines."""
-    from foldnorm.bench import BenchResult
+class Progress:
+    """Progress on stderr: a redrawn bar when stderr is a terminal, one line per step otherwise."""
 
-    assert isinstance(result, BenchResult)
-    rows = [
-        (r.backend, r.config, r.variant, r.latency.p50_ms, r.latency.p90_ms, r.speedup, r.max_abs, r.max_rel,
-         result.batchnorm_folded if r.variant == "folded" else 0, result.fold_report.protected_kept)
-        for r in result.rows
-    ]
-    text = table(["backend", "config", "variant", "p50 ms", "p90 ms", "speed-up", "max abs err", "max rel err",
-                  "BN folded", "GN/LN/IN kept"], rows)
-    lines = [f"model: {result.model} (batch {result.batch_size})", text,
-             f"fold: {result.fold_report.summary()}", f"verify: {result.verify.summary()}"]
-    lines += [f"{name}: {why}" for name, why in result.unavailable.items()]
-    return "\n".join(lines)
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.current: str | None = None
+
+    def __call__(self, message: str, fraction: float | None) -> None:
+        """Show `message` (with a bar for timing loops)."""
+        if fraction is None or message != self.current:
+            if self.tty and self.current is not None:
+                click.echo("", err=True)
+            self.current = message
+            if fraction is None or not self.tty:
+                info(message)
+                return
+        if self.tty and fraction is not None:
+            filled = int(fraction * 20)
+            click.echo(f"\r{message} [{'#' * filled}{' ' * (20 - filled)}] {fraction:4.0%}", err=True, nl=False)
+            if fraction >= 1.0:
+                click.echo("", err=True)
+                self.current = None
+
+
+def _levels(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    levels = names([value])
+    bad = [o for o in levels if o not in allowed]
+    if bad or not levels:
+        raise click.BadParameter(f"{','.join(bad) or value!r} is not in {', '.join(allowed)}", param_hint=option)
+    return levels
 
 
 @click.command()
 @click.argument("model", required=False)
 @click.option("--backend", "backends", multiple=True, default=["ort-cpu"], show_default=True,
-              help="Backend to time (repeatable).")
+              type=click.Choice([*BACKENDS, "all"]),
+              help="Backend to time (repeatable); `all` runs every available one and lists the rest.")
 @click.option("--ort-opt", default="disabled,all", show_default=True,
               help="ONNX Runtime optimization levels to time, comma-separated (disabled|basic|extended|all).")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime intra-op threads (0: default).")
+@click.option("--precision", default="fp32,fp16", show_default=True,
+              help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1),
+              help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: --batch-size).")
 @click.option("--input-shape", callback=shape_option, help="Input shape for a PyTorch model, e.g. 1x3x224x224.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds each variant is timed at least.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Exact number of timed runs per variant.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
-@format_option("text", "json")
-def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, threads: int, batch_size: int,
-          input_shape: Shape | None, warmup: int, min_time: float, iterations: int | None, exporter: str,
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where TensorRT engines and timing caches are kept (default: ~/.cache/foldnorm).")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also save bench.txt, bench.json (with raw samples), bench.csv and bench.md in this directory.")
+@click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
+@format_option("text", "json", "csv", "markdown")
+def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision: str, threads: int,
+          batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int, min_time: float,
+          iterations: int | None, exporter: str, cache_dir: Path | None, output_dir: Path | None, plot: bool,
           fmt: str) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
     MODEL is a built-in name (see foldnorm.models), an import spec package.module:attr, or a .onnx file.
+    Every row's accuracy is measured against the unfolded model on ONNX Runtime CPU with optimizations
+    disabled; backends that cannot run here are listed with the reason and an install hint.
     """
     from foldnorm.backends.ort_cpu import OPT_LEVELS
     from foldnorm.bench import benchmark
 
-    levels = [o.strip() for o in ort_opt.split(",") if o.strip()]
-    bad = [o for o in levels if o not in OPT_LEVELS]
-    if bad or not levels:
-        raise click.BadParameter(f"{','.join(bad) or ort_opt!r} is not in {', '.join(OPT_LEVELS)}",
-                                 param_hint="--ort-opt")
+    levels = _levels(ort_opt, OPT_LEVELS, "--ort-opt")
+    precisions = _levels(precision, PRECISIONS, "--precision")
+    if plot and output_dir is None:
+        raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
+                                 param_hint="--plot")
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise click.BadParameter(f"{output_dir} exists and is not a directory", param_hint="--output")
+    if plot:
+        import importlib.util
+
+        from foldnorm.plot import PLOT_INSTALL_HINT
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise click.UsageError(f"--plot needs matplotlib, which is not installed; install: {PLOT_INSTALL_HINT}")
     if model is None:
         from foldnorm.models import DEFAULT_MODEL
 
         model = DEFAULT_MODEL
-    result = benchmark(model, backends=backends, ort_opt=levels, threads=threads, batch_size=batch_size,
-                       input_shape=input_shape, warmup=warmup, min_time_s=min_time, iterations=iterations,
-                       exporter=exporter, progress=info)  # type: ignore[arg-type]
-    if fmt == "json":
-        emit_json(result.to_dict())
-    else:
-        click.echo(bench_table(result))
+    result = benchmark(model, backends=backends, ort_opt=levels, precisions=precisions, threads=threads,
+                       batch_size=batch_size, max_batch_size=max_batch_size, input_shape=input_shape,
+                       warmup=warmup, min_time_s=min_time, iterations=iterations, exporter=exporter,  # type: ignore[arg-type]
+                       cache_dir=cache_dir, progress=Progress())
+    click.echo(RENDERERS[fmt](result))
+    if output_dir is not None:
+        for path in write_outputs(result, output_dir, plot):
+            info(f"wrote {path}")
     if not result.verify.ok:
         raise VerificationError("the folded model is not equivalent to the unfolded one; see the table above")

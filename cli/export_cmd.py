@@ -6,29 +6,48 @@ from pathlib import Path
 
 import click
 
-from foldnorm.errors import VerificationError
-from foldnorm.inputs import Shape
+from foldnorm.errors import InputSpecError, VerificationError
+from foldnorm.inputs import Shape, parse_named_shape
 
-from .options import format_option, shape_option
-from .render import emit_json, info
+from .options import format_option
+from .render import emit_json, info, table
+
+
+def _named_shapes(ctx: click.Context, param: click.Parameter,
+                  values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
+    """Click callback: `1x3x224x224` or `NAME:1x3x224x224`, repeated; names on all of them or on none."""
+    try:
+        parsed = [parse_named_shape(v) for v in values]
+    except InputSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+    named = {name is not None for name, _ in parsed}
+    if len(named) > 1:
+        raise click.BadParameter("name every input (NAME:1x3x224x224) or none of them")
+    return parsed
 
 
 @click.command()
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--input-shape", callback=shape_option, help="Example input shape, e.g. 1x3x224x224 "
-              "(default: the built-in model's own).")
+@click.option("--input-shape", "input_shapes", multiple=True, callback=_named_shapes,
+              help="Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "
+                   "(default: the built-in model's own).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="Convert the module and inputs first (bfloat16 exports are not checked: "
+                                      "ONNX Runtime CPU lacks the kernels).")
 @click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True,
               help="ONNX opset (GroupNormalization as one node needs 21).")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
 @click.option("--static", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
+@click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the model.")
 @click.option("--train-ok", is_flag=True, help="Export a module left in train mode (BN uses running stats).")
 @format_option("text", "json")
-def export(model: str, output: Path, input_shape: Shape | None, opset: int, exporter: str, static: bool,
-           train_ok: bool, fmt: str) -> None:
+def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]], dtype: str, opset: int,
+           exporter: str, static: bool, external_data: bool, train_ok: bool, fmt: str) -> None:
     """Export MODEL (a built-in name or package.module:attr) to ONNX with every BatchNorm still present.
 
-    The export is checked against the PyTorch module on ONNX Runtime; a mismatch exits 3.
+    The export is checked against the PyTorch module on ONNX Runtime (optimizations disabled) at two batch
+    sizes; a mismatch exits 3.
     """
     import torch
 
@@ -36,18 +55,30 @@ def export(model: str, output: Path, input_shape: Shape | None, opset: int, expo
     from foldnorm.sources import load_module
 
     module, default_shape, label = load_module(model)
-    shape = input_shape or default_shape
-    if shape is None:
+    shapes = [shape for _, shape in input_shapes] or ([default_shape] if default_shape else [])
+    if not shapes:
         raise click.BadParameter("give --input-shape for an import spec, e.g. 1x3x224x224",
                                  param_hint="--input-shape")
-    info(f"exporting {label} with input {'x'.join(map(str, shape))}")
-    result = export_onnx(module, [torch.randn(shape)], output, opset=opset,
-                         exporter=exporter,  # type: ignore[arg-type]
-                         dynamic_batch=not static, train_ok=train_ok)
+    names = [name for name, _ in input_shapes if name] or None
+    described = ", ".join((f"{n}:" if n else "") + "x".join(map(str, s))
+                          for n, s in zip([n for n, _ in input_shapes] or [None], shapes))
+    info(f"exporting {label} ({exporter}, opset {opset}, {dtype}) with input {described}")
+    gen = torch.Generator().manual_seed(0)
+    result = export_onnx(module, [torch.randn(s, generator=gen) for s in shapes], output, input_names=names,
+                         opset=opset, exporter=exporter,  # type: ignore[arg-type]
+                         dynamic_batch=not static, train_ok=train_ok, dtype=dtype, external_data=external_data)
     if fmt == "json":
         emit_json(result.to_dict())
     else:
+        if result.requested_opset is not None and result.requested_opset != result.opset:
+            info(f"note: torch wrote opset {result.opset}, not the requested {result.requested_opset}")
+        if result.train_mode:
+            info("note: the module was in train mode; BatchNorm was exported with its running statistics")
+        if result.checks:
+            click.echo(table(["batch", "max abs", "max rel", "ok"],
+                             [[c.batch_size, c.max_abs, c.max_rel, "yes" if c.ok else "NO"] for c in result.checks]))
         click.echo(result.summary())
     if not result.ok:
-        raise VerificationError(f"the exported ONNX model does not match {label} in PyTorch "
-                                f"(max rel error {result.max_rel:.3g}); the file was kept for inspection")
+        reason = result.check_note or f"max rel error {result.max_rel:.3g}"
+        raise VerificationError(f"the exported ONNX model does not match {label} in PyTorch ({reason}); "
+                                "the file was kept for inspection")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from foldnorm.errors import VerificationError
+from foldnorm.modelio import check_output_path
 from foldnorm.report import FoldReport
 from foldnorm.workflows import FoldFileResult, fold_file
 
@@ -37,25 +38,39 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
 
 @click.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folded model to write.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Folded model to write (a directory when IN is one).")
+@click.option("--in-place", is_flag=True, help="Replace IN itself (atomically); -o may then be left out.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Models folded in parallel when IN is a directory.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare folded and original on ONNX Runtime before writing.")
 @click.option("--standalone-bn", type=click.Choice(["keep", "affine"]), default="keep", show_default=True,
               help="A BN with nothing to fold into: keep it, or lower it to one Mul and one Add.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
 @format_option("text", "json")
-def fold(input_path: Path, output: Path, verify: bool, standalone_bn: str, report_path: Path | None,
-         fmt: str) -> None:
+def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
+         report_path: Path | None, fmt: str) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
+    IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
     from foldnorm.passes import FoldOptions
 
+    options = FoldOptions(standalone_bn=standalone_bn)  # type: ignore[arg-type]
+    output = output or (input_path if in_place else None)
+    if output is None:
+        raise click.UsageError("give the output with -o OUT.onnx (or --in-place to replace the input)")
+    if report_path is not None:
+        check_output_path(report_path)
+    if input_path.is_dir():
+        from .fold_dir import fold_dir
+
+        return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt)
     info(f"folding {input_path}")
     try:
-        result = fold_file(input_path, output, verify=verify,
-                           options=FoldOptions(standalone_bn=standalone_bn))  # type: ignore[arg-type]
+        result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place)
     except VerificationError as exc:
         failed = getattr(exc, "result", None)
         if isinstance(failed, FoldFileResult):

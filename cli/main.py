@@ -28,7 +28,7 @@ class FoldnormGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; no output was written", err=True)
+            click.echo("interrupted; no partially written file was left behind", err=True)
             sys.exit(130)
 
 
@@ -42,6 +42,7 @@ def cli(verbose: int) -> None:
     foldnorm export resnet-bn -o model.onnx       # faithful, unfolded ONNX from PyTorch
     foldnorm fold model.onnx -o folded.onnx       # fold, verify, report every norm node
     foldnorm inspect model.onnx                   # what fold would do, writing nothing
+    foldnorm verify model.onnx folded.onnx        # same numbers? GN/LN/IN intact? (exit 3 if not)
     foldnorm bench                                # the whole job on the built-in default model
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -53,8 +54,10 @@ def _register() -> None:
     from .export_cmd import export
     from .fold_cmd import fold
     from .inspect_cmd import inspect
+    from .models_cmd import models
+    from .verify_cmd import verify
 
-    for command in (export, fold, inspect, bench):
+    for command in (export, fold, inspect, verify, bench, models):
         cli.add_command(command)
 
 

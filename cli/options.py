@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from foldnorm.errors import InputSpecError
-from foldnorm.inputs import Shape, parse_shape
+from foldnorm.inputs import Shape, parse_named_shape, parse_shape
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,3 +27,30 @@ def format_option(*choices: str) -> Callable[[F], F]:
     """`--format` with the given choices (the first is the default)."""
     return click.option("--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True,
                         help="Output format on stdout.")
+
+
+def batch_sizes_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Click callback: parse `1,4` into positive batch sizes."""
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers such as 1,4") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise click.BadParameter(f"{value!r}: batch sizes must be positive integers, e.g. 1,4")
+    return sizes
+
+
+def named_shapes_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Shape]:
+    """Click callback: parse repeated `NAME:1x3x224x224` into `{name: shape}`."""
+    shapes: dict[str, Shape] = {}
+    for text in value:
+        try:
+            name, shape = parse_named_shape(text)
+        except InputSpecError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if name is None:
+            raise click.BadParameter(f"{text!r} names no input; use NAME:1x3x224x224")
+        shapes[name] = shape
+    return shapes

@@ -13,6 +13,7 @@ from foldnorm.folding import FoldResult, fold_model
 from foldnorm.modelio import load_model, save_model
 from foldnorm.passes import FoldOptions
 from foldnorm.report import FoldRecord, FoldReport
+from foldnorm.torch_fold import ModuleFoldResult, fold_module
 from foldnorm.workflows import FoldFileResult, fold_file
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "FoldReport",
     "FoldResult",
     "FoldnormError",
+    "ModuleFoldResult",
     "VerificationError",
     "VerifyResult",
     "__version__",
@@ -34,6 +36,7 @@ __all__ = [
     "export_onnx",
     "fold_file",
     "fold_model",
+    "fold_module",
     "load_model",
     "save_model",
 ]

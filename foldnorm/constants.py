@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from foldnorm.external import tensor_array
 from foldnorm.graph import GraphIndex, attr
 
 _MAX_DEPTH = 64
@@ -99,7 +100,7 @@ class ConstantResolver:
             return None
         tensor = index.initializers.get(name)
         if tensor is not None:
-            return numpy_helper.to_array(tensor)
+            return tensor_array(tensor)
         node = index.producer.get(name)
         if node is None:
             return self.outer.value(name, depth) if self.outer is not None else None

@@ -30,6 +30,10 @@ class InputSpecError(FoldnormError):
     """An input specification (shape, dtype, name, import spec) is malformed or does not match the model."""
 
 
+class ModelMismatchError(FoldnormError):
+    """Two models that are to be compared differ in interface (input/output names, counts, types, shapes)."""
+
+
 class BackendUnavailableError(FoldnormError):
     """A requested backend cannot run on this machine."""
 

@@ -43,16 +43,20 @@ def fold_model(
     *,
     options: FoldOptions | None = None,
     passes: Sequence[BatchNormPass] = DEFAULT_PASSES,
+    in_place: bool = False,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of `source` (a path or `ModelProto`; never modified).
 
     Returns a new model and a report with one record per normalization node (and per folded or refused
     per-channel Mul/Add/Sub/Div after a linear op). Protected normalizations (GroupNorm, LayerNorm,
-    InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`.
+    InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`. `in_place=True` edits a
+    given `ModelProto` itself instead of a copy (for a caller that hands the model over: no copy of the weights).
     """
-    model = load_model(source)
+    # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
-        model = copy.deepcopy(model)  # a file was loaded fresh; a caller's object must stay as it is
+        model = source if in_place else copy.deepcopy(source)
+    else:
+        model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
     _fold_graph(model.graph, None, None, "main", opts, passes, report, model)

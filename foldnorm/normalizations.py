@@ -17,6 +17,7 @@ import onnx
 
 from foldnorm.constants import ConstantResolver
 from foldnorm.errors import InvariantViolation
+from foldnorm.external import tensor_digest
 from foldnorm.graph import GraphIndex
 
 LAYERNORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
@@ -101,7 +102,7 @@ def _fingerprint(index: GraphIndex, node: onnx.NodeProto) -> str:
     for name in node.input:
         tensor = index.initializers.get(name)
         if tensor is not None:
-            h.update(tensor.SerializeToString())
+            h.update(tensor_digest(tensor))
     return h.hexdigest()
 
 

@@ -47,10 +47,15 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class Timed:
-    """One variant to time: `run` queues the work, `sync` waits for it (a no-op on CPU)."""
+    """One variant to time: `run` queues the work, `sync` waits for it (a no-op on CPU).
+
+    `device_elapsed`, when given, returns the device's own time (s) for the last run (CUDA events);
+    otherwise the loop measures wall time around `run` + `sync`.
+    """
 
     run: Callable[[], None]
     sync: Callable[[], None]
+    device_elapsed: Callable[[], float] | None = None
 
 
 def time_interleaved(
@@ -60,12 +65,13 @@ def time_interleaved(
     min_time_s: float = 1.0,
     min_iterations: int = 10,
     max_iterations: int | None = None,
-    on_round: Callable[[int], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> tuple[dict[str, LatencyStats], dict[str, list[float]]]:
     """Time every variant round-robin (order reversed every other round) until each has run for
     `min_time_s` and at least `min_iterations` times, or `max_iterations` is reached.
 
-    Returns the statistics and the raw samples (seconds) per variant.
+    `on_progress` gets the fraction done (0..1) after every round. Returns the statistics and the raw
+    samples (seconds) per variant.
     """
     names = list(variants)
     for _ in range(warmup):
@@ -83,13 +89,23 @@ def time_interleaved(
             v.run()
             v.sync()
             elapsed = time.perf_counter() - start
+            if v.device_elapsed is not None:
+                elapsed = v.device_elapsed()
             samples[name].append(elapsed)
             spent[name] += elapsed
         rounds += 1
-        if on_round is not None:
-            on_round(rounds)
+        if on_progress is not None:
+            on_progress(_fraction_done(rounds, min(spent.values()), min_time_s, min_iterations, max_iterations))
         if max_iterations is not None and rounds >= max_iterations:
             break
         if rounds >= min_iterations and min(spent.values()) >= min_time_s:
             break
     return {n: LatencyStats.from_samples(s) for n, s in samples.items()}, samples
+
+
+def _fraction_done(rounds: int, spent_s: float, min_time_s: float, min_iterations: int,
+                   max_iterations: int | None) -> float:
+    if max_iterations is not None:
+        return min(1.0, rounds / max_iterations)
+    by_time = spent_s / min_time_s if min_time_s > 0 else 1.0
+    return min(1.0, by_time, rounds / max(min_iterations, 1))

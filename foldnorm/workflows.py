@@ -10,7 +10,7 @@ from typing import Any
 from foldnorm.compare import VerifyResult, compare_models
 from foldnorm.errors import VerificationError
 from foldnorm.folding import fold_model
-from foldnorm.modelio import check_output_path, load_model, save_model
+from foldnorm.modelio import check_output_path, load_model, stage_model
 from foldnorm.passes import FoldOptions
 from foldnorm.report import FoldReport
 
@@ -42,24 +42,40 @@ def fold_file(
     options: FoldOptions | None = None,
     batch_sizes: Sequence[int] = (1, 2),
     seed: int = 0,
+    in_place: bool = False,
 ) -> FoldFileResult:
     """Fold the model at `input_path` and write it to `output_path` (None: do not write).
 
     With `verify` (the default) the folded model is compared with the original on ONNX Runtime first; on a
     mismatch nothing is written and `VerificationError` is raised with the result in `.result`.
+    `output_path` may equal `input_path` only with `in_place` (the file is then replaced atomically).
     """
     if output_path is not None:
-        check_output_path(output_path, input_path)
-    original = load_model(input_path)
-    folded = fold_model(original, options=options)
+        check_output_path(output_path, input_path, in_place=in_place)
+    # Weights stay on disk: the engine reads the ones it folds, the writer copies the rest file to file.
+    folded = fold_model(load_model(input_path, keep_weights_on_disk=True), options=options, in_place=True)
     result = FoldFileResult(str(input_path), None, folded.report, None)
-    if verify:
-        result.verify = compare_models(original, folded.model, batch_sizes=batch_sizes, seed=seed)
-        if not result.verify.ok:
-            err = VerificationError(f"the folded model differs from {input_path}: {result.verify.summary()}; "
-                                    "nothing was written (please report this model)")
-            err.result = result  # type: ignore[attr-defined]
-            raise err
-    if output_path is not None:
-        result.output = str(save_model(folded.model, output_path))
+    if output_path is None:
+        if verify:
+            result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed)
+            _raise_if_different(result)
+        return result
+    staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
+    del folded  # the staged file holds it now; ONNX Runtime reads it from there
+    try:
+        if verify:
+            result.verify = compare_models(input_path, staged.path, batch_sizes=batch_sizes, seed=seed)
+            result.verify.candidate = str(output_path)
+            _raise_if_different(result)
+        result.output = str(staged.commit())
+    finally:
+        staged.discard()
     return result
+
+
+def _raise_if_different(result: FoldFileResult) -> None:
+    if result.verify is not None and not result.verify.ok:
+        err = VerificationError(f"the folded model differs from {result.input}: {result.verify.summary()}; "
+                                "nothing was written (please report this model)")
+        err.result = result  # type: ignore[attr-defined]
+        raise err

@@ -5,9 +5,10 @@ Only `foldnorm export` (and the tests) import this package; it needs torch.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foldnorm.errors import InputSpecError
 
@@ -31,17 +32,43 @@ class ModelSpec:
         return calibrate(self.factory(), self.input_shape, seed=seed)
 
 
-def _resnet_bn() -> nn.Module:
-    from .resnet_bn import ResNetBN
+def _lazy(module: str, cls: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    """A factory that imports `models.<module>` (and so torch) only when the model is built."""
 
-    return ResNetBN()
+    def factory() -> nn.Module:
+        built: nn.Module = getattr(importlib.import_module(f".{module}", __name__), cls)(**kwargs)
+        return built
+
+    return factory
 
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet-bn", _resnet_bn, (1, 3, 224, 224),
+        ModelSpec("resnet-bn", _lazy("resnet_bn", "ResNetBN"), (1, 3, 224, 224),
                   "ResNet-style Conv-BN-ReLU residual blocks and a Conv-GroupNorm block"),
+        ModelSpec("mobilenet-bn", _lazy("mobilenet_bn", "MobileNetBN"), (1, 3, 32, 32),
+                  "depthwise separable Conv-BN-ReLU6 blocks, BN eps 1e-3"),
+        ModelSpec("decoder-bn", _lazy("decoder_bn", "DecoderBN"), (1, 3, 16, 16),
+                  "ConvTranspose-BN upsampling stages with groups 1, 2 and 4"),
+        ModelSpec("mlp-bn1d", _lazy("mlp_bn1d", "MlpBN1d"), (1, 32),
+                  "Linear-BatchNorm1d layers, with and without Linear bias"),
+        ModelSpec("conv1d-bn", _lazy("conv_nd_bn", "ConvNdBN", dims=1, channels=4), (1, 4, 64),
+                  "Conv1d-BatchNorm1d-ReLU stages over sequences"),
+        ModelSpec("conv3d-bn", _lazy("conv_nd_bn", "ConvNdBN", dims=3, channels=2), (1, 2, 8, 8, 8),
+                  "Conv3d-BatchNorm3d-ReLU stages over volumes"),
+        ModelSpec("unet-gn", _lazy("unet_gn", "UNetGN"), (1, 3, 32, 32),
+                  "small U-Net with GroupNorm (nothing to fold, everything to keep)"),
+        ModelSpec("transformer-ln", _lazy("transformer_ln", "TransformerLN"), (1, 16, 32),
+                  "pre-norm transformer encoder block with LayerNorm"),
+        ModelSpec("stylenet-in", _lazy("stylenet_in", "StyleNetIN"), (1, 3, 32, 32),
+                  "Conv-InstanceNorm blocks: affine, plain, and with running statistics"),
+        ModelSpec("preact-bn", _lazy("preact_bn", "PreActBN"), (1, 3, 32, 32),
+                  "pre-activation BN-ReLU-Conv blocks and a BN feeding a padding-free Conv"),
+        ModelSpec("scratch-bn", _lazy("scratch_bn", "ScratchBN"), (1, 3, 32, 32),
+                  "BatchNorm written from scratch with buffers and tensor ops (no BN node)"),
+        ModelSpec("frozen-bn", _lazy("frozen_bn", "FrozenBN"), (1, 3, 32, 32),
+                  "frozen BatchNorm computed as Mul/Add after Convs"),
     )
 }
 

@@ -8,12 +8,17 @@ from torch import nn
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+def _is_norm(module: nn.Module) -> bool:
+    """A torch normalization, or a hand-written BN that keeps `running_mean`/`running_var` tensors."""
+    return isinstance(module, _NORMS) or isinstance(getattr(module, "running_var", None), torch.Tensor)
+
+
 def randomize_norms(module: nn.Module, seed: int = 0) -> None:
     """Random gamma/beta on every affine normalization; random running stats on BNs that track them."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
-            if not isinstance(m, _NORMS):
+            if not _is_norm(m):
                 continue
             weight = getattr(m, "weight", None)
             bias = getattr(m, "bias", None)
@@ -29,7 +34,10 @@ def randomize_norms(module: nn.Module, seed: int = 0) -> None:
 
 
 def calibrate(module: nn.Module, input_shape: tuple[int, ...], steps: int = 4, seed: int = 0) -> nn.Module:
-    """Randomize norms, update BN statistics with a few train-mode passes on random data, return eval mode."""
+    """Randomize norms, update BN statistics with a few train-mode passes on random data, return eval mode.
+
+    Modules whose statistics are frozen (no train-mode update) keep the random statistics.
+    """
     randomize_norms(module, seed)
     g = torch.Generator().manual_seed(seed + 1)
     batch = (max(input_shape[0], 4), *input_shape[1:])

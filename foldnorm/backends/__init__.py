@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from foldnorm.backends.base import Availability, Backend, Session
+from foldnorm.backends.base import Availability, Backend, RunOptions, Session
 from foldnorm.backends.ort_cpu import OrtCpuBackend
+from foldnorm.backends.ort_gpu import OrtGpuBackend
+from foldnorm.backends.torch_eager import TorchBackend
+from foldnorm.backends.trt import TensorRTBackend
 from foldnorm.errors import InputSpecError
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (OrtCpuBackend(),)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    OrtCpuBackend(),
+    OrtGpuBackend("ort-cuda", "CUDAExecutionProvider", "ONNX Runtime, CUDA execution provider"),
+    OrtGpuBackend("ort-trt", "TensorrtExecutionProvider", "ONNX Runtime, TensorRT execution provider"),
+    TensorRTBackend(),
+    TorchBackend(),
+)}
 
 
 def get_backend(name: str) -> Backend:
@@ -14,7 +23,7 @@ def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise InputSpecError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)}") from None
+        raise InputSpecError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)} or all") from None
 
 
-__all__ = ["BACKENDS", "Availability", "Backend", "Session", "get_backend"]
+__all__ = ["BACKENDS", "Availability", "Backend", "RunOptions", "Session", "get_backend"]

@@ -1,12 +1,14 @@
-"""The backend contract: say whether you can run here, then open sessions on ONNX files."""
+"""The backend contract: say whether you can run here, list the configurations to time, open sessions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+Source = Literal["onnx", "module"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,15 @@ class Availability:
         return f"unavailable: {self.reason}{hint}"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user asked for; each backend turns the parts it understands into configurations."""
+
+    ort_opt: tuple[str, ...] = ("disabled", "all")
+    threads: int = 0
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+
+
 class Session(Protocol):
     """A loaded model, ready to run."""
 
@@ -32,16 +43,24 @@ class Session(Protocol):
         """Run once; return the outputs in graph order as host arrays."""
         ...
 
-    def run_timed(self, feeds: Mapping[str, Any]) -> None:
-        """Run once with feeds from `prepare`, leaving results on the device (for timing)."""
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Move feeds to where `run_timed` wants them (the device), once."""
         ...
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
-        """Move feeds to where `run_timed` wants them (the device), once."""
+    def run_timed(self, prepared: Any) -> None:
+        """Queue one run on feeds from `prepare`, leaving results where they are (for timing)."""
         ...
 
     def synchronize(self) -> None:
         """Wait for queued device work to finish (a no-op on CPU)."""
+        ...
+
+    def device_timer(self) -> Callable[[], float] | None:
+        """A function returning the device time (s) of the last `run_timed`, or None to use wall time."""
+        ...
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak memory this session used where the runtime can tell, else None."""
         ...
 
     def close(self) -> None:
@@ -50,15 +69,44 @@ class Session(Protocol):
 
 
 class Backend(Protocol):
-    """A runtime that can open ONNX models, e.g. ONNX Runtime on CPU."""
+    """A runtime that opens models: ONNX files (`source="onnx"`) or PyTorch modules (`source="module"`)."""
 
     name: str
     description: str
+    source: Source
 
     def availability(self) -> Availability:
-        """Whether this backend can run here; never raises for a missing package."""
+        """Whether this backend can run here; never raises for a missing package or device."""
         ...
 
-    def open(self, path: str, **options: Any) -> Session:
-        """Load the ONNX file at `path` and return a session."""
+    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
+        """The configurations to time (each one is passed to `open` as keyword options)."""
         ...
+
+    def open(self, model: Any, **options: Any) -> Session:
+        """Load `model` (a path for `source="onnx"`, an `nn.Module` for `source="module"`); return a session."""
+        ...
+
+
+class HostSession:
+    """Defaults for sessions that run on the host: feeds as they are, wall-clock timing, no memory figure."""
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Host feeds need no preparation."""
+        return dict(feeds)
+
+    def synchronize(self) -> None:
+        """Host runs are synchronous."""
+
+    def device_timer(self) -> Callable[[], float] | None:
+        """No device clock: the timing loop measures wall time."""
+        return None
+
+    def peak_memory_bytes(self) -> int | None:
+        """Not measurable per session on the host."""
+        return None
+
+
+def config_label(config: Mapping[str, Any]) -> str:
+    """`opt=all,threads=2` from a configuration (zero/empty values and the precision, its own column, left out)."""
+    return ",".join(f"{k}={v}" for k, v in config.items() if k != "precision" and v not in (0, None, ""))

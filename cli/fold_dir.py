@@ -1,0 +1,30 @@
+"""`foldnorm fold DIR -o OUTDIR --jobs N`: a directory of models, one line per file and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from foldnorm.batch import BatchItem, fold_directory
+from foldnorm.errors import FoldnormError
+from foldnorm.passes import FoldOptions
+
+from .render import emit_json, info
+
+
+def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, options: FoldOptions, in_place: bool,
+             fmt: str) -> None:
+    """Fold every model of `input_dir`; raise `FoldnormError` (exit 1) when any of them failed."""
+
+    def progress(item: BatchItem) -> None:
+        info(f"{'ok    ' if item.ok else 'FAILED'} {item.input}: {item.message}")
+
+    result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,
+                            progress=progress)
+    if fmt == "json":
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+    if not result.ok:
+        raise FoldnormError(f"{len(result.failed)} of {len(result.items)} models failed; see the lines above")
