@@ -57,10 +57,12 @@ def test_shared_weight_is_duplicated_never_edited(rng: np.random.Generator) -> N
     assert len({n.input[1] for n in result.model.graph.node}) == 2
 
 
-def test_bn_in_if_branch_with_outer_scope_weights(rng: np.random.Generator) -> None:
-    model = parse(f"""
+def if_model(rng: np.random.Generator, outer: str = "", outer_outputs: str = "") -> onnx.ModelProto:
+    """A Conv + BN in the then-branch of an If, the conv weight W in the main graph (read by both branches)."""
+    return parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x, bool cond) => (float[N, 6, 6, 6] y) {{
+    g (float[N, 4, 6, 6] x, bool cond) => (float[N, 6, 6, 6] y{outer_outputs}) {{
+        {outer}
         y = If (cond) <
             then_branch = t () => (float[N, 6, 6, 6] ty) {{
                 c = Conv <pads = [1, 1, 1, 1]> (x, W)
@@ -72,6 +74,10 @@ def test_bn_in_if_branch_with_outer_scope_weights(rng: np.random.Generator) -> N
         >
     }}
     """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+
+
+def test_bn_in_if_branch_with_outer_scope_weights(rng: np.random.Generator) -> None:
+    model = if_model(rng)
     x = x_feed(rng)
     for cond in (True, False):
         feeds = {**x, "cond": np.array(cond)}
@@ -212,22 +218,7 @@ def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) ->
 
 def test_new_tensors_in_a_subgraph_never_shadow_outer_names(rng: np.random.Generator) -> None:
     # The outer graph already has a value named like the copy the fold writes into the branch.
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x, bool cond) => (float[N, 6, 6, 6] y, float[N, 4, 6, 6] z) {{
-        c_bias = Relu (x)
-        z = Identity (c_bias)
-        y = If (cond) <
-            then_branch = t () => (float[N, 6, 6, 6] ty) {{
-                c = Conv <pads = [1, 1, 1, 1]> (x, W)
-                ty = BatchNormalization (c, {bn_inputs("bn")})
-            }},
-            else_branch = e () => (float[N, 6, 6, 6] ey) {{
-                ey = Conv <pads = [1, 1, 1, 1]> (x, W)
-            }}
-        >
-    }}
-    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+    model = if_model(rng, "c_bias = Relu (x)\n        z = Identity (c_bias)", ", float[N, 4, 6, 6] z")
     model.graph.node[0].output[0] = "c.bias"
     model.graph.node[1].input[0] = "c.bias"
     result = assert_folds(model, {**x_feed(rng), "cond": np.array(True)})
