@@ -31,7 +31,7 @@ from foldnorm.compare import measure_error, tolerances_for
 from foldnorm.errors import ExportError, FoldnormError, InputSpecError
 from foldnorm.export_cleanup import clean_export
 from foldnorm.inputs import input_specs
-from foldnorm.modelio import EXTERNAL_DATA_THRESHOLD, check_output_path, save_model
+from foldnorm.modelio import check_output_path, needs_external_data, save_model
 from foldnorm.normalizations import LAYERNORM_OPS
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
     for key, value in settings.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    saved_external = bool(external_data) or (external_data is None and model.ByteSize() > EXTERNAL_DATA_THRESHOLD)
+    saved_external = bool(external_data) or (external_data is None and needs_external_data(model))
     save_model(model, out, external_data=saved_external)
     bn, protected = count_norms(model)
     result = ExportResult(
