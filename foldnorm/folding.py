@@ -177,6 +177,8 @@ def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[Batch
         return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
     if not _passes_for(ctx, producer, passes, "after") or not _has_constant_weight(ctx, producer):
         return None  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
+    if ctx.index.only_consumer(producer.output[0]) is not node:
+        return None  # the producer's output is read elsewhere too (GELU's x * ... / sqrt(2)): not a tail
     params = affine_params(node, constant, const_index)
     if isinstance(params, str):
         return _record(node, "affine", "skipped", params, path=ctx.index.path)

@@ -191,3 +191,25 @@ def test_attention_scale_after_dynamic_matmul_is_not_reported(rng: np.random.Gen
     result = fold_model(model)
     assert result.report.records == []
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+
+
+def test_constant_op_on_a_shared_linear_output_is_not_reported(rng: np.random.Generator) -> None:
+    # GELU written out: Linear output x feeds both x * 0.5 and erf(x / sqrt(2)); neither is an affine tail.
+    inits = {"W": rng.normal(0, 0.5, (5, 4)).astype(np.float32), "b": rng.normal(0, 0.5, 4).astype(np.float32),
+             "half": np.array(0.5, np.float32), "root2": np.array(1.4142135, np.float32),
+             "one": np.array(1.0, np.float32)}
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 5] x) => (float[N, 4] y) {
+        m = MatMul (x, W)
+        h = Add (m, b)
+        d = Div (h, root2)
+        e = Erf (d)
+        p = Add (e, one)
+        q = Mul (h, half)
+        y = Mul (q, p)
+    }
+    """, inits)
+    result = fold_model(model)
+    assert result.report.records == []
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
