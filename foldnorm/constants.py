@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from foldnorm.external import tensor_array
-from foldnorm.graph import GraphIndex, attr
+from foldnorm.graph import GraphIndex, attr, attribute_refs
 
 _MAX_DEPTH = 64
 
@@ -104,7 +104,8 @@ class ConstantResolver:
         node = index.producer.get(name)
         if node is None:
             return self.outer.value(name, depth) if self.outer is not None else None
-        if depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        if (depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx") or len(node.output) != 1
+                or attribute_refs(node)):
             return None
         return self._evaluate_node(node, depth)
 

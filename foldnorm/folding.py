@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from foldnorm.constants import ConstantResolver
-from foldnorm.graph import GraphIndex, node_label
+from foldnorm.graph import GraphIndex, attribute_refs, node_label
 from foldnorm.modelio import ModelLike, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
@@ -141,7 +141,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto, passes: Sequence[Batc
     info = classify(index, bn, ctx.constants)
     if info is not None and info.protected:
         return _record(bn, info.kind, "kept", info.reason, path=path)
-    params = batchnorm_params(ctx, bn)
+    params = _opaque_reason(bn) or batchnorm_params(ctx, bn)
     if isinstance(params, str):
         return _record(bn, "batchnorm", "skipped", params, path=path)
     reasons: list[str] = []  # sentences from fold rules that applied but refused
@@ -221,12 +221,24 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
 
 def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
                 candidates: Sequence[BatchNormPass], reasons: list[str]) -> Plan | None:
+    opaque = _opaque_reason(neighbour)
+    if opaque and candidates:
+        reasons.append(f"{neighbour.op_type} {node_label(neighbour)}: {opaque}")
+        return None
     for p in candidates:
         verdict = p.check(ctx, node, neighbour, params)
         if isinstance(verdict, Plan):
             return verdict
         reasons.append(verdict)
     return None
+
+
+def _opaque_reason(node: onnx.NodeProto) -> str | None:
+    refs = attribute_refs(node)
+    if not refs:
+        return None
+    return (f"its attributes {', '.join(refs)} refer to attributes of the enclosing function, "
+            "whose values are known only per call")
 
 
 def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> FoldRecord:

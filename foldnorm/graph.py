@@ -24,6 +24,14 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def attribute_refs(node: onnx.NodeProto) -> list[str]:
+    """Attributes of `node` that refer to an attribute of the enclosing function (`<epsilon: float = @eps>`).
+
+    Their values are known only per call of the function, so such a node is opaque to folding.
+    """
+    return [f"{a.name}=@{a.ref_attr_name}" for a in node.attribute if a.ref_attr_name]
+
+
 def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
     """Set (or replace) attribute `name` on `node`."""
     for i, a in enumerate(node.attribute):
@@ -164,7 +172,7 @@ class GraphIndex:
             if t is not None and t.HasField("tensor_type"):
                 return t.tensor_type.elem_type
             producer = scope.producer.get(name)
-            if producer is not None and producer.op_type in ("Constant",):
+            if producer is not None and producer.op_type == "Constant" and not attribute_refs(producer):
                 value = attr(producer, "value")
                 if isinstance(value, onnx.TensorProto):
                     return value.data_type

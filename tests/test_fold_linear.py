@@ -162,3 +162,18 @@ def test_matmul_rank_proved_by_shape_inference(rng: np.random.Generator) -> None
     }}
     """, inits)
     assert_folds(model, {"x": rng.normal(0, 1, (2, 3, 5)).astype(np.float32)})
+
+
+def test_bias_that_widens_a_one_column_matmul_is_skipped_not_an_error(rng: np.random.Generator) -> None:
+    # [N, 8] @ [8, 1] + [4] -> [N, 4]: a valid model whose BN has 4 channels, but the MatMul has 1 column.
+    inits = {"W": rng.normal(0, 0.5, (8, 1)).astype(np.float32), "k": rng.normal(0, 1, 4).astype(np.float32),
+             **bn_params("bn", 4, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 8] x) => (float[N, 4] y) {{
+        m = MatMul (x, W)
+        a = Add (m, k)
+        y = BatchNormalization (a, {bn_inputs("bn")})
+    }}
+    """, inits)
+    assert_refused(model, "widens the 1 output column(s) of MatMul m to 4")

@@ -224,3 +224,39 @@ def test_new_tensors_in_a_subgraph_never_shadow_outer_names(rng: np.random.Gener
     result = assert_folds(model, {**x_feed(rng), "cond": np.array(True)})
     branch = next(a.g for a in result.model.graph.node[-1].attribute if a.name == "then_branch")
     assert "c.bias" not in {t.name for t in branch.initializer}
+
+
+def _function_model(body: str, call_attrs: str, extra: str = "") -> onnx.ModelProto:
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18, "local" : 1]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        y = local.Block <{call_attrs}> (x)
+    }}
+    <domain: "local", opset_import: ["" : 18]>
+    Block <{extra}> (i) => (o) {{
+        {body}
+    }}
+    """)
+
+
+def _constants(arrays: dict[str, np.ndarray]) -> str:
+    return "\n".join(f"{k} = Constant <value = float[{', '.join(map(str, v.shape))}] "
+                     f"{{{', '.join(f'{x:.9g}' for x in v.reshape(-1))}}}> ()" for k, v in arrays.items())
+
+
+def test_function_attribute_references_make_nodes_opaque(rng: np.random.Generator) -> None:
+    # epsilon, a Constant's value and the Conv's group come from the function call: unknown when folding.
+    w = rng.normal(0, 0.5, (4, 2, 1, 1)).astype(np.float32)
+    body = _constants({"W": w, "V": rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32), **bn_params("bn", 4, rng)})
+    cases = {
+        "epsilon=@eps": f"c = Conv (i, V)\n o = BatchNormalization <epsilon: float = @eps> (c, {bn_inputs('bn')})",
+        "value_float=@k": "c = Conv (i, V)\n k = Constant <value_float: float = @k> ()\n o = Mul (c, k)",
+        "group=@g": f"c = Conv <group: int = @g> (i, W)\n o = BatchNormalization (c, {bn_inputs('bn')})",
+    }
+    x = x_feed(rng)
+    for ref, nodes in cases.items():
+        model = _function_model(f"{body}\n{nodes}", "eps = 0.5, k = 3.0, g = 2", "eps, k, g")
+        result = fold_model(model)
+        assert not any(r.outcome == "folded" for r in result.report.records), ref
+        assert all(ref in r.reason for r in result.report.records if r.kind == "batchnorm"), ref
+        assert_close(run_ort(model, x), run_ort(result.model, x))

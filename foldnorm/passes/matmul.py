@@ -77,11 +77,14 @@ class MatMulBatchNorm:
         bias = ctx.constant(add.input[bias_index]) if add is not None else None
         if rank is not None and bias is not None:
             rank = max(rank, bias.ndim)
+        if bias is not None and (not is_float(bias) or any(d != 1 for d in bias.shape[:-1])):
+            return f"the bias of Add {node_label(neighbour)} is not a per-column constant"
+        if bias is not None and bias.ndim and bias.shape[-1] not in (1, channels):
+            return (f"the bias of Add {node_label(neighbour)} widens the {channels} output column(s) of MatMul "
+                    f"{node_label(matmul)} to {bias.shape[-1]} by broadcasting")
         affine = params.on_axis(rank, -1, channels)
         if isinstance(affine, str):
             return affine
-        if bias is not None and (not is_float(bias) or any(d != 1 for d in bias.shape[:-1])):
-            return f"the bias of Add {node_label(neighbour)} is not a per-column constant"
         scaled = scale_output_channels(weight, affine, axis=weight.ndim - 1)
         new_w, problem = emit(scaled, weight.dtype, channel_axis=weight.ndim - 1)
         if new_w is None:
