@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from foldnorm.constants import ConstantResolver
-from foldnorm.graph import GraphIndex, attribute_refs, node_label
+from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label
 from foldnorm.modelio import ModelLike, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
@@ -90,7 +90,7 @@ def _fold_graph(
     for node in list(index.nodes):
         if index.is_removed(node):
             continue
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
+        if is_onnx_op(node, "BatchNormalization"):
             report.add(_visit_batchnorm(ctx, node, passes))
         elif (info := classify(index, node, constants)) is not None:
             report.add(_record(node, info.kind, "kept", info.reason, path=path))
@@ -173,7 +173,7 @@ def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[Batch
         return None
     data, constant, const_index = operand
     producer = ctx.index.producer.get(data)
-    if producer is None or (node.op_type in ("Add", "Sub") and producer.op_type == "MatMul"):
+    if producer is None or (node.op_type in ("Add", "Sub") and is_onnx_op(producer, "MatMul")):
         return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
     if not _passes_for(ctx, producer, passes, "after") or not _has_constant_weight(ctx, producer):
         return None  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
@@ -198,7 +198,7 @@ def _has_constant_weight(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
 
 def _passes_for(ctx: FoldContext, neighbour: onnx.NodeProto, passes: Sequence[BatchNormPass],
                 position: str) -> list[BatchNormPass]:
-    return [p for p in passes if p.position == position and neighbour.op_type in p.op_types
+    return [p for p in passes if p.position == position and is_onnx_op(neighbour, *p.op_types)
             and p.accepts(ctx, neighbour)]
 
 
@@ -211,7 +211,8 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
         return None
     after = _passes_for(ctx, producer, passes, "after")
     if not after:
-        context.append(f"its input comes from {producer.op_type} {node_label(producer)}, which is not linear")
+        op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
+        context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")
         return None
     if index.uses(producer.output[0]) > 1 or producer.output[0] in index.graph_outputs:
         reasons.append(_fanout_reason(index, producer))

@@ -24,6 +24,12 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
+    """Whether `node` is one of the standard ONNX ops `op_types` (default domain; a custom domain may reuse
+    the name for something else, e.g. a model-local function `local.Conv` that adds a Relu)."""
+    return node.op_type in op_types and node.domain in ("", "ai.onnx")
+
+
 def attribute_refs(node: onnx.NodeProto) -> list[str]:
     """Attributes of `node` that refer to an attribute of the enclosing function (`<epsilon: float = @eps>`).
 

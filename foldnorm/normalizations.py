@@ -18,7 +18,7 @@ import onnx
 from foldnorm.constants import ConstantResolver
 from foldnorm.errors import InvariantViolation
 from foldnorm.external import tensor_digest
-from foldnorm.graph import GraphIndex
+from foldnorm.graph import GraphIndex, is_onnx_op
 
 LAYERNORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
                  "SkipSimplifiedLayerNormalization", "RMSNormalization"}
@@ -50,6 +50,9 @@ def classify(index: GraphIndex, node: onnx.NodeProto, constants: ConstantResolve
             return NormInfo("groupnorm", True, "GroupNorm (lowered to InstanceNormalization between Reshapes) "
                             "normalizes each sample with its own statistics", chain)
         return NormInfo("instancenorm", True, "InstanceNorm normalizes each sample with its own statistics")
+    if op == "BatchNormalization" and not is_onnx_op(node, op):
+        return NormInfo("batchnorm", True, f"{node.domain}.BatchNormalization is a custom op, not the standard "
+                        "BatchNormalization; left as it is")
     if op == "BatchNormalization":
         producer = index.producer.get(node.input[0])
         consumer = index.only_consumer(node.output[0])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from builders import assert_close, bn_inputs, bn_params, parse, run_ort
 from click.testing import CliRunner
 from fold_helpers import assert_folds
@@ -260,3 +261,45 @@ def test_function_attribute_references_make_nodes_opaque(rng: np.random.Generato
         assert not any(r.outcome == "folded" for r in result.report.records), ref
         assert all(ref in r.reason for r in result.report.records if r.kind == "batchnorm"), ref
         assert_close(run_ort(model, x), run_ort(result.model, x))
+
+
+@pytest.mark.parametrize(("op", "w_shape", "x_shape", "y_shape", "bias_add"), [
+    ("Conv", (6, 4, 1, 1), (2, 4, 5, 5), (2, 6, 5, 5), False),
+    ("ConvTranspose", (4, 6, 1, 1), (2, 4, 5, 5), (2, 6, 5, 5), False),
+    ("Gemm", (8, 6), (3, 8), (3, 6), False),
+    ("MatMul", (8, 6), (3, 8), (3, 6), False),
+    ("MatMul", (8, 6), (3, 8), (3, 6), True),
+    ("BatchNormalization", None, (2, 6, 5, 5), (2, 6, 5, 5), False),
+])
+def test_custom_domain_op_with_a_standard_name_is_not_folded_into(
+        rng: np.random.Generator, op: str, w_shape: tuple[int, ...] | None, x_shape: tuple[int, ...],
+        y_shape: tuple[int, ...], bias_add: bool) -> None:
+    # local.<op> is a model-local function that adds a Relu: folding a BN into it would be wrong.
+    channels = y_shape[1]
+    inits = {**bn_params("bn", channels, rng), "k": rng.normal(0, 1, channels).astype(np.float32)}
+    if w_shape is None:
+        inits.update(bn_params("w", channels, rng))
+        call, params = f"local.{op} (x, {bn_inputs('w')})", "(a, s, b, m, v)"
+        inner = "t = BatchNormalization (a, s, b, m, v)"
+    else:
+        inits["W"] = rng.normal(0, 0.5, w_shape).astype(np.float32)
+        call, params, inner = f"local.{op} (x, W)", "(a, w)", f"t = {op} (a, w)"
+    tail = "a = Add (c, k)\n y = BatchNormalization (a, " if bias_add else "y = BatchNormalization (c, "
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18, "local" : 1]>
+    g (float[{', '.join(map(str, x_shape))}] x) => (float[{', '.join(map(str, y_shape))}] y) {{
+        c = {call}
+        {tail}{bn_inputs("bn")})
+    }}
+    <domain: "local", opset_import: ["" : 18]>
+    {op} {params} => (o) {{
+        {inner}
+        o = Relu (t)
+    }}
+    """, inits)
+    feeds = {"x": rng.normal(0, 1, x_shape).astype(np.float32)}
+    result = fold_model(model)
+    main = [r for r in result.report.records if r.graph == "main"]
+    assert [r.outcome for r in main] == ["kept"] * len(main), result.report.to_json()
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+    assert_close(run_ort(model, feeds), run_ort(result.model, feeds))

@@ -20,7 +20,7 @@ import onnx
 from foldnorm.bn_math import ChannelAffine
 from foldnorm.constants import ConstantResolver
 from foldnorm.errors import InvalidModelError
-from foldnorm.graph import GraphIndex, attr, node_label
+from foldnorm.graph import GraphIndex, attr, is_onnx_op, node_label
 
 # Ops whose output has the rank of their first input (used to prove ranks without shape inference).
 _RANK_PRESERVING = {
@@ -132,7 +132,7 @@ class FoldContext:
         if shape is not None:
             return len(shape)
         producer = self.index.producer.get(name)
-        if producer is None or depth > 32:
+        if producer is None or depth > 32 or producer.domain not in ("", "ai.onnx"):
             return self._inferred_rank(name)
         op = producer.op_type
         if op in ("Conv", "ConvTranspose") and len(producer.input) > 1:
@@ -162,7 +162,8 @@ class FoldContext:
         if elem is not None:
             return elem
         producer = self.index.producer.get(name)
-        if producer is None or depth > 64 or producer.op_type not in _DTYPE_PRESERVING or not producer.input:
+        if (producer is None or depth > 64 or not is_onnx_op(producer, *_DTYPE_PRESERVING)
+                or not producer.input):
             return None
         return self.elem_type(producer.input[0], depth + 1)
 

@@ -16,18 +16,18 @@ import numpy as np
 import onnx
 
 from foldnorm.bn_math import emit, fold_bias, scale_output_channels
-from foldnorm.graph import node_label
+from foldnorm.graph import is_onnx_op, node_label
 from foldnorm.passes.base import ChannelParams, FoldContext, Plan, is_float
 from foldnorm.passes.common import constant_weights
 
 
 def bias_add_parts(ctx: FoldContext, add: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
     """For `Add(MatMul(A, B), c)` with a constant `c`: the MatMul and the index of `c`; else None."""
-    if add.op_type != "Add" or len(add.input) != 2:
+    if not is_onnx_op(add, "Add") or len(add.input) != 2:
         return None
     for k in (0, 1):
         matmul = ctx.index.producer.get(add.input[k])
-        if matmul is not None and matmul.op_type == "MatMul" and ctx.constant(add.input[1 - k]) is not None:
+        if matmul is not None and is_onnx_op(matmul, "MatMul") and ctx.constant(add.input[1 - k]) is not None:
             return matmul, 1 - k
     return None
 
@@ -41,7 +41,7 @@ class MatMulBatchNorm:
 
     def accepts(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
         """A MatMul, or an Add of a constant to a MatMul's output."""
-        return neighbour.op_type == "MatMul" or bias_add_parts(ctx, neighbour) is not None
+        return is_onnx_op(neighbour, "MatMul") or bias_add_parts(ctx, neighbour) is not None
 
     def _rank(self, ctx: FoldContext, matmul: onnx.NodeProto, weight: np.ndarray) -> int | None:
         rank = ctx.rank(matmul.output[0])
