@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
 from foldnorm.constants import ConstantResolver
-from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label
+from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
 from foldnorm.modelio import ModelLike, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
@@ -62,6 +62,8 @@ def fold_model(
     _fold_graph(model.graph, None, None, "main", opts, passes, report, model)
     for function in model.functions:
         _fold_function(function, opts, passes, report)
+    if model.ir_version < 4:
+        _initializers_to_constants(model.graph)
     return FoldResult(model, report)
 
 
@@ -116,9 +118,28 @@ def _fold_function(function: onnx.FunctionProto, options: FoldOptions, passes: S
     _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, passes, report)
     if report.folded == folded_before:
         return
-    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
     del function.node[:]
-    function.node.extend([*constants, *graph.node])
+    function.node.extend([*_constant_nodes(graph.initializer), *graph.node])
+
+
+def _constant_nodes(tensors: Iterable[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    return [helper.make_node("Constant", [], [t.name], value=t) for t in tensors]
+
+
+def _initializers_to_constants(graph: onnx.GraphProto) -> None:
+    """IR 3 wants every initializer listed as a graph input: the tensors folding added become Constant nodes."""
+    inputs = {i.name for i in graph.input}
+    added = [t for t in graph.initializer if t.name not in inputs]
+    if added:
+        kept = [t for t in graph.initializer if t.name in inputs]
+        nodes = [*_constant_nodes(added), *graph.node]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    for node in graph.node:
+        for sub in subgraphs(node):
+            _initializers_to_constants(sub)
 
 
 def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,

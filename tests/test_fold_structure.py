@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fold_helpers import assert_folds
 from foldnorm.cli.main import cli
 
-from foldnorm import fold_model, load_model, save_model
+from foldnorm import FoldOptions, fold_model, load_model, save_model
 
 
 def x_feed(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -302,4 +302,26 @@ def test_custom_domain_op_with_a_standard_name_is_not_folded_into(
     main = [r for r in result.report.records if r.graph == "main"]
     assert [r.outcome for r in main] == ["kept"] * len(main), result.report.to_json()
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+    assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
+
+
+@pytest.mark.parametrize("standalone", [False, True])
+def test_ir3_model_gets_constant_nodes_not_initializers(rng: np.random.Generator, standalone: bool) -> None:
+    # IR 3 requires every initializer to be a graph input; new tensors must not become overridable inputs.
+    arrays = {**bn_params("bn", 6, rng), "W": rng.normal(0, 0.5, (6, 4, 1, 1)).astype(np.float32)}
+    x_shape = "2, 6, 5, 5" if standalone else "2, 4, 5, 5"
+    nodes = "" if standalone else "c = Conv (x, W)"
+    model = parse(f"""
+    <ir_version: 3, opset_import: ["" : 8]>
+    g (float[{x_shape}] x) => (float[2, 6, 5, 5] y) {{
+        {_constants(arrays)}
+        {nodes}
+        y = BatchNormalization ({"x" if standalone else "c"}, {bn_inputs("bn")})
+    }}
+    """)
+    feeds = {"x": rng.normal(0, 1, [int(d) for d in x_shape.split(",")]).astype(np.float32)}
+    result = fold_model(model, options=FoldOptions(standalone_bn="affine"))
+    assert [r.outcome for r in result.report.records] == ["folded"]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [i.name for i in result.model.graph.input] == ["x"]
     assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
