@@ -18,7 +18,7 @@ from onnx import helper
 
 from foldnorm.constants import ConstantResolver
 from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
-from foldnorm.modelio import ModelLike, load_model
+from foldnorm.modelio import ModelLike, check_opset, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
 from foldnorm.passes.affine import affine_operand, affine_params
@@ -54,6 +54,7 @@ def fold_model(
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
+        check_opset(source, "the model")  # BatchNormalization-6 and older default to training mode
         model = source if in_place else copy.deepcopy(source)
     else:
         model = load_model(source)

@@ -56,7 +56,7 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: parsed, but holds no graph; give an .onnx model file.")
-    _check_opset(model, path)
+    check_opset(model, path)
     _check_external_files(model, path)
     if check:
         _check_model(model, path)
@@ -73,7 +73,8 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     return model
 
 
-def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
+    """Raise `InvalidModelError` unless the default-domain opset is one foldnorm reads (`path` names the model)."""
     newest = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= newest:

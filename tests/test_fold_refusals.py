@@ -118,3 +118,11 @@ def test_bf16_gemm_bn_folds(rng: np.random.Generator) -> None:
     (gemm,) = result.model.graph.node
     got = 0.5 * a @ after[gemm.input[1]].astype(np.float64) + after[gemm.input[2]].astype(np.float64)
     assert np.max(np.abs(got - expected)) <= 2e-2 * np.max(np.abs(expected))
+
+
+def test_opset6_model_given_as_a_modelproto_is_a_user_error(rng: np.random.Generator) -> None:
+    # BatchNormalization-6 defaults to is_test=0 (training): the API refuses it as a path is refused.
+    model = conv_bn(rng)
+    model.opset_import[0].version = 6
+    with pytest.raises(InvalidModelError, match="opset 6 is not supported"):
+        fold_model(model)
