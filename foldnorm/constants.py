@@ -120,15 +120,15 @@ class ConstantResolver:
                 return None
             return source.astype(_np_dtype(target))
         if op == "Shape":
+            # Only the sliced dims must be static: dynamo's Shape(x)[1:2] of a dynamic-batch x is a constant.
+            start, end = attr(node, "start", 0), attr(node, "end", None)
             shape = self.index.shape(node.input[0])
-            if shape is None or not all(isinstance(d, int) for d in shape):
+            if shape is None or not all(isinstance(d, int) for d in shape[start:end]):
                 known = self.value(node.input[0], depth + 1)
                 if known is None:
                     return None
                 shape = list(known.shape)
-            dims = np.array(shape, dtype=np.int64)
-            start, end = attr(node, "start", 0), attr(node, "end", None)
-            return dims[start:end]
+            return np.array(shape[start:end], dtype=np.int64)
         if op == "ConstantOfShape":
             shape_value = self.value(node.input[0], depth + 1)
             if shape_value is None:

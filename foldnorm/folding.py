@@ -21,6 +21,7 @@ from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, s
 from foldnorm.modelio import ModelLike, check_opset, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
+from foldnorm.passes.base import shape_readers
 from foldnorm.passes.affine import affine_operand, affine_params
 from foldnorm.passes.common import batchnorm_params
 from foldnorm.passes.matmul import bias_add_parts
@@ -236,7 +237,8 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
         op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
         context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")
         return None
-    if index.uses(producer.output[0]) > 1 or producer.output[0] in index.graph_outputs:
+    if index.uses(producer.output[0]) - len(shape_readers(index, producer.output[0])) > 1 \
+            or producer.output[0] in index.graph_outputs:
         reasons.append(_fanout_reason(index, producer))
         return None
     return _first_plan(ctx, node, producer, params, after, reasons)

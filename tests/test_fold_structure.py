@@ -325,3 +325,25 @@ def test_ir3_model_gets_constant_nodes_not_initializers(rng: np.random.Generator
     onnx.checker.check_model(result.model, full_check=True)
     assert [i.name for i in result.model.graph.input] == ["x"]
     assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
+
+
+def test_dynamo_affine_free_bn_with_params_from_the_conv_output_shape(rng: np.random.Generator) -> None:
+    # BatchNorm2d(affine=False) under dynamo: scale/bias = Expand(1 or 0, Shape(conv_out)[1:2]); the batch is
+    # dynamic but the sliced channel dim is static. Another Shape reader of conv_out must follow the rename.
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), "one": np.ones(1, np.float32),
+             "zero": np.zeros(1, np.float32), "bn_mean": rng.normal(0, 1, 6).astype(np.float32),
+             "bn_var": rng.uniform(0.2, 2, 6).astype(np.float32)}
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y, int64[4] s) <float[N, 6, 6, 6] c> {
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        ch = Shape <start = 1, end = 2> (c)
+        scale = Expand (one, ch)
+        ch2 = Shape <start = 1, end = 2> (c)
+        bias = Expand (zero, ch2)
+        s = Shape (c)
+        y = BatchNormalization (c, scale, bias, bn_mean, bn_var)
+    }
+    """, inits)
+    result = assert_folds(model, x_feed(rng))
+    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Shape"]

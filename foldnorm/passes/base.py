@@ -213,6 +213,8 @@ class FoldContext:
         params = [i for i in node.input if i and i != old_out]
         index.remove_node(node)
         index.set_output(producer, 0, out)
+        for reader in shape_readers(index, old_out):  # the folded output has the same shape
+            index.set_input(reader, list(reader.input).index(old_out), out)
         index.remove_if_dead([old_out, *params])
 
     def append_bias(self, node: onnx.NodeProto, producer: onnx.NodeProto, bias: np.ndarray) -> None:
@@ -234,6 +236,11 @@ class FoldContext:
         index.remove_node(node)
         index.set_input(consumer, 0, node.input[0])
         index.remove_if_dead([old_out, *params])
+
+
+def shape_readers(index: GraphIndex, name: str) -> list[onnx.NodeProto]:
+    """The `Shape` nodes reading `name`: they read only its shape, which a fold never changes."""
+    return [n for n in index.consumers.get(name, ()) if is_onnx_op(n, "Shape") and n.input[0] == name]
 
 
 def is_float(array: np.ndarray) -> bool:
