@@ -21,8 +21,8 @@ from foldnorm.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, s
 from foldnorm.modelio import ModelLike, check_opset, load_model
 from foldnorm.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.passes import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
-from foldnorm.passes.base import shape_readers
 from foldnorm.passes.affine import affine_operand, affine_params
+from foldnorm.passes.base import shape_readers
 from foldnorm.passes.common import batchnorm_params
 from foldnorm.passes.matmul import bias_add_parts
 from foldnorm.passes.standalone import lower_to_affine
