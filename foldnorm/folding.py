@@ -230,7 +230,8 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     """Try the passes that fold `node` into the `producer` of its input."""
     index = ctx.index
     if producer is None:
-        context.append("its input is a graph input")
+        context.append("its input is a graph input" if index.is_graph_input(node.input[0])
+                       else "its input is computed in an enclosing graph")
         return None
     after = _passes_for(ctx, producer, passes, "after")
     if not after:
@@ -279,4 +280,4 @@ def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:
     if out in index.graph_outputs:
         return f"the output of {producer.op_type} {node_label(producer)} is also a graph output"
     return (f"the output of {producer.op_type} {node_label(producer)} is also read by "
-            f"{index.uses(out) - 1} other node(s)")
+            f"{index.uses(out) - len(shape_readers(index, out)) - 1} other node(s)")

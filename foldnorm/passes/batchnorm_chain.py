@@ -57,4 +57,6 @@ class BatchNormChain:
                 ctx.set_param(first, k, np.ascontiguousarray(array), suffix)
             ctx.absorb(bn, first)
 
-        return Plan(first, apply, note=f"merged into {label} (two BatchNorms in a row)")
+        why = ("two BatchNorms in a row" if bn.op_type == "BatchNormalization"
+               else f"a per-channel {bn.op_type} after it")
+        return Plan(first, apply, note=f"merged into {label} ({why})")
