@@ -85,9 +85,12 @@ def module_path(node: onnx.NodeProto) -> str | None:
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
-                scopes = [s for s in ast.literal_eval(prop.value) if s]
-            except (ValueError, SyntaxError):
+                value = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
                 return None
+            if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+                return None  # not what the exporter writes (a list of module paths)
+            scopes = [s for s in value if s]
             scopes = scopes[:-1]
             if not scopes:
                 return None

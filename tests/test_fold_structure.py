@@ -347,3 +347,18 @@ def test_dynamo_affine_free_bn_with_params_from_the_conv_output_shape(rng: np.ra
     """, inits)
     result = assert_folds(model, x_feed(rng))
     assert [n.op_type for n in result.model.graph.node] == ["Conv", "Shape"]
+
+
+@pytest.mark.parametrize("scopes", ["5", "[1, 2]", "['', None]", "(("])
+def test_malformed_name_scope_metadata_gives_no_module_path(rng: np.random.Generator, scopes: str) -> None:
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 1, 1)).astype(np.float32), **bn_params("bn", 6, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
+        c = Conv (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, inits)
+    model.graph.node[1].metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes)
+    (record,) = fold_model(model).report.records
+    assert (record.outcome, record.module) == ("folded", None)
