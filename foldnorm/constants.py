@@ -107,7 +107,10 @@ class ConstantResolver:
         if (depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx") or len(node.output) != 1
                 or attribute_refs(node)):
             return None
-        return self._evaluate_node(node, depth)
+        try:
+            return self._evaluate_node(node, depth)
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError):
+            return None  # not computable here (e.g. shapes that do not broadcast): not a known constant
 
     def _evaluate_node(self, node: onnx.NodeProto, depth: int) -> np.ndarray | None:
         op = node.op_type
@@ -148,12 +151,7 @@ class ConstantResolver:
             out = _ELEMENTWISE[op](*args)
             return np.asarray(out, dtype=args[0].dtype)
         fn = _OPS.get(op)
-        if fn is None:
-            return None
-        try:
-            return np.asarray(fn(node, args))
-        except (ValueError, TypeError, IndexError):
-            return None
+        return None if fn is None else np.asarray(fn(node, args))
 
 
 def _constant_attr(node: onnx.NodeProto) -> np.ndarray | None:

@@ -362,3 +362,22 @@ def test_malformed_name_scope_metadata_gives_no_module_path(rng: np.random.Gener
     model.graph.node[1].metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes)
     (record,) = fold_model(model).report.records
     assert (record.outcome, record.module) == ("folded", None)
+
+
+@pytest.mark.parametrize("expr", ["k = Add (k6, k4)", "n = Constant <value = int64[1] {-3}> ()\n"
+                                  "k = ConstantOfShape <value = float[1] {1.0}> (n)"])
+def test_constant_expression_numpy_cannot_evaluate_is_not_a_constant(rng: np.random.Generator, expr: str) -> None:
+    # An unchecked ModelProto given to the API: the expression is not a known constant, never a crash.
+    model = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 3, 3] x) => (float[N, 6, 3, 3] y) {{
+        {expr}
+        c = Conv (x, W)
+        y = Mul (c, k)
+    }}
+    """)
+    for name, shape in {"W": (6, 4, 1, 1), "k6": (6, 1, 1), "k4": (4, 1, 1)}.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), name))
+    result = fold_model(model)
+    assert result.report.records == []
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
