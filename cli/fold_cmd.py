@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from foldnorm.atomicfile import atomic_path
 from foldnorm.errors import VerificationError
 from foldnorm.modelio import check_output_path
 from foldnorm.report import FoldReport
@@ -25,7 +26,8 @@ def report_table(report: FoldReport) -> str:
 
 def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
     if report_path is not None:
-        report_path.write_text(result.report.to_json() + "\n")
+        with atomic_path(report_path) as tmp:
+            tmp.write_text(result.report.to_json() + "\n")
     if fmt == "json":
         emit_json(result.to_dict())
         return
@@ -36,7 +38,7 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
         click.echo(f"wrote {result.output}")
 
 
-@click.command()
+@click.command(short_help="Fold BatchNorm, verify, write OUT, report every norm.")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folded model to write (a directory when IN is one).")

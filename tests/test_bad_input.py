@@ -132,7 +132,7 @@ def assert_user_error(result: Result, bad: Path, needle: str, code: int = 1) -> 
 
 
 @pytest.mark.parametrize("case", list(BAD))
-@pytest.mark.parametrize("command", ["fold", "verify-ref", "verify-cand", "bench"])
+@pytest.mark.parametrize("command", ["fold", "inspect", "verify-ref", "verify-cand", "bench"])
 def test_bad_model_file(case: str, command: str, tmp_path: Path, good: Path, rng: np.random.Generator) -> None:
     make, needle = BAD[case]
     bad = make(tmp_path, good, rng)
@@ -140,6 +140,7 @@ def test_bad_model_file(case: str, command: str, tmp_path: Path, good: Path, rng
     out.parent.mkdir()
     args = {
         "fold": ["fold", str(bad), "-o", str(out)],
+        "inspect": ["inspect", str(bad)],
         "verify-ref": ["verify", str(bad), str(good)],
         "verify-cand": ["verify", str(good), str(bad)],
         "bench": ["bench", str(bad), "--iterations", "1", "--warmup", "0", "--ort-opt", "disabled"],
@@ -197,6 +198,7 @@ def test_unwritable_output_directory(good: Path) -> None:
 @pytest.mark.parametrize("args", [
     ["verify", "{good}", "{good}", "--shape", "x:abc"],
     ["verify", "{good}", "{good}", "--shape", "1x3x8x8"],
+    ["verify", "{good}", "{good}", "--input-shape", "x:abc"],
     ["verify", "{good}", "{good}", "--samples", "-1"],
     ["verify", "{good}", "{good}", "--batch-sizes", "0,2"],
     ["verify", "{good}", "{good}", "--batch-sizes", "one"],
@@ -212,6 +214,15 @@ def test_malformed_options_are_usage_errors(args: list[str], good: Path, tmp_pat
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_output_blocked_by_a_file_is_refused_before_timing(good: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory")
+    result = run(["bench", str(good), "-o", str(blocker / "run1"), "--iterations", "1", "--warmup", "0"])
+    assert_user_error(result, blocker, "not a directory")
+    assert result.stdout == ""  # refused before any timing was done
+    assert blocker.read_text() == "not a directory"
 
 
 def test_unknown_shape_name_is_exit_1(good: Path, tmp_path: Path) -> None:
