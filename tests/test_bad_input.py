@@ -3,6 +3,7 @@ untouched and no partial output, for fold, verify and bench (CLI) and the librar
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,3 +271,21 @@ def test_save_model_errors_are_output_path_errors(good: Path, tmp_path: Path) ->
         foldnorm.save_model(model, tmp_path / "nope" / "m.onnx")
     with pytest.raises(OutputPathError, match="is a directory"):
         foldnorm.save_model(model, tmp_path)
+
+
+@pytest.mark.parametrize(("missing", "args", "hint"), [
+    ("onnxruntime", ["fold", "{good}", "-o", "{out}"], "foldnorm[ort]"),
+    ("onnxruntime", ["verify", "{good}", "{good}"], "foldnorm[ort]"),
+    ("torch", ["export", "mlp-bn1d", "-o", "{out}"], "foldnorm[torch]"),
+])
+def test_missing_optional_dependency_is_one_line_with_the_extra(missing: str, args: list[str], hint: str, good: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now fails as if it were not installed
+    out = tmp_path / "o.onnx"
+    result = run([a.format(good=good, out=out) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: this command needs {missing}, which is not installed; install: ")
+    assert hint in last
+    assert not out.exists()
