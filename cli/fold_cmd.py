@@ -6,14 +6,13 @@ from pathlib import Path
 
 import click
 
-from foldnorm.atomicfile import atomic_path
 from foldnorm.errors import VerificationError
 from foldnorm.modelio import check_output_path
 from foldnorm.report import FoldReport
 from foldnorm.workflows import FoldFileResult, fold_file
 
 from .options import format_option
-from .render import emit_json, info, table
+from .render import emit_json, info, table, write_json
 
 
 def report_table(report: FoldReport) -> str:
@@ -26,8 +25,7 @@ def report_table(report: FoldReport) -> str:
 
 def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
     if report_path is not None:
-        with atomic_path(report_path) as tmp:
-            tmp.write_text(result.report.to_json() + "\n")
+        write_json(report_path, result.report.to_dict())
     if fmt == "json":
         emit_json(result.to_dict())
         return
@@ -49,7 +47,8 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
               help="Compare folded and original on ONNX Runtime before writing.")
 @click.option("--standalone-bn", type=click.Choice(["keep", "affine"]), default="keep", show_default=True,
               help="A BN with nothing to fold into: keep it, or lower it to one Mul and one Add.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Also write the JSON report here (for a directory: one entry per model).")
 @format_option("text", "json")
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
          report_path: Path | None, fmt: str) -> None:
@@ -69,7 +68,8 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     if input_path.is_dir():
         from .fold_dir import fold_dir
 
-        return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt)
+        return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt,
+                        report_path=report_path)
     info(f"folding {input_path}")
     try:
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place)

@@ -35,7 +35,7 @@ def test_version() -> None:
     assert "foldnorm" in result.output
 
 
-@pytest.mark.parametrize("command", ["export", "fold", "bench"])
+@pytest.mark.parametrize("command", ["export", "fold", "inspect", "verify", "bench", "models"])
 def test_subcommand_help(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
@@ -53,6 +53,20 @@ def test_fold_writes_output_and_report(conv_bn_file: Path, tmp_path: Path) -> No
     assert conv_bn_file.read_bytes() == original
     data = json.loads(report.read_text())
     assert data["records"][0]["outcome"] == "folded"
+
+
+def test_fold_directory_writes_its_report(conv_bn_file: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "a.onnx").write_bytes(conv_bn_file.read_bytes())
+    (models / "bad.onnx").write_bytes(b"not onnx")
+    (tmp_path / "out").mkdir()
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["fold", str(models), "-o", str(tmp_path / "out"), "--report", str(report)])
+    assert result.exit_code == 1, result.output
+    data = json.loads(report.read_text())
+    assert [(Path(i["input"]).name, i["ok"]) for i in data["items"]] == [("a.onnx", True), ("bad.onnx", False)]
+    assert "1 failed: bad.onnx" in data["summary"]
 
 
 def test_fold_json_is_parseable(conv_bn_file: Path, tmp_path: Path) -> None:
