@@ -133,4 +133,4 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
         for path in write_outputs(result, output_dir, plot):
             info(f"wrote {path}")
     if not result.verify.ok:
-        raise VerificationError("the folded model is not equivalent to the unfolded one; see the table above")
+        raise VerificationError("the folded model is not equivalent to the unfolded one; see the results on stdout")

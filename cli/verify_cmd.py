@@ -64,4 +64,4 @@ def verify(reference: Path, candidate: Path, batch_sizes: tuple[int, ...], shape
     else:
         click.echo(verify_table(result))
     if not result.ok:
-        raise VerificationError(f"{candidate} is not equivalent to {reference}; see the table above")
+        raise VerificationError(f"{candidate} is not equivalent to {reference}; see the results on stdout")
