@@ -101,3 +101,23 @@ def test_bench_onnx_file_json(conv_bn_file: Path) -> None:
     assert data["batchnorm_folded"] == 1
     folded = next(r for r in data["rows"] if r["variant"] == "folded")
     assert folded["max_rel"] < 1e-4
+
+
+def test_fold_verification_takes_shapes_of_dynamic_dims(tmp_path: Path, rng: np.random.Generator) -> None:
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, T] x) => (float[N, 6, T] y) {{
+        c = Conv <pads = [1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, inits)
+    path, out = tmp_path / "seq.onnx", tmp_path / "folded.onnx"
+    onnx.save(model, path)
+    refused = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out)])
+    assert refused.exit_code == 1
+    assert "dynamic dimension 'T' on axis 2 (Nx4xT); give its size with --shape x:1x4x8" in refused.stderr
+    assert not out.exists()
+    result = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out), "--shape", "x:1x4x8"])
+    assert result.exit_code == 0, result.output
+    assert op_count(onnx.load(out), "BatchNormalization") == 0
