@@ -78,7 +78,8 @@ def _check_output_dir(directory: Path) -> None:
 @click.option("--max-batch-size", type=click.IntRange(min=1),
               help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: --batch-size).")
 @click.option("--input-shape", "--shape", "input_shape", callback=shape_option,
-              help="Input shape for a PyTorch model, e.g. 1x3x224x224 (default: the built-in model's own).")
+              help="Input shape, e.g. 1x3x224x224: a PyTorch model is exported with it (default: a built-in "
+                   "model's own); for a one-input .onnx file it sizes dynamic dims.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per variant before timing.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
