@@ -121,3 +121,13 @@ def test_fold_verification_takes_shapes_of_dynamic_dims(tmp_path: Path, rng: np.
     result = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out), "--shape", "x:1x4x8"])
     assert result.exit_code == 0, result.output
     assert op_count(onnx.load(out), "BatchNormalization") == 0
+
+
+def test_summary_counts_constant_tails_apart_from_batchnorm() -> None:
+    from foldnorm.report import FoldRecord, FoldReport
+
+    report = FoldReport([FoldRecord("Mul", "m", "affine", "folded", "folded into Conv", "conv"),
+                         FoldRecord("Add", "a", "affine", "skipped", "varies along another axis")])
+    assert report.summary().startswith("0/0 BatchNorm folded, 1/2 constant Mul/Add/Sub/Div folded; 1 folded")
+    report.records = report.records[:0]
+    assert report.summary().startswith("0/0 BatchNorm folded; 0 folded")
