@@ -54,9 +54,11 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
               metavar="NAME:1x3x224x224",
               help="Shape of an input with dynamic dims other than the batch axis, for the verification "
                    "(repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the verification's random inputs.")
 @format_option("text", "json")
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
-         report_path: Path | None, shapes: dict[str, Shape], fmt: str) -> None:
+         report_path: Path | None, shapes: dict[str, Shape], seed: int, fmt: str) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
@@ -74,10 +76,11 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
         from .fold_dir import fold_dir
 
         return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt,
-                        report_path=report_path, shapes=shapes)
+                        report_path=report_path, shapes=shapes, seed=seed)
     info(f"folding {input_path}")
     try:
-        result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes)
+        result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
+                           seed=seed)
     except VerificationError as exc:
         failed = getattr(exc, "result", None)
         if isinstance(failed, FoldFileResult):

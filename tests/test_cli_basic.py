@@ -131,3 +131,10 @@ def test_summary_counts_constant_tails_apart_from_batchnorm() -> None:
     assert report.summary().startswith("0/0 BatchNorm folded, 1/2 constant Mul/Add/Sub/Div folded; 1 folded")
     report.records = report.records[:0]
     assert report.summary().startswith("0/0 BatchNorm folded; 0 folded")
+
+
+def test_fold_seed_reaches_the_verification(conv_bn_file: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["fold", str(conv_bn_file), "-o", str(tmp_path / "f.onnx"), "--seed", "5",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verify"]["seed"] == 5
