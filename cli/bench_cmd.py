@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from foldnorm.backends import BACKENDS
-from foldnorm.errors import VerificationError
+from foldnorm.errors import OutputPathError, VerificationError
 from foldnorm.inputs import Shape
 
 from .bench_render import RENDERERS, names, write_outputs
@@ -50,7 +51,18 @@ def _levels(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
     return levels
 
 
-@click.command()
+def _check_output_dir(directory: Path) -> None:
+    """Refuse an --output directory that cannot be created or written before any timing is done."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{directory}: {existing} is a file, not a directory; choose another --output directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{directory}: {existing} is not writable; choose another --output directory")
+
+
+@click.command(short_help="Folded vs unfolded: latency and accuracy per backend.")
 @click.argument("model", required=False)
 @click.option("--backend", "backends", multiple=True, default=["ort-cpu"], show_default=True,
               type=click.Choice([*BACKENDS, "all"]),
@@ -61,28 +73,34 @@ def _levels(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size of the timed runs (throughput is samples/s at this size).")
 @click.option("--max-batch-size", type=click.IntRange(min=1),
               help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: --batch-size).")
-@click.option("--input-shape", callback=shape_option, help="Input shape for a PyTorch model, e.g. 1x3x224x224.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--input-shape", "--shape", "input_shape", callback=shape_option,
+              help="Input shape, e.g. 1x3x224x224: a PyTorch model is exported with it (default: a built-in "
+                   "model's own); for a one-input .onnx file it sizes dynamic dims.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs per variant before timing.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds each variant is timed at least.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Exact number of timed runs per variant.")
-@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="How a PyTorch model is exported first (as in `foldnorm export`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where TensorRT engines and timing caches are kept (default: ~/.cache/foldnorm).")
-@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also save bench.txt, bench.json (with raw samples), bench.csv and bench.md in this directory.")
 @click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
 @format_option("text", "json", "csv", "markdown")
 def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision: str, threads: int,
           batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int, min_time: float,
-          iterations: int | None, exporter: str, cache_dir: Path | None, output_dir: Path | None, plot: bool,
+          iterations: int | None, seed: int, exporter: str, cache_dir: Path | None, output_dir: Path | None, plot: bool,
           fmt: str) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
-    MODEL is a built-in name (see foldnorm.models), an import spec package.module:attr, or a .onnx file.
+    MODEL is a built-in name (see `foldnorm models`), an import spec package.module:attr, or a .onnx file.
     Every row's accuracy is measured against the unfolded model on ONNX Runtime CPU with optimizations
     disabled; backends that cannot run here are listed with the reason and an install hint.
     """
@@ -94,8 +112,8 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
     if plot and output_dir is None:
         raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
                                  param_hint="--plot")
-    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
-        raise click.BadParameter(f"{output_dir} exists and is not a directory", param_hint="--output")
+    if output_dir is not None:
+        _check_output_dir(output_dir)
     if plot:
         import importlib.util
 
@@ -109,11 +127,11 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
         model = DEFAULT_MODEL
     result = benchmark(model, backends=backends, ort_opt=levels, precisions=precisions, threads=threads,
                        batch_size=batch_size, max_batch_size=max_batch_size, input_shape=input_shape,
-                       warmup=warmup, min_time_s=min_time, iterations=iterations, exporter=exporter,  # type: ignore[arg-type]
+                       warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,  # type: ignore[arg-type]
                        cache_dir=cache_dir, progress=Progress())
     click.echo(RENDERERS[fmt](result))
     if output_dir is not None:
         for path in write_outputs(result, output_dir, plot):
             info(f"wrote {path}")
     if not result.verify.ok:
-        raise VerificationError("the folded model is not equivalent to the unfolded one; see the table above")
+        raise VerificationError("the folded model is not equivalent to the unfolded one; see the results on stdout")

@@ -26,10 +26,10 @@ def _named_shapes(ctx: click.Context, param: click.Parameter,
     return parsed
 
 
-@click.command()
+@click.command(short_help="PyTorch model -> ONNX with every BatchNorm kept.")
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--input-shape", "input_shapes", multiple=True, callback=_named_shapes,
+@click.option("--input-shape", "--shape", "input_shapes", multiple=True, callback=_named_shapes,
               help="Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "
                    "(default: the built-in model's own).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
@@ -37,7 +37,8 @@ def _named_shapes(ctx: click.Context, param: click.Parameter,
                                       "ONNX Runtime CPU lacks the kernels).")
 @click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True,
               help="ONNX opset (GroupNormalization as one node needs 21).")
-@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="torch.onnx exporter (legacy: the TorchScript one).")
 @click.option("--static", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
 @click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the model.")
 @click.option("--train-ok", is_flag=True, help="Export a module left in train mode (BN uses running stats).")

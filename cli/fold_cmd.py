@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from foldnorm.errors import VerificationError
+from foldnorm.inputs import Shape
 from foldnorm.modelio import check_output_path
 from foldnorm.report import FoldReport
 from foldnorm.workflows import FoldFileResult, fold_file
 
-from .options import format_option
-from .render import emit_json, info, table
+from .options import format_option, named_shapes_option
+from .render import emit_json, info, table, write_json
 
 
 def report_table(report: FoldReport) -> str:
@@ -25,7 +26,7 @@ def report_table(report: FoldReport) -> str:
 
 def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
     if report_path is not None:
-        report_path.write_text(result.report.to_json() + "\n")
+        write_json(report_path, result.report.to_dict())
     if fmt == "json":
         emit_json(result.to_dict())
         return
@@ -36,7 +37,7 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
         click.echo(f"wrote {result.output}")
 
 
-@click.command()
+@click.command(short_help="Fold BatchNorm, verify, write OUT, report every norm.")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folded model to write (a directory when IN is one).")
@@ -47,10 +48,17 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
               help="Compare folded and original on ONNX Runtime before writing.")
 @click.option("--standalone-bn", type=click.Choice(["keep", "affine"]), default="keep", show_default=True,
               help="A BN with nothing to fold into: keep it, or lower it to one Mul and one Add.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Also write the JSON report here (for a directory: one entry per model).")
+@click.option("--shape", "--input-shape", "shapes", multiple=True, callback=named_shapes_option,
+              metavar="NAME:1x3x224x224",
+              help="Shape of an input with dynamic dims other than the batch axis, for the verification "
+                   "(repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the verification's random inputs.")
 @format_option("text", "json")
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
-         report_path: Path | None, fmt: str) -> None:
+         report_path: Path | None, shapes: dict[str, Shape], seed: int, fmt: str) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
@@ -67,10 +75,12 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     if input_path.is_dir():
         from .fold_dir import fold_dir
 
-        return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt)
+        return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt,
+                        report_path=report_path, shapes=shapes, seed=seed)
     info(f"folding {input_path}")
     try:
-        result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place)
+        result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
+                           seed=seed)
     except VerificationError as exc:
         failed = getattr(exc, "result", None)
         if isinstance(failed, FoldFileResult):

@@ -8,20 +8,23 @@ import click
 
 from foldnorm.batch import BatchItem, fold_directory
 from foldnorm.errors import FoldnormError
+from foldnorm.inputs import Shape
 from foldnorm.passes import FoldOptions
 
-from .render import emit_json, info
+from .render import emit_json, info, write_json
 
 
 def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, options: FoldOptions, in_place: bool,
-             fmt: str) -> None:
-    """Fold every model of `input_dir`; raise `FoldnormError` (exit 1) when any of them failed."""
+             fmt: str, report_path: Path | None, shapes: dict[str, Shape], seed: int) -> None:
+    """Fold every model of `input_dir` (`report_path`: the per-model JSON); exit 1 when any of them failed."""
 
     def progress(item: BatchItem) -> None:
         info(f"{'ok    ' if item.ok else 'FAILED'} {item.input}: {item.message}")
 
     result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,
-                            progress=progress)
+                            progress=progress, shapes=shapes, seed=seed)
+    if report_path is not None:
+        write_json(report_path, result.to_dict())
     if fmt == "json":
         emit_json(result.to_dict())
     else:

@@ -11,7 +11,7 @@ from .options import format_option
 from .render import emit_json
 
 
-@click.command()
+@click.command(short_help="What fold would do to each norm node; writes nothing.")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--standalone-bn", type=click.Choice(["keep", "affine"]), default="keep", show_default=True,
               help="Report as if `fold --standalone-bn` had this value.")

@@ -27,9 +27,27 @@ class FoldnormGroup(click.Group):
         except FoldnormError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            hint = _install_hint(exc.name)
+            if hint is None:
+                raise
+            click.echo(f"error: this command needs {exc.name}, which is not installed; install: {hint}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted; no partially written file was left behind", err=True)
             sys.exit(130)
+
+
+def _install_hint(module: str | None) -> str | None:
+    """The install command for an optional dependency (an extra), None for anything else."""
+    from foldnorm.backends.ort_cpu import ORT_INSTALL_HINT
+    from foldnorm.backends.torch_eager import TORCH_INSTALL_HINT
+    from foldnorm.plot import PLOT_INSTALL_HINT
+
+    top = (module or "").split(".")[0]
+    hints = {"onnxruntime": ORT_INSTALL_HINT, "torch": TORCH_INSTALL_HINT, "onnxscript": TORCH_INSTALL_HINT,
+             "onnx_ir": TORCH_INSTALL_HINT, "matplotlib": PLOT_INSTALL_HINT}
+    return hints.get(top)
 
 
 @click.group(cls=FoldnormGroup, context_settings={"help_option_names": ["-h", "--help"]})

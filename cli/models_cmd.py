@@ -8,10 +8,10 @@ from .options import format_option
 from .render import emit_json, table
 
 
-@click.command()
+@click.command(short_help="List the built-in PyTorch reference models.")
 @format_option("text", "json")
 def models(fmt: str) -> None:
-    """List the built-in PyTorch reference models that `export`, `fold` and `bench` accept by name."""
+    """List the built-in PyTorch reference models that `export` and `bench` accept by name."""
     from foldnorm.models import REGISTRY
 
     rows = [{"name": s.name, "input_shape": list(s.input_shape), "description": s.description}

@@ -8,17 +8,17 @@ from typing import Any, TypeVar
 import click
 
 from foldnorm.errors import InputSpecError
-from foldnorm.inputs import Shape, parse_named_shape, parse_shape
+from foldnorm.inputs import Shape, parse_named_shape
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def shape_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Shape | None:
-    """Click callback: parse `1x3x224x224`."""
+    """Click callback: parse `1x3x224x224` (a `NAME:` prefix, as in the other commands, is allowed)."""
     if value is None:
         return None
     try:
-        return parse_shape(value)
+        return parse_named_shape(value)[1]
     except InputSpecError as exc:
         raise click.BadParameter(str(exc)) from None
 

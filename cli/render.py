@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -40,6 +41,14 @@ def _cell(value: Any) -> str:
 def emit_json(data: Any) -> None:
     """Print `data` as JSON on stdout."""
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON to `path` atomically (a temporary file beside it, then a rename)."""
+    from foldnorm.atomicfile import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def info(message: str) -> None:

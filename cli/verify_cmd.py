@@ -26,12 +26,13 @@ def verify_table(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(short_help="Same outputs? GN/LN/IN intact? Exit 3 if not.")
 @click.argument("reference", metavar="REF.onnx", type=click.Path(path_type=Path))
 @click.argument("candidate", metavar="CANDIDATE.onnx", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", callback=batch_sizes_option, default="1,2", show_default=True,
               help="Batch sizes to try on a symbolic batch axis, comma-separated.")
-@click.option("--shape", "shapes", multiple=True, callback=named_shapes_option, metavar="NAME:1x3x224x224",
+@click.option("--shape", "--input-shape", "shapes", multiple=True, callback=named_shapes_option,
+              metavar="NAME:1x3x224x224",
               help="Shape of an input with dynamic dims (repeatable); a symbolic batch axis takes --batch-sizes.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
@@ -63,4 +64,4 @@ def verify(reference: Path, candidate: Path, batch_sizes: tuple[int, ...], shape
     else:
         click.echo(verify_table(result))
     if not result.ok:
-        raise VerificationError(f"{candidate} is not equivalent to {reference}; see the table above")
+        raise VerificationError(f"{candidate} is not equivalent to {reference}; see the results on stdout")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from foldnorm.errors import FoldnormError, OutputPathError
+from foldnorm.inputs import Shape
 from foldnorm.modelio import check_output_path
 from foldnorm.passes import FoldOptions
 
@@ -64,11 +65,13 @@ class BatchResult:
                 "items": [i.to_dict() for i in self.items], "summary": self.summary()}
 
 
-def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: bool) -> BatchItem:
+def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: bool,
+              shapes: Mapping[str, Shape] | None, seed: int) -> BatchItem:
     from foldnorm.workflows import fold_file
 
     try:
-        result = fold_file(src, dst, verify=verify, options=options, in_place=in_place)
+        result = fold_file(src, dst, verify=verify, options=options, in_place=in_place, shapes=shapes,
+                           seed=seed)
     except FoldnormError as exc:
         return BatchItem(src, dst, False, str(exc))
     except Exception as exc:  # a bug on one model must not hide the results of the others
@@ -88,11 +91,14 @@ def fold_directory(
     options: FoldOptions | None = None,
     in_place: bool = False,
     progress: Callable[[BatchItem], None] | None = None,
+    shapes: Mapping[str, Shape] | None = None,
+    seed: int = 0,
 ) -> BatchResult:
     """Fold every `*.onnx` in `input_dir` into `output_dir` (same file names), `jobs` files at a time.
 
     Each file is folded (and verified) in its own worker process; a file that fails is recorded in the
-    result with its error and the others go on. `progress` is called as each file finishes.
+    result with its error and the others go on. `progress` is called as each file finishes; `shapes` sizes
+    dynamic input dims and `seed` seeds the inputs of the verification (see `fold_file`).
     `output_dir` must exist; it may be `input_dir` only with `in_place`.
     """
     src_dir, dst_dir = Path(input_dir), Path(output_dir)
@@ -116,13 +122,13 @@ def fold_directory(
 
     if jobs == 1:
         for src, dst in pairs:
-            done(_fold_one(src, dst, verify, opts, in_place))
+            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed))
     else:
         # spawn: workers start clean (no inherited ONNX Runtime threads or state).
         with ProcessPoolExecutor(max_workers=min(jobs, len(pairs)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             futures: dict[Future[BatchItem], tuple[str, str]] = {
-                pool.submit(_fold_one, s, d, verify, opts, in_place): (s, d) for s, d in pairs}
+                pool.submit(_fold_one, s, d, verify, opts, in_place, shapes, seed): (s, d) for s, d in pairs}
             try:
                 for future in as_completed(futures):
                     try:

@@ -152,8 +152,9 @@ def benchmark(
         say("folding", None)
         folded = fold_model(unfolded)
         paths = {"unfolded": str(source.onnx_path), "folded": str(save_model(folded.model, work / "folded.onnx"))}
-        verify = compare_models(unfolded, folded.model, batch_sizes=sorted({1, 2, batch_size}))
-        feeds = make_feeds(unfolded, batch_size, seed, _source_shapes(unfolded, source, batch_size))
+        shapes = _input_shapes(unfolded, source.input_shape or input_shape, batch_size)
+        verify = compare_models(unfolded, folded.model, batch_sizes=sorted({1, 2, batch_size}), shapes=shapes)
+        feeds = make_feeds(unfolded, batch_size, seed, shapes)
         from foldnorm.backends.ort_cpu import OrtSession
 
         reference = OrtSession(paths["unfolded"]).run(feeds)
@@ -192,12 +193,13 @@ def benchmark(
                            notes, torch_report)
 
 
-def _source_shapes(model: Any, source: ModelSource, batch_size: int) -> dict[str, Shape] | None:
-    """For an exported PyTorch model, its example shape with the batch axis set to `batch_size`."""
+def _input_shapes(model: Any, shape: Shape | None, batch_size: int) -> dict[str, Shape] | None:
+    """The one input's shape (a PyTorch model's example shape, or the user's for an .onnx file with dynamic
+    dims), with the batch axis set to `batch_size`."""
     specs = input_specs(model)
-    if source.input_shape is None or len(specs) != 1:
+    if shape is None or len(specs) != 1:
         return None
-    return {specs[0].name: (batch_size, *source.input_shape[1:])}
+    return {specs[0].name: (batch_size, *shape[1:])}
 
 
 def _module_variants(source: ModelSource, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], FoldReport]:

@@ -205,8 +205,13 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
     """Export the eval-mode `work`, clean, record settings, save and check (`label`: the caller's module)."""
     import torch
 
-    with torch.no_grad():
-        outputs = _leaves(work(*args))
+    try:
+        with torch.no_grad():
+            outputs = _leaves(work(*args))
+    except Exception as exc:  # the module rejects the example inputs: shapes (or dtypes) that do not fit it
+        shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
+        raise InputSpecError(f"{type(label).__name__} fails on example inputs of shape {shapes} "
+                             f"({_first_line(exc)}); give shapes it accepts (--input-shape)") from exc
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     model = _run_exporter(work, args, names, output_names, opset, exporter, dynamic_batch)
     cleanup = clean_export(model)

@@ -101,10 +101,12 @@ def concrete_shape(spec: InputSpec, batch_size: int, override: Shape | None = No
         elif axis == 0:
             shape.append(batch_size)
         else:
-            dims_text = "x".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in spec.dims)
+            fixed = [x if isinstance(x, int) and x > 0 else None for x in spec.dims]
+            dims_text = "x".join(str(x) if x else str(spec.dims[i] or "?") for i, x in enumerate(fixed))
+            example = "x".join(str(x) if x else ("1" if i == 0 else "8") for i, x in enumerate(fixed))
             raise InputSpecError(
                 f"input {spec.name!r} has a dynamic dimension {d!r} on axis {axis} ({dims_text}); "
-                f"give its size with --shape {spec.name}:{dims_text.replace('N', '8')}"
+                f"give its size with --shape {spec.name}:{example}"
             )
     return tuple(shape)
 

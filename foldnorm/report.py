@@ -67,8 +67,11 @@ class FoldReport:
         c = self.counts()
         bn = self.batchnorm_total
         bn_folded = sum(1 for r in self.by_kind("batchnorm") if r.outcome == "folded")
+        tails = self.by_kind("affine")
+        tail_folded = sum(1 for r in tails if r.outcome == "folded")
+        tail_text = f", {tail_folded}/{len(tails)} constant Mul/Add/Sub/Div folded" if tails else ""
         return (
-            f"{bn_folded}/{bn} BatchNorm folded; {c['folded']} folded, {c['skipped']} skipped, "
+            f"{bn_folded}/{bn} BatchNorm folded{tail_text}; {c['folded']} folded, {c['skipped']} skipped, "
             f"{c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm intact"
         )
 

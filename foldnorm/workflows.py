@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from foldnorm.compare import VerifyResult, compare_models
 from foldnorm.errors import VerificationError
 from foldnorm.folding import fold_model
+from foldnorm.inputs import Shape
 from foldnorm.modelio import check_output_path, load_model, stage_model
 from foldnorm.passes import FoldOptions
 from foldnorm.report import FoldReport
@@ -43,12 +44,14 @@ def fold_file(
     batch_sizes: Sequence[int] = (1, 2),
     seed: int = 0,
     in_place: bool = False,
+    shapes: Mapping[str, Shape] | None = None,
 ) -> FoldFileResult:
     """Fold the model at `input_path` and write it to `output_path` (None: do not write).
 
     With `verify` (the default) the folded model is compared with the original on ONNX Runtime first; on a
     mismatch nothing is written and `VerificationError` is raised with the result in `.result`.
     `output_path` may equal `input_path` only with `in_place` (the file is then replaced atomically).
+    `shapes` sizes the verification inputs' dynamic dims other than the batch axis, as in `compare_models`.
     """
     if output_path is not None:
         check_output_path(output_path, input_path, in_place=in_place)
@@ -57,14 +60,16 @@ def fold_file(
     result = FoldFileResult(str(input_path), None, folded.report, None)
     if output_path is None:
         if verify:
-            result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed)
+            result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed,
+                                           shapes=shapes)
             _raise_if_different(result)
         return result
     staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
     del folded  # the staged file holds it now; ONNX Runtime reads it from there
     try:
         if verify:
-            result.verify = compare_models(input_path, staged.path, batch_sizes=batch_sizes, seed=seed)
+            result.verify = compare_models(input_path, staged.path, batch_sizes=batch_sizes, seed=seed,
+                                           shapes=shapes)
             result.verify.candidate = str(output_path)
             _raise_if_different(result)
         result.output = str(staged.commit())

@@ -3,6 +3,7 @@ untouched and no partial output, for fold, verify and bench (CLI) and the librar
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def assert_user_error(result: Result, bad: Path, needle: str, code: int = 1) -> 
 
 
 @pytest.mark.parametrize("case", list(BAD))
-@pytest.mark.parametrize("command", ["fold", "verify-ref", "verify-cand", "bench"])
+@pytest.mark.parametrize("command", ["fold", "inspect", "verify-ref", "verify-cand", "bench"])
 def test_bad_model_file(case: str, command: str, tmp_path: Path, good: Path, rng: np.random.Generator) -> None:
     make, needle = BAD[case]
     bad = make(tmp_path, good, rng)
@@ -140,6 +141,7 @@ def test_bad_model_file(case: str, command: str, tmp_path: Path, good: Path, rng
     out.parent.mkdir()
     args = {
         "fold": ["fold", str(bad), "-o", str(out)],
+        "inspect": ["inspect", str(bad)],
         "verify-ref": ["verify", str(bad), str(good)],
         "verify-cand": ["verify", str(good), str(bad)],
         "bench": ["bench", str(bad), "--iterations", "1", "--warmup", "0", "--ort-opt", "disabled"],
@@ -197,6 +199,7 @@ def test_unwritable_output_directory(good: Path) -> None:
 @pytest.mark.parametrize("args", [
     ["verify", "{good}", "{good}", "--shape", "x:abc"],
     ["verify", "{good}", "{good}", "--shape", "1x3x8x8"],
+    ["verify", "{good}", "{good}", "--input-shape", "x:abc"],
     ["verify", "{good}", "{good}", "--samples", "-1"],
     ["verify", "{good}", "{good}", "--batch-sizes", "0,2"],
     ["verify", "{good}", "{good}", "--batch-sizes", "one"],
@@ -212,6 +215,15 @@ def test_malformed_options_are_usage_errors(args: list[str], good: Path, tmp_pat
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_output_blocked_by_a_file_is_refused_before_timing(good: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory")
+    result = run(["bench", str(good), "-o", str(blocker / "run1"), "--iterations", "1", "--warmup", "0"])
+    assert_user_error(result, blocker, "not a directory")
+    assert result.stdout == ""  # refused before any timing was done
+    assert blocker.read_text() == "not a directory"
 
 
 def test_unknown_shape_name_is_exit_1(good: Path, tmp_path: Path) -> None:
@@ -259,3 +271,21 @@ def test_save_model_errors_are_output_path_errors(good: Path, tmp_path: Path) ->
         foldnorm.save_model(model, tmp_path / "nope" / "m.onnx")
     with pytest.raises(OutputPathError, match="is a directory"):
         foldnorm.save_model(model, tmp_path)
+
+
+@pytest.mark.parametrize(("missing", "args", "hint"), [
+    ("onnxruntime", ["fold", "{good}", "-o", "{out}"], "foldnorm[ort]"),
+    ("onnxruntime", ["verify", "{good}", "{good}"], "foldnorm[ort]"),
+    ("torch", ["export", "mlp-bn1d", "-o", "{out}"], "foldnorm[torch]"),
+])
+def test_missing_optional_dependency_is_one_line_with_the_extra(missing: str, args: list[str], hint: str, good: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now fails as if it were not installed
+    out = tmp_path / "o.onnx"
+    result = run([a.format(good=good, out=out) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: this command needs {missing}, which is not installed; install: ")
+    assert hint in last
+    assert not out.exists()

@@ -136,3 +136,23 @@ def test_progress_is_plain_lines_otherwise(capsys: pytest.CaptureFixture) -> Non
     for frac in (0.5, 1.0):
         progress("timing ort-cpu", frac)
     assert capsys.readouterr().err == "timing ort-cpu\n"
+
+
+def test_onnx_file_with_dynamic_dims_takes_a_shape(tmp_path: Path, rng: np.random.Generator) -> None:
+    from builders import bn_inputs, bn_params, parse
+
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
+    path = tmp_path / "seq.onnx"
+    onnx.save(parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, T] x) => (float[N, 6, T] y) {{
+        c = Conv <pads = [1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, inits), path)
+    refused = CliRunner().invoke(cli, ["bench", str(path), *FAST])
+    assert refused.exit_code == 1 and "--shape x:1x4x8" in refused.stderr
+    result = CliRunner().invoke(cli, ["bench", str(path), *FAST, "--shape", "x:1x4x8", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["batchnorm_folded"] == 1 and data["verify"]["ok"]

@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def recipe() -> tuple[str, str]:
     text = README.read_text()
-    section = text[text.index("### CI recipe"):]
+    section = text[text.index("## CI recipe\n"):]
     section = section[: section.index("\n## ")]
     (python,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     (shell,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)

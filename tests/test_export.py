@@ -201,6 +201,7 @@ def test_cli_mismatch_exits_3(tmp_path: Path) -> None:
     (["zoo_user_model:counting_net"], 2, "--input-shape"),
     (["mlp-bn1d", "--input-shape", "a:1x32", "--input-shape", "1x32"], 2, "name every input"),
     (["mlp-bn1d", "--input-shape", "1xfoo"], 2, "1x3x224x224"),
+    (["mlp-bn1d", "--shape", "1x5"], 1, "fails on example inputs of shape 1x5"),
     (["mlp-bn1d", "--dtype", "int8"], 2, "int8"),
 ])
 def test_cli_bad_input(tmp_path: Path, args: list[str], code: int, message: str) -> None:

@@ -1,4 +1,4 @@
-"""`import foldnorm` and `foldnorm --help` must not load torch, onnxruntime or tensorrt."""
+"""`import foldnorm` and `foldnorm --help` must not load torch, onnxruntime, tensorrt or matplotlib."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "onnxruntime", "tensorrt")
+HEAVY = ("torch", "onnxruntime", "tensorrt", "matplotlib")
 
 
 @pytest.mark.parametrize(

@@ -32,3 +32,20 @@ def test_readme_commands_run(tmp_path: Path) -> None:
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{command!r} failed ({done.returncode}): {done.stderr[-2000:]}"
         assert "Traceback" not in done.stderr
+
+
+def python_api_example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Python API\n"):]
+    section = section[: section.index("\n## ", 1)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+def test_readme_python_api_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", python_api_example()], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1/1 BatchNorm folded" in done.stdout
+    assert (tmp_path / "folded.onnx").is_file()
