@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foldnorm.atomicfile import atomic_path
 from foldnorm.bench import BenchResult, BenchRow
 
-from .render import table
+from .render import table, write_text
 
 HEADERS = ["backend", "config", "precision", "variant", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
            "samples/s", "speed-up", "IQR", "max abs err", "max rel err", "NaN/Inf", "build s", "peak MB", "runs"]
@@ -110,21 +109,15 @@ RENDERERS = {"text": bench_text, "json": bench_json, "csv": bench_csv, "markdown
 def write_outputs(result: BenchResult, directory: Path, plot: bool) -> list[Path]:
     """Save bench.txt/.json (with samples)/.csv/.md, and bench.png with `plot`; every file atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    written = [_write(directory / "bench.txt", bench_text(result)),
-               _write(directory / "bench.json", bench_json(result, samples=True)),
-               _write(directory / "bench.csv", bench_csv(result)),
-               _write(directory / "bench.md", bench_markdown(result))]
+    written = [write_text(directory / "bench.txt", bench_text(result)),
+               write_text(directory / "bench.json", bench_json(result, samples=True)),
+               write_text(directory / "bench.csv", bench_csv(result)),
+               write_text(directory / "bench.md", bench_markdown(result))]
     if plot:
         from foldnorm.plot import plot_latency
 
         written.append(plot_latency(result, directory / "bench.png"))
     return written
-
-
-def _write(path: Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text if text.endswith("\n") else text + "\n")
-    return path
 
 
 def names(values: Sequence[str]) -> list[str]:

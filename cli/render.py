@@ -43,12 +43,18 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` atomically (a temporary file beside it, then a rename)."""
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (a temporary file beside it, then a rename), ending in a newline."""
     from foldnorm.atomicfile import atomic_path
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON to `path` atomically (a temporary file beside it, then a rename)."""
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def info(message: str) -> None:
