@@ -15,7 +15,13 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError
-from foldnorm.external import has_weights_on_disk, in_memory_bytes, point_to_files, write_with_external_data
+from foldnorm.external import (
+    all_tensors,
+    has_weights_on_disk,
+    in_memory_bytes,
+    point_to_files,
+    write_with_external_data,
+)
 from foldnorm.shapes import weightless_copy
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -86,7 +92,7 @@ def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
 
 def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
     sizes: dict[Path, int] = {}
-    for tensor in external_data_helper._get_all_tensors(model):
+    for tensor in all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
