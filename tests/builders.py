@@ -33,13 +33,10 @@ def bn_inputs(prefix: str) -> str:
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run with ONNX Runtime on CPU, all graph optimizations disabled."""
-    import onnxruntime as ort
+    """Run with ONNX Runtime on CPU, all graph optimizations disabled (the library's own `OrtSession`)."""
+    from foldnorm.backends.ort_cpu import OrtSession
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return list(sess.run(None, feeds))
+    return OrtSession(model.SerializeToString(), opt="disabled").run(feeds)
 
 
 def assert_close(expected: list[np.ndarray], got: list[np.ndarray], rtol: float = 1e-5) -> None:
