@@ -112,18 +112,23 @@ def _fingerprint(index: GraphIndex, node: onnx.NodeProto) -> str:
     return h.hexdigest()
 
 
-def protected_fingerprints(index: GraphIndex, constants: ConstantResolver) -> dict[str, str]:
-    """A fingerprint (ops, wiring, attributes, parameter bytes) of every protected node of the graph."""
-    prints: dict[str, str] = {}
+def protected_groups(index: GraphIndex, constants: ConstantResolver) -> dict[int, dict[str, str]]:
+    """Every protected node of the graph by `id()`, with the fingerprints (ops, wiring, attributes, parameter
+    bytes) of it and the nodes of its chain, keyed `<graph path>:<output name>`, the node's own key first."""
+    groups: dict[int, dict[str, str]] = {}
     by_id = {id(n): n for n in index.nodes}
     for node in index.nodes:
         info = classify(index, node, constants)
         if info is None or not info.protected:
             continue
-        for member in (info.chain or (id(node),)):
-            n = by_id[member]
-            prints[f"{index.path}:{n.output[0]}"] = _fingerprint(index, n)
-    return prints
+        members = (by_id[m] for m in (info.chain or (id(node),)))
+        groups[id(node)] = {f"{index.path}:{n.output[0]}": _fingerprint(index, n) for n in members}
+    return groups
+
+
+def protected_fingerprints(index: GraphIndex, constants: ConstantResolver) -> dict[str, str]:
+    """A fingerprint (ops, wiring, attributes, parameter bytes) of every protected node of the graph."""
+    return {key: fp for group in protected_groups(index, constants).values() for key, fp in group.items()}
 
 
 def check_protected(before: dict[str, str], after: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ import onnx
 
 from foldnorm.constants import ConstantResolver
 from foldnorm.graph import GraphIndex, node_label, subgraphs
-from foldnorm.normalizations import classify, protected_fingerprints
+from foldnorm.normalizations import protected_groups
 
 NormStatus = Literal["intact", "changed", "missing"]
 
@@ -73,15 +73,13 @@ def _survey(graph: onnx.GraphProto, outer: GraphIndex | None, outer_constants: C
             into: _Survey) -> None:
     index = GraphIndex(graph, outer, path)
     constants = ConstantResolver(index, outer_constants)
-    prints = protected_fingerprints(index, constants)
-    by_id = {id(n): n for n in index.nodes}
+    groups = protected_groups(index, constants)
     for node in index.nodes:
         if node.op_type == "BatchNormalization":
             into.batchnorm += 1
-        info = classify(index, node, constants)
-        if info is not None and info.protected:
-            keys = [f"{path}:{by_id[m].output[0]}" for m in (info.chain or (id(node),))]
-            into.norms[keys[0]] = (tuple(prints[k] for k in keys), node_label(node), node.op_type, path)
+        prints = groups.get(id(node))
+        if prints is not None:
+            into.norms[next(iter(prints))] = (tuple(prints.values()), node_label(node), node.op_type, path)
         for k, sub in enumerate(subgraphs(node)):
             _survey(sub, index, constants, f"{path}/{node_label(node)}[{k}]", into)
 
