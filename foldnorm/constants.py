@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from foldnorm.external import tensor_array
 from foldnorm.graph import GraphIndex, attr, attribute_refs
@@ -137,7 +137,7 @@ class ConstantResolver:
             if shape_value is None:
                 return None
             fill = attr(node, "value")
-            fill_arr = numpy_helper.to_array(fill) if fill is not None else np.zeros(1, np.float32)
+            fill_arr = tensor_array(fill) if fill is not None else np.zeros(1, np.float32)
             return np.full([int(d) for d in shape_value], fill_arr.reshape(-1)[0], dtype=fill_arr.dtype)
         args: list[np.ndarray] = []
         for inp in node.input:
@@ -157,7 +157,7 @@ class ConstantResolver:
 def _constant_attr(node: onnx.NodeProto) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return tensor_array(a.t)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":

@@ -9,10 +9,12 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from foldnorm.external import tensor_array
+
 
 def _tensor_to_fp16(tensor: TensorProto) -> None:
     if tensor.data_type == TensorProto.FLOAT:
-        array = numpy_helper.to_array(tensor).astype("float16")
+        array = tensor_array(tensor).astype("float16")
         tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
 
 
