@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from foldnorm.external import tensor_array
+from foldnorm.graph import subgraphs
 
 
 def _tensor_to_fp16(tensor: TensorProto) -> None:
@@ -25,14 +26,11 @@ def _graph_to_fp16(graph: onnx.GraphProto) -> None:
         if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT16
     for node in graph.node:
+        for sub in subgraphs(node):
+            _graph_to_fp16(sub)
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 _tensor_to_fp16(attr.t)
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                _graph_to_fp16(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    _graph_to_fp16(sub)
             elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
                 attr.i = TensorProto.FLOAT16
 
