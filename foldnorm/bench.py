@@ -20,7 +20,7 @@ import numpy as np
 
 from foldnorm.backends import get_backend
 from foldnorm.backends.base import Availability, Backend, RunOptions, Session, config_label
-from foldnorm.compare import VerifyResult, compare_models, measure_error, tolerances_for
+from foldnorm.compare import VerifyResult, compare_models, measure_error
 from foldnorm.environment import environment, load_note
 from foldnorm.errors import BackendUnavailableError
 from foldnorm.export import Exporter
@@ -266,8 +266,7 @@ def _accuracy(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[f
     """(max abs, max rel, NaN/Inf count) of `outputs` against the reference, over all outputs."""
     worst = (0.0, 0.0, 0)
     for ref, got in zip(reference, outputs):
-        rtol, atol = tolerances_for(ref.dtype, None, None)
-        max_abs, max_rel, _, _ = measure_error(ref, got, rtol, atol)
+        max_abs, max_rel, _, _ = measure_error(ref, got)
         nonfinite = int(np.count_nonzero(~np.isfinite(np.asarray(got, dtype=np.float64))))
         worst = (max(worst[0], max_abs), max(worst[1], max_rel), worst[2] + nonfinite)
     return worst

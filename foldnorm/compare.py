@@ -131,9 +131,13 @@ class VerifyResult:
 
 
 def measure_error(
-    reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float
+    reference: np.ndarray, candidate: np.ndarray, rtol: float | None = None, atol: float | None = None
 ) -> tuple[float, float, int, int]:
-    """`(max_abs, max_rel, mismatched, nonfinite_introduced)` of `candidate` against `reference`."""
+    """`(max_abs, max_rel, mismatched, nonfinite_introduced)` of `candidate` against `reference`.
+
+    A tolerance left as None is the default for the reference's dtype (`tolerances_for`).
+    """
+    rtol, atol = tolerances_for(np.asarray(reference).dtype, rtol, atol)
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
