@@ -6,30 +6,17 @@ from pathlib import Path
 
 import click
 
-from foldnorm.errors import InputSpecError, VerificationError
-from foldnorm.inputs import Shape, parse_named_shape
+from foldnorm.errors import VerificationError
+from foldnorm.inputs import Shape
 
-from .options import format_option
+from .options import format_option, shape_list_option
 from .render import emit_json, info, table
-
-
-def _named_shapes(ctx: click.Context, param: click.Parameter,
-                  values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
-    """Click callback: `1x3x224x224` or `NAME:1x3x224x224`, repeated; names on all of them or on none."""
-    try:
-        parsed = [parse_named_shape(v) for v in values]
-    except InputSpecError as exc:
-        raise click.BadParameter(str(exc)) from None
-    named = {name is not None for name, _ in parsed}
-    if len(named) > 1:
-        raise click.BadParameter("name every input (NAME:1x3x224x224) or none of them")
-    return parsed
 
 
 @click.command(short_help="PyTorch model -> ONNX with every BatchNorm kept.")
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--input-shape", "--shape", "input_shapes", multiple=True, callback=_named_shapes,
+@click.option("--input-shape", "--shape", "input_shapes", multiple=True, callback=shape_list_option,
               help="Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "
                    "(default: the built-in model's own).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",

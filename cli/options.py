@@ -54,3 +54,16 @@ def named_shapes_option(ctx: click.Context, param: click.Parameter, value: tuple
             raise click.BadParameter(f"{text!r} names no input; use NAME:1x3x224x224")
         shapes[name] = shape
     return shapes
+
+
+def shape_list_option(ctx: click.Context, param: click.Parameter,
+                      values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
+    """Click callback: `1x3x224x224` or `NAME:1x3x224x224`, repeated; names on all of them or on none."""
+    try:
+        parsed = [parse_named_shape(v) for v in values]
+    except InputSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+    named = {name is not None for name, _ in parsed}
+    if len(named) > 1:
+        raise click.BadParameter("name every input (NAME:1x3x224x224) or none of them")
+    return parsed
