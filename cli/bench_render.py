@@ -46,8 +46,7 @@ def _folded_counts(result: BenchResult, row: BenchRow) -> tuple[int, int]:
     report = result.torch_fold_report if row.backend == "torch" else result.fold_report
     if report is None:
         return 0, 0
-    folded = sum(1 for r in report.by_kind("batchnorm") if r.outcome == "folded")
-    return (folded if row.variant == "folded" else 0), result.fold_report.protected_kept
+    return (report.batchnorm_folded if row.variant == "folded" else 0), result.fold_report.protected_kept
 
 
 def bench_text(result: BenchResult) -> str:

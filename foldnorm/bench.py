@@ -84,7 +84,7 @@ class BenchResult:
     @property
     def batchnorm_folded(self) -> int:
         """BatchNorm nodes folded away."""
-        return sum(1 for r in self.fold_report.by_kind("batchnorm") if r.outcome == "folded")
+        return self.fold_report.batchnorm_folded
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         """Plain JSON-ready data."""

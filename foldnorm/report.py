@@ -53,6 +53,11 @@ class FoldReport:
         return len(self.by_kind("batchnorm"))
 
     @property
+    def batchnorm_folded(self) -> int:
+        """BatchNorm nodes folded away."""
+        return sum(1 for r in self.by_kind("batchnorm") if r.outcome == "folded")
+
+    @property
     def folded(self) -> int:
         """Nodes folded away."""
         return self.counts()["folded"]
@@ -65,14 +70,13 @@ class FoldReport:
     def summary(self) -> str:
         """One line: what was folded, skipped and kept."""
         c = self.counts()
-        bn = self.batchnorm_total
-        bn_folded = sum(1 for r in self.by_kind("batchnorm") if r.outcome == "folded")
         tails = self.by_kind("affine")
         tail_folded = sum(1 for r in tails if r.outcome == "folded")
         tail_text = f", {tail_folded}/{len(tails)} constant Mul/Add/Sub/Div folded" if tails else ""
         return (
-            f"{bn_folded}/{bn} BatchNorm folded{tail_text}; {c['folded']} folded, {c['skipped']} skipped, "
-            f"{c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm intact"
+            f"{self.batchnorm_folded}/{self.batchnorm_total} BatchNorm folded{tail_text}; {c['folded']} folded, "
+            f"{c['skipped']} skipped, {c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm "
+            "intact"
         )
 
     def to_dict(self) -> dict[str, Any]:
