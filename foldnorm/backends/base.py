@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from foldnorm.errors import BackendUnavailableError
+
 Source = Literal["onnx", "module"]
 
 
@@ -25,6 +27,11 @@ class Availability:
             return "available"
         hint = f"; install: {self.install_hint}" if self.install_hint else ""
         return f"unavailable: {self.reason}{hint}"
+
+    def require(self, backend: str) -> None:
+        """Raise `BackendUnavailableError` naming `backend`, the reason and the install hint, unless available."""
+        if not self.ok:
+            raise BackendUnavailableError(f"{backend} {self.message()}")
 
 
 @dataclass(frozen=True)

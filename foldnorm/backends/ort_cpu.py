@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from foldnorm.backends.base import Availability, HostSession, RunOptions, Source
-from foldnorm.errors import BackendUnavailableError, FoldnormError
+from foldnorm.errors import FoldnormError
 
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
 ORT_INSTALL_HINT = "pip install 'foldnorm[ort]'"
@@ -92,8 +92,6 @@ class OrtCpuBackend:
 
     def open(self, model: Any, **options: Any) -> OrtSession:
         """Open the file `model` with `opt` (disabled|basic|extended|all), `threads` (0: default), `spin`."""
-        status = self.availability()
-        if not status.ok:
-            raise BackendUnavailableError(f"{self.name} {status.message()}")
+        self.availability().require(self.name)
         return OrtSession(str(model), opt=options.get("opt", "disabled"), threads=int(options.get("threads", 0)),
                           spin=bool(options.get("spin", False)))

@@ -77,9 +77,7 @@ class OrtGpuBackend:
 
     def open(self, model: Any, **options: Any) -> OrtGpuSession:
         """Open `model` on the provider; BackendUnavailableError when ORT fell back to another provider."""
-        status = self.availability()
-        if not status.ok:
-            raise BackendUnavailableError(f"{self.name} {status.message()}")
+        self.availability().require(self.name)
         chain = self.provider_chain(options.get("precision", "fp32"), options.get("cache_dir"))
         opt = options.get("opt", "disabled" if self.provider == "CUDAExecutionProvider" else "all")
         session = OrtGpuSession(str(model), opt=opt, providers=chain)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from foldnorm.backends.base import Availability, RunOptions, Source
-from foldnorm.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -123,8 +122,6 @@ class TorchBackend:
 
     def open(self, model: Any, **options: Any) -> TorchSession:
         """Wrap the module `model` on `device` (cpu|cuda) in `precision` (fp32|fp16)."""
-        status = self.availability()
-        if not status.ok:
-            raise BackendUnavailableError(f"{self.name} {status.message()}")
+        self.availability().require(self.name)
         return TorchSession(model, device=options.get("device", "cpu"), precision=options.get("precision", "fp32"),
                             threads=int(options.get("threads", 0)))

@@ -215,9 +215,7 @@ class TensorRTBackend:
 
     def open(self, model: Any, **options: Any) -> TrtSession:
         """Build (or reuse) the engine for the file `model` and load it for `shapes` (input name -> shape)."""
-        status = self.availability()
-        if not status.ok:
-            raise BackendUnavailableError(f"{self.name} {status.message()}")
+        self.availability().require(self.name)
         shapes: Mapping[str, tuple[int, ...]] = options["shapes"]
         profiles = shape_profiles(shapes, options.get("dynamic_batch", {}), int(options.get("max_batch_size") or 0))
         engine, cached = build_engine_file(str(model), options.get("precision", "fp32"), profiles,
