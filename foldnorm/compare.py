@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from foldnorm.errors import InputSpecError, ModelMismatchError
+from foldnorm.errors import InputSpecError, ModelMismatchError, first_line
 from foldnorm.external import has_weights_on_disk
 from foldnorm.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
 from foldnorm.modelio import ModelLike, load_model, model_label, needs_external_data
@@ -217,8 +217,7 @@ def _run_all(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str
     except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first}); give "
+        raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first_line(exc)}); give "
                              "shapes the model accepts (--shape NAME:1x3x224x224)") from None
     finally:
         session.close()

@@ -2,7 +2,7 @@
 
 A `FoldnormError` carries a sentence that names the thing that is wrong and the fix. The CLI prints it on
 one line and exits with `exit_code`; anything that is not a `FoldnormError` is a bug and keeps its
-traceback.
+traceback. `first_line` quotes a foreign exception inside such a sentence.
 """
 
 from __future__ import annotations
@@ -50,3 +50,9 @@ class VerificationError(FoldnormError):
 
 class InvariantViolation(AssertionError):
     """A protected normalization node changed during folding: this is a bug, never a user error."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its type name when the message is empty), for quoting in an error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from foldnorm.compare import measure_error
-from foldnorm.errors import ExportError, FoldnormError, InputSpecError
+from foldnorm.errors import ExportError, FoldnormError, InputSpecError, first_line
 from foldnorm.export_cleanup import clean_export
 from foldnorm.inputs import input_specs
 from foldnorm.modelio import check_output_path, needs_external_data, save_model
@@ -272,9 +272,8 @@ def _leaves(value: Any) -> list[torch.Tensor]:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    first = (lines or [type(exc).__name__])[0]
-    return first.split(" [Caused by")[0].strip()[:300]
+    """`errors.first_line`, less torch's " [Caused by ...]" tail, at most 300 characters."""
+    return first_line(exc).split(" [Caused by")[0].strip()[:300]
 
 
 def _run_exporter(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError
+from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError, first_line
 from foldnorm.external import (
     all_tensors,
     has_weights_on_disk,
@@ -55,10 +55,10 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     try:
         model = onnx.load(str(path), load_external_data=False)
     except PermissionError as exc:
-        raise ModelLoadError(f"{path}: cannot be read ({_first_line(exc)}); check its permissions.") from exc
+        raise ModelLoadError(f"{path}: cannot be read ({first_line(exc)}); check its permissions.") from exc
     except (DecodeError, json_format.Error, ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
-            f"{path}: not a valid ONNX model ({_first_line(exc)}); give an .onnx file written by an exporter."
+            f"{path}: not a valid ONNX model ({first_line(exc)}); give an .onnx file written by an exporter."
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: parsed, but holds no graph; give an .onnx model file.")
@@ -73,7 +73,7 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
         onnx.load_external_data_for_model(model, str(path.parent))
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"{path}: its external data could not be read ({_first_line(exc)}); "
+            f"{path}: its external data could not be read ({first_line(exc)}); "
             "keep the .data file next to the model."
         ) from exc
     return model
@@ -154,7 +154,7 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike, in_
         os.unlink(probe_name)
     except OSError as exc:
         raise OutputPathError(
-            f"{out}: directory {parent} is not writable ({_first_line(exc)}); choose another output path."
+            f"{out}: directory {parent} is not writable ({first_line(exc)}); choose another output path."
         ) from None
     for inp in inputs:
         if not in_place and out.exists() and Path(inp).exists() and out.resolve() == Path(inp).resolve():
@@ -180,7 +180,7 @@ class StagedModel:
                 os.replace(self.tmpdir / self.data_name, self.output.parent / self.data_name)
             os.replace(self.path, self.output)
         except OSError as exc:
-            raise OutputPathError(f"{self.output}: cannot write ({_first_line(exc)}); choose a writable path.") \
+            raise OutputPathError(f"{self.output}: cannot write ({first_line(exc)}); choose a writable path.") \
                 from exc
         finally:
             self.discard()
@@ -218,7 +218,7 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
             onnx.save_model(model, str(staged.path))
     except OSError as exc:
         staged.discard()
-        raise OutputPathError(f"{out}: cannot write ({_first_line(exc)}); choose a writable path with free "
+        raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
                               "space.") from exc
     except BaseException:
         staged.discard()
@@ -235,11 +235,6 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     untouched and no temporary file behind.
     """
     return stage_model(model, output, external_data=external_data).commit()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _brief(exc: BaseException) -> str:

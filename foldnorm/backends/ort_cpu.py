@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from foldnorm.backends.base import Availability, HostSession, RunOptions, Source
-from foldnorm.errors import FoldnormError
+from foldnorm.errors import FoldnormError, first_line
 
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
 ORT_INSTALL_HINT = "pip install 'foldnorm[ort]'"
@@ -52,10 +52,9 @@ class OrtSession(HostSession):
             self._session = ort.InferenceSession(model, session_options(opt, threads, spin),
                                                  providers=list(providers))
         except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = model if isinstance(model, str) else "model"
             raise FoldnormError(
-                f"{where}: ONNX Runtime cannot load it ({first}); check the file with onnx.checker"
+                f"{where}: ONNX Runtime cannot load it ({first_line(exc)}); check the file with onnx.checker"
             ) from exc
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers: list[str] = list(self._session.get_providers())
