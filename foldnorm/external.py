@@ -47,8 +47,7 @@ def payload_bytes(tensor: onnx.TensorProto) -> int:
     if is_on_disk(tensor):
         return 0
     if tensor.HasField("raw_data"):
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        return _dense_bytes(tensor)
     return 8 * sum(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data",
                                                      "uint64_data")) + sum(len(x) for x in tensor.string_data)
 
@@ -72,11 +71,13 @@ def point_to_files(model: onnx.ModelProto, base_dir: Path) -> None:
                           int(entries.get("offset", 0)), _length(tensor, entries))
 
 
-def _length(tensor: onnx.TensorProto, entries: dict[str, str]) -> int:
-    if "length" in entries:
-        return int(entries["length"])
+def _dense_bytes(tensor: onnx.TensorProto) -> int:
     itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def _length(tensor: onnx.TensorProto, entries: dict[str, str]) -> int:
+    return int(entries["length"]) if "length" in entries else _dense_bytes(tensor)
 
 
 def _set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
