@@ -103,9 +103,9 @@ def fold_directory(
     """
     src_dir, dst_dir = Path(input_dir), Path(output_dir)
     if jobs < 1:
-        raise FoldnormError(f"jobs={jobs}: give a positive number of parallel jobs")
+        raise FoldnormError(f"jobs={jobs}: not a positive number of parallel jobs; give 1 or more")
     if not dst_dir.is_dir():
-        raise OutputPathError(f"{src_dir} is a directory, so the output {dst_dir} must be an existing directory "
+        raise OutputPathError(f"{dst_dir}: not an existing directory, and the input {src_dir} is a directory "
                               "(models keep their names); create it, or give one .onnx file to fold.")
     sources = sorted(p for p in src_dir.glob("*.onnx") if p.is_file())
     if not sources:

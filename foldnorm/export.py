@@ -177,7 +177,7 @@ def export_onnx(
                           "(or pass train_ok / --train-ok to export it with BN using running statistics)")
     args = tuple(example_inputs)
     if not args:
-        raise InputSpecError("give at least one example input tensor")
+        raise InputSpecError("example_inputs: empty; give at least one example input tensor")
     names = _input_names(input_names, len(args))
     if dynamic_batch and len({a.shape[0] if a.dim() else None for a in args}) != 1:
         raise InputSpecError("the example inputs differ in their first dimension, so they share no batch axis; "
