@@ -54,9 +54,7 @@ def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) ->
         onnx.checker.check_model(result.model, full_check=True)
     except Exception as exc:
         return str(bn_count), str(folded), f"INVALID: {str(exc).splitlines()[0][:80]}"
-    batches = (1,) if exporter == "legacy" and name == "stylenet-in" else (1, 3)
-    if exporter == "legacy" and name == "stylenet-in":
-        batches = (2,)
+    batches = (2,) if exporter == "legacy" and name == "stylenet-in" else (1, 3)
     try:
         verdict = compare_models(path, result.model, batch_sizes=batches)
     except Exception as exc:
