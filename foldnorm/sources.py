@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from foldnorm.errors import InputSpecError
 from foldnorm.export import Exporter, ExportResult, export_onnx
 from foldnorm.inputs import Shape
-from foldnorm.modelio import load_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,9 +75,11 @@ def resolve_source(
     opset: int = 18,
     exporter: Exporter = "dynamo",
 ) -> ModelSource:
-    """Turn a user's model argument into an unfolded ONNX file (exporting PyTorch models into `workdir`)."""
+    """Turn a user's model argument into an unfolded ONNX file (exporting PyTorch models into `workdir`).
+
+    An .onnx path is passed through unread: the caller's `load_model` checks it.
+    """
     if is_onnx_path(spec):
-        load_model(spec)  # fail early with a clear message
         return ModelSource(spec, Path(spec))
     import torch
 
