@@ -28,8 +28,7 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | st
     for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
         value = ctx.constant(name)
         if value is None:
-            where = "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
-            return f"its {role} {name!r} is {where}, not a constant"
+            return f"its {role} {name!r} is {_origin(ctx, name)}, not a constant"
         values.append(value)
     sizes = {v.size for v in values}
     if len(sizes) != 1:
@@ -42,6 +41,11 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | st
     if not (np.all(np.isfinite(affine.scale)) and np.all(np.isfinite(affine.shift))):
         return "its scale or shift is not finite (a zero variance with eps = 0?)"
     return ChannelParams(affine, values[0].dtype, source=node_label(bn))
+
+
+def _origin(ctx: FoldContext, name: str) -> str:
+    """Where a value that is not a constant comes from, for a reason sentence."""
+    return "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
 
 
 def constant_weights(
@@ -57,8 +61,7 @@ def constant_weights(
     weight_name = node.input[1]
     weight = ctx.constant(weight_name)
     if weight is None:
-        where = "a graph input" if ctx.index.is_graph_input(weight_name) else "computed at run time"
-        return f"the weight {weight_name!r} of {node.op_type} {label} is {where}, not a constant"
+        return f"the weight {weight_name!r} of {node.op_type} {label} is {_origin(ctx, weight_name)}, not a constant"
     if not is_float(weight):
         return f"the weight of {node.op_type} {label} is {weight.dtype.name}, not a float type"
     bias = None
