@@ -25,7 +25,6 @@ class ConvBatchNorm(AnyNeighbour):
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("Conv",)
 
-
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:
         """Compute the folded Conv weights, or say why the BN must stay."""

@@ -26,7 +26,6 @@ class BatchNormConv(AnyNeighbour):
     position: Literal["after", "before"] = "before"
     op_types: tuple[str, ...] = ("Conv",)
 
-
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:
         """Compute the folded Conv weights, or say why the BN must stay."""

@@ -24,7 +24,6 @@ class ConvTransposeBatchNorm(AnyNeighbour):
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("ConvTranspose",)
 
-
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, convt: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:
         """Compute the folded ConvTranspose weights, or say why the BN must stay."""

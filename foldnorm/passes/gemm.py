@@ -26,7 +26,6 @@ class GemmBatchNorm(AnyNeighbour):
     position: Literal["after", "before"] = "after"
     op_types: tuple[str, ...] = ("Gemm",)
 
-
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto,
               params: ChannelParams) -> Plan | str:
         """Compute the folded Gemm weight and bias, or say why the BN must stay."""
