@@ -16,13 +16,13 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from foldnorm.backends.ort_cpu import OrtSession
-from foldnorm.environment import cpu_count, cpu_model
-from foldnorm.folding import fold_model
-from foldnorm.inputs import make_feeds
-from foldnorm.modelio import load_model, save_model
-from foldnorm.sources import resolve_source
-from foldnorm.timing import LatencyStats, Timed, time_interleaved
+from foldnorm.bench.backends.ort_cpu import OrtSession
+from foldnorm.bench.environment import cpu_count, cpu_model
+from foldnorm.bench.timing import LatencyStats, Timed, time_interleaved
+from foldnorm.export.sources import resolve_source
+from foldnorm.fold.engine import fold_model
+from foldnorm.onnxgraph.inputs import make_feeds
+from foldnorm.onnxgraph.modelio import load_model, save_model
 
 RESULTS = Path(__file__).parent / "results" / "ort_spinning.md"
 

@@ -25,7 +25,7 @@ import torch
 from foldnorm.models import REGISTRY, get_spec
 
 from foldnorm import FoldnormError, compare_models, export_onnx, fold_model
-from foldnorm.export import count_norms
+from foldnorm.export.exporter import count_norms
 
 
 def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) -> tuple[str, str, str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from foldnorm.backends import BACKENDS
+from foldnorm.bench.backends import BACKENDS
 from foldnorm.errors import OutputPathError, VerificationError
-from foldnorm.inputs import Shape
+from foldnorm.onnxgraph.inputs import Shape
 
 from .bench_render import RENDERERS, names, write_outputs
 from .options import format_option, shape_option
@@ -104,8 +104,8 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
     Every row's accuracy is measured against the unfolded model on ONNX Runtime CPU with optimizations
     disabled; backends that cannot run here are listed with the reason and an install hint.
     """
-    from foldnorm.backends.ort_cpu import OPT_LEVELS
-    from foldnorm.bench import benchmark
+    from foldnorm.bench.backends.ort_cpu import OPT_LEVELS
+    from foldnorm.bench.runner import benchmark
 
     levels = _levels(ort_opt, OPT_LEVELS, "--ort-opt")
     precisions = _levels(precision, PRECISIONS, "--precision")
@@ -117,7 +117,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
     if plot:
         import importlib.util
 
-        from foldnorm.plot import PLOT_INSTALL_HINT
+        from foldnorm.bench.plot import PLOT_INSTALL_HINT
 
         if importlib.util.find_spec("matplotlib") is None:
             raise click.UsageError(f"--plot needs matplotlib, which is not installed; install: {PLOT_INSTALL_HINT}")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foldnorm.bench import BenchResult, BenchRow
+from foldnorm.bench.runner import BenchResult, BenchRow
 
 from .render import table, write_text
 
@@ -113,7 +113,7 @@ def write_outputs(result: BenchResult, directory: Path, plot: bool) -> list[Path
                write_text(directory / "bench.csv", bench_csv(result)),
                write_text(directory / "bench.md", bench_markdown(result))]
     if plot:
-        from foldnorm.plot import plot_latency
+        from foldnorm.bench.plot import plot_latency
 
         written.append(plot_latency(result, directory / "bench.png"))
     return written

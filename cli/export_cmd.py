@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from foldnorm.errors import VerificationError
-from foldnorm.inputs import Shape
+from foldnorm.onnxgraph.inputs import Shape
 
 from .options import format_option, shape_list_option
 from .render import emit_json, info, table
@@ -39,8 +39,8 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
     """
     import torch
 
-    from foldnorm.export import export_onnx
-    from foldnorm.sources import load_module
+    from foldnorm.export.exporter import export_onnx
+    from foldnorm.export.sources import load_module
 
     module, default_shape, label = load_module(model)
     shapes = [shape for _, shape in input_shapes] or ([default_shape] if default_shape else [])

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from foldnorm.errors import VerificationError
-from foldnorm.inputs import Shape
-from foldnorm.modelio import check_output_path
-from foldnorm.report import FoldReport
+from foldnorm.fold.report import FoldReport
+from foldnorm.onnxgraph.inputs import Shape
+from foldnorm.onnxgraph.modelio import check_output_path
 from foldnorm.workflows import FoldFileResult, fold_file
 
 from .options import format_option, named_shapes_option
@@ -64,7 +64,7 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
-    from foldnorm.passes import FoldOptions
+    from foldnorm.fold.rules import FoldOptions
 
     options = FoldOptions(standalone_bn=standalone_bn)  # type: ignore[arg-type]
     output = output or (input_path if in_place else None)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from foldnorm.batch import BatchItem, fold_directory
+from foldnorm.directory import DirectoryItem, fold_directory
 from foldnorm.errors import FoldnormError
-from foldnorm.inputs import Shape
-from foldnorm.passes import FoldOptions
+from foldnorm.fold.rules import FoldOptions
+from foldnorm.onnxgraph.inputs import Shape
 
 from .render import emit_json, info, write_json
 
@@ -18,7 +18,7 @@ def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, opti
              fmt: str, report_path: Path | None, shapes: dict[str, Shape], seed: int) -> None:
     """Fold every model of `input_dir` (`report_path`: the per-model JSON); exit 1 when any of them failed."""
 
-    def progress(item: BatchItem) -> None:
+    def progress(item: DirectoryItem) -> None:
         info(f"{'ok    ' if item.ok else 'FAILED'} {item.input}: {item.message}")
 
     result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,

@@ -40,9 +40,9 @@ class FoldnormGroup(click.Group):
 
 def _install_hint(module: str | None) -> str | None:
     """The install command for an optional dependency (an extra), None for anything else."""
-    from foldnorm.backends.ort_cpu import ORT_INSTALL_HINT
-    from foldnorm.backends.torch_eager import TORCH_INSTALL_HINT
-    from foldnorm.plot import PLOT_INSTALL_HINT
+    from foldnorm.bench.backends.ort_cpu import ORT_INSTALL_HINT
+    from foldnorm.bench.backends.torch_eager import TORCH_INSTALL_HINT
+    from foldnorm.bench.plot import PLOT_INSTALL_HINT
 
     top = (module or "").split(".")[0]
     hints = {"onnxruntime": ORT_INSTALL_HINT, "torch": TORCH_INSTALL_HINT, "onnxscript": TORCH_INSTALL_HINT,

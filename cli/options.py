@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from foldnorm.errors import InputSpecError
-from foldnorm.inputs import Shape, parse_named_shape
+from foldnorm.onnxgraph.inputs import Shape, parse_named_shape
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -45,7 +45,7 @@ def emit_json(data: Any) -> None:
 
 def write_text(path: Path, text: str) -> Path:
     """Write `text` to `path` atomically (a temporary file beside it, then a rename), ending in a newline."""
-    from foldnorm.atomicfile import atomic_path
+    from foldnorm.onnxgraph.atomicfile import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text if text.endswith("\n") else text + "\n")

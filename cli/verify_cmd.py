@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from foldnorm.compare import VerifyResult
 from foldnorm.errors import VerificationError
-from foldnorm.inputs import Shape
+from foldnorm.onnxgraph.inputs import Shape
+from foldnorm.verify.compare import VerifyResult
 
 from .options import batch_sizes_option, format_option, named_shapes_option
 from .render import emit_json, table
@@ -55,7 +55,7 @@ def verify(reference: Path, candidate: Path, batch_sizes: tuple[int, ...], shape
     the elements outside tolerance and the NaN/Inf introduced; and how many BatchNorms each model has.
     Exit 0 when equivalent, 3 when not, 1 when the models cannot be compared (different interfaces, bad files).
     """
-    from foldnorm.compare import compare_models
+    from foldnorm.verify.compare import compare_models
 
     result = compare_models(reference, candidate, batch_sizes=batch_sizes, seed=seed, samples=samples,
                             shapes=shapes, inputs=inputs, rtol=rtol, atol=atol, structure=structure)

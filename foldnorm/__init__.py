@@ -6,14 +6,11 @@ need them.
 """
 
 from foldnorm.bench import BenchResult, benchmark
-from foldnorm.compare import VerifyResult, compare_models
 from foldnorm.errors import FoldnormError, VerificationError
 from foldnorm.export import ExportResult, export_onnx
-from foldnorm.folding import FoldResult, fold_model
-from foldnorm.modelio import load_model, save_model
-from foldnorm.passes import FoldOptions
-from foldnorm.report import FoldRecord, FoldReport
-from foldnorm.torch_fold import ModuleFoldResult, fold_module
+from foldnorm.fold import FoldOptions, FoldRecord, FoldReport, FoldResult, ModuleFoldResult, fold_model, fold_module
+from foldnorm.onnxgraph.modelio import load_model, save_model
+from foldnorm.verify import VerifyResult, compare_models
 from foldnorm.workflows import FoldFileResult, fold_file
 
 __version__ = "0.1.0"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from foldnorm.compare import VerifyResult, compare_models
-from foldnorm.modelio import ModelLike
+from foldnorm.onnxgraph.modelio import ModelLike
+from foldnorm.verify.compare import VerifyResult, compare_models
 
 
 def assert_equivalent(reference: ModelLike, candidate: ModelLike, **options: Any) -> VerifyResult:

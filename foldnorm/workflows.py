@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foldnorm.compare import VerifyResult, compare_models
 from foldnorm.errors import VerificationError
-from foldnorm.folding import fold_model
-from foldnorm.inputs import Shape
-from foldnorm.modelio import check_output_path, load_model, stage_model
-from foldnorm.passes import FoldOptions
-from foldnorm.report import FoldReport
+from foldnorm.fold.engine import fold_model
+from foldnorm.fold.report import FoldReport
+from foldnorm.fold.rules import FoldOptions
+from foldnorm.onnxgraph.inputs import Shape
+from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model
+from foldnorm.verify.compare import VerifyResult, compare_models
 
 
 @dataclass

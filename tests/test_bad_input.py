@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import bn_inputs, bn_params, parse
 from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
+from support.builders import bn_inputs, bn_params, parse
 
 import foldnorm
-from foldnorm import modelio
 from foldnorm.errors import FoldnormError, OutputPathError
+from foldnorm.onnxgraph import modelio
 
 
 def conv_bn(rng: np.random.Generator, scale_len: int = 6) -> onnx.ModelProto:
@@ -254,7 +254,7 @@ def test_interrupted_external_data_write(tmp_path: Path, monkeypatch: pytest.Mon
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[4096] x) => (float[4096] y) { y = Add (x, c) }
     """, {"c": np.arange(4096, dtype=np.float32)})
-    from foldnorm import external
+    from foldnorm.onnxgraph import external
 
     def interrupted(tensor: onnx.TensorProto, *args: object) -> None:
         raise KeyboardInterrupt

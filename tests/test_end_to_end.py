@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from builders import assert_close, op_count, run_ort  # noqa: E402
 from foldnorm.models import get_spec  # noqa: E402
+from support.builders import assert_close, op_count, run_ort  # noqa: E402
 
 from foldnorm import export_onnx, fold_model, load_model  # noqa: E402
 

@@ -1,0 +1,29 @@
+"""The backend registry: one entry per runtime; adding one is a module, its tests and one line here."""
+
+from __future__ import annotations
+
+from foldnorm.bench.backends.base import Availability, Backend, RunOptions, Session
+from foldnorm.bench.backends.ort_cpu import OrtCpuBackend
+from foldnorm.bench.backends.ort_gpu import OrtGpuBackend
+from foldnorm.bench.backends.torch_eager import TorchBackend
+from foldnorm.bench.backends.trt import TensorRTBackend
+from foldnorm.errors import InputSpecError
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    OrtCpuBackend(),
+    OrtGpuBackend("ort-cuda", "CUDAExecutionProvider", "ONNX Runtime, CUDA execution provider"),
+    OrtGpuBackend("ort-trt", "TensorrtExecutionProvider", "ONNX Runtime, TensorRT execution provider"),
+    TensorRTBackend(),
+    TorchBackend(),
+)}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as `name`."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise InputSpecError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)} or all") from None
+
+
+__all__ = ["BACKENDS", "Availability", "Backend", "RunOptions", "Session", "get_backend"]

@@ -1,0 +1,96 @@
+"""ONNX Runtime on the CPU. `opt="disabled"` is the honest baseline: from `basic` up ORT folds Conv+BN itself.
+
+Intra-op worker threads do not spin-wait here (`session.intra_op.allow_spinning=0`) unless `spin=True`:
+two sessions timed in turn each keep a pool of spinning workers, and on a machine with few cores those
+workers steal the CPU from the session being timed (see README, "Benchmark noise").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from foldnorm.bench.backends.base import Availability, HostSession, RunOptions, Source
+from foldnorm.errors import FoldnormError, first_line
+
+OPT_LEVELS = ("disabled", "basic", "extended", "all")
+ORT_INSTALL_HINT = "pip install 'foldnorm[ort]'"
+
+
+def session_options(opt: str = "disabled", threads: int = 0, spin: bool = False) -> Any:
+    """`onnxruntime.SessionOptions` for an optimization level, a thread count (0: ORT's default) and spinning."""
+    import onnxruntime as ort
+
+    levels = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if opt not in levels:
+        raise FoldnormError(f"unknown ONNX Runtime optimization level {opt!r}; use one of {OPT_LEVELS}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[opt]
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return so
+
+
+class OrtSession(HostSession):
+    """An `onnxruntime.InferenceSession` behind the `Session` contract (CPU unless `providers` say otherwise)."""
+
+    def __init__(self, model: str | bytes, opt: str = "disabled", threads: int = 0, spin: bool = False,
+                 providers: Sequence[Any] = ("CPUExecutionProvider",)) -> None:
+        import onnxruntime as ort
+
+        try:
+            self._session = ort.InferenceSession(model, session_options(opt, threads, spin),
+                                                 providers=list(providers))
+        except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
+            where = model if isinstance(model, str) else "model"
+            raise FoldnormError(
+                f"{where}: ONNX Runtime cannot load it ({first_line(exc)}); check the file with onnx.checker"
+            ) from exc
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.providers: list[str] = list(self._session.get_providers())
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once and return every output."""
+        return [np.asarray(o) for o in self._session.run(None, dict(feeds))]
+
+    def run_timed(self, prepared: Any) -> None:
+        """Run once, discarding outputs."""
+        self._session.run(None, prepared)
+
+    def close(self) -> None:
+        """Drop the ORT session."""
+        del self._session
+
+
+class OrtCpuBackend:
+    """ONNX Runtime, CPU execution provider."""
+
+    name = "ort-cpu"
+    description = "ONNX Runtime, CPU execution provider"
+    source: Source = "onnx"
+
+    def availability(self) -> Availability:
+        """Available when the `onnxruntime` package is importable."""
+        if importlib.util.find_spec("onnxruntime") is None:
+            return Availability(False, "onnxruntime is not installed", ORT_INSTALL_HINT)
+        return Availability(True)
+
+    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
+        """One configuration per requested optimization level."""
+        return [{"opt": o, "threads": options.threads} for o in options.ort_opt]
+
+    def open(self, model: Any, **options: Any) -> OrtSession:
+        """Open the file `model` with `opt` (disabled|basic|extended|all), `threads` (0: default), `spin`."""
+        self.availability().require(self.name)
+        return OrtSession(str(model), opt=options.get("opt", "disabled"), threads=int(options.get("threads", 0)),
+                          spin=bool(options.get("spin", False)))

@@ -1,0 +1,273 @@
+"""Benchmark folded against unfolded: latency and accuracy per backend, configuration and precision.
+
+Inputs are generated once and reused by every row. Both variants of one configuration are timed by the
+one interleaved loop in `foldnorm.bench.timing`. Every row's outputs are compared with the reference: the
+unfolded model on ONNX Runtime, CPU, optimizations disabled, fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foldnorm.bench.backends import get_backend
+from foldnorm.bench.backends.base import Availability, Backend, RunOptions, Session, config_label
+from foldnorm.bench.environment import environment, load_note
+from foldnorm.bench.timing import LatencyStats, Timed, time_interleaved
+from foldnorm.errors import BackendUnavailableError
+from foldnorm.export.exporter import Exporter
+from foldnorm.export.sources import ModelSource, resolve_source
+from foldnorm.fold.engine import fold_model
+from foldnorm.fold.report import FoldReport
+from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
+from foldnorm.onnxgraph.modelio import load_model, save_model
+from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("unfolded", "folded")
+NEEDS_MODULE = Availability(False, "needs a PyTorch model (a built-in name or package.module:attr), not an .onnx file")
+
+Progress = Callable[[str, "float | None"], None]
+
+
+@dataclass
+class BenchRow:
+    """One variant on one backend configuration."""
+
+    backend: str
+    config: str
+    precision: str
+    variant: str
+    latency: LatencyStats
+    throughput: float
+    speedup: float
+    speedup_iqr: tuple[float, float]
+    max_abs: float
+    max_rel: float
+    nonfinite: int
+    build_s: float
+    peak_mem_mb: float | None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """Plain JSON-ready data (raw samples only when asked)."""
+        data = {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
+        data["latency"] = self.latency.to_dict()
+        if samples:
+            data["samples_ms"] = self.samples_ms
+        return data
+
+
+@dataclass
+class BenchResult:
+    """Everything one `benchmark` run measured."""
+
+    model: str
+    batch_size: int
+    rows: list[BenchRow]
+    fold_report: FoldReport
+    verify: VerifyResult
+    unavailable: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    torch_fold_report: FoldReport | None = None
+
+    @property
+    def batchnorm_folded(self) -> int:
+        """BatchNorm nodes folded away."""
+        return self.fold_report.batchnorm_folded
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "batchnorm_total": self.fold_report.batchnorm_total,
+            "batchnorm_folded": self.batchnorm_folded,
+            "protected_kept": self.fold_report.protected_kept,
+            "rows": [r.to_dict(samples) for r in self.rows],
+            "verify": self.verify.to_dict(),
+            "fold_report": self.fold_report.to_dict(),
+            "torch_fold_report": self.torch_fold_report.to_dict() if self.torch_fold_report else None,
+            "unavailable": self.unavailable,
+            "notes": self.notes,
+            "environment": self.environment,
+        }
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """How long each configuration is timed."""
+
+    warmup: int = 5
+    min_time_s: float = 1.0
+    iterations: int | None = None
+
+
+def benchmark(
+    model: str,
+    *,
+    backends: Sequence[str] = ("ort-cpu",),
+    ort_opt: Sequence[str] = ("disabled", "all"),
+    precisions: Sequence[str] = ("fp32", "fp16"),
+    threads: int = 0,
+    batch_size: int = 1,
+    max_batch_size: int | None = None,
+    input_shape: Shape | None = None,
+    warmup: int = 5,
+    min_time_s: float = 1.0,
+    iterations: int | None = None,
+    seed: int = 0,
+    exporter: Exporter = "dynamo",
+    opset: int = 18,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Fold `model` (an .onnx path, built-in name or import spec) and time both variants on each backend.
+
+    `backends` are registry names or "all". Backends that cannot run here are listed in `unavailable`
+    with the reason and an install hint; asking only for unavailable backends raises
+    `BackendUnavailableError`. `precisions` apply to GPU backends (CPU rows are fp32).
+    """
+    from foldnorm.bench.backends import BACKENDS
+
+    names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
+    chosen = [get_backend(n) for n in names]
+    say: Progress = progress or (lambda _msg, _frac: None)
+    timing = TimingOptions(warmup, min_time_s, iterations)
+    with tempfile.TemporaryDirectory(prefix="foldnorm-bench-") as tmp:
+        work = Path(tmp)
+        say(f"preparing {model}", None)
+        source = resolve_source(model, work, input_shape=input_shape, opset=opset, exporter=exporter)
+        unfolded = load_model(source.onnx_path)
+        say("folding", None)
+        folded = fold_model(unfolded)
+        paths = {"unfolded": str(source.onnx_path), "folded": str(save_model(folded.model, work / "folded.onnx"))}
+        shapes = _input_shapes(unfolded, source.input_shape or input_shape, batch_size)
+        verify = compare_models(unfolded, folded.model, batch_sizes=sorted({1, 2, batch_size}), shapes=shapes)
+        feeds = make_feeds(unfolded, batch_size, seed, shapes)
+        from foldnorm.bench.backends.ort_cpu import OrtSession
+
+        reference = OrtSession(paths["unfolded"]).run(feeds)
+        options = RunOptions(tuple(ort_opt), threads, tuple(precisions))
+        # open-time options for the backends that need them (TensorRT: engine cache and shape profile)
+        extra = {"cache_dir": cache_dir, "max_batch_size": max_batch_size,
+                 "shapes": {k: tuple(v.shape) for k, v in feeds.items()},
+                 "dynamic_batch": {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
+                                   for s in input_specs(unfolded) if s.dims}}
+        targets: dict[str, dict[str, Any]] = {"onnx": paths}
+        torch_report = None
+        rows: list[BenchRow] = []
+        unavailable: dict[str, str] = {}
+        for backend in chosen:
+            status = backend.availability()
+            if status.ok and backend.source == "module" and source.module is None:
+                status = NEEDS_MODULE
+            if not status.ok:
+                log.info("skipping %s: %s", backend.name, status.message())
+                unavailable[backend.name] = status.message()
+                continue
+            if backend.source == "module" and "module" not in targets:
+                say("folding the PyTorch module", None)
+                targets["module"], torch_report = _module_variants(source, feeds)
+            for cfg in backend.configs(options):
+                label = config_label(cfg)
+                try:
+                    rows.extend(_bench_config(backend, cfg, label, targets[backend.source], extra, feeds, reference,
+                                              batch_size, timing, say))
+                except BackendUnavailableError as exc:
+                    unavailable[f"{backend.name} {label}"] = str(exc).removeprefix(f"{backend.name} ")
+        if not rows and unavailable:
+            raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
+        notes = [n for n in (load_note(),) if n]
+        return BenchResult(source.label, batch_size, rows, folded.report, verify, unavailable, environment(),
+                           notes, torch_report)
+
+
+def _input_shapes(model: Any, shape: Shape | None, batch_size: int) -> dict[str, Shape] | None:
+    """The one input's shape (a PyTorch model's example shape, or the user's for an .onnx file with dynamic
+    dims), with the batch axis set to `batch_size`."""
+    specs = input_specs(model)
+    if shape is None or len(specs) != 1:
+        return None
+    return {specs[0].name: (batch_size, *shape[1:])}
+
+
+def _module_variants(source: ModelSource, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], FoldReport]:
+    """The PyTorch module as given, and the copy folded by `fold_module` (shapes proven on the feeds)."""
+    import torch
+
+    from foldnorm.fold.torch_fold import fold_module
+
+    assert source.module is not None
+    example = [torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()]
+    result = fold_module(source.module, example_inputs=example)
+    return {"unfolded": source.module.eval(), "folded": result.module}, result.report
+
+
+def _bench_config(backend: Backend, cfg: dict[str, Any], label: str, targets: Mapping[str, Any],
+                  extra: Mapping[str, Any], feeds: dict[str, np.ndarray], reference: list[np.ndarray],
+                  batch_size: int, timing: TimingOptions, say: Progress) -> list[BenchRow]:
+    """Open both variants, measure their accuracy, time them interleaved, and return one row per variant."""
+    sessions: dict[str, Session] = {}
+    build_s: dict[str, float] = {}
+    try:
+        for variant in VARIANTS:
+            say(f"opening {backend.name} {label} {variant}", None)
+            start = time.perf_counter()
+            sessions[variant] = backend.open(targets[variant], **cfg, **extra)
+            build_s[variant] = time.perf_counter() - start
+        accuracy = {v: _accuracy(reference, s.run(feeds)) for v, s in sessions.items()}
+        prepared = {v: s.prepare(feeds) for v, s in sessions.items()}
+        timed = {v: Timed(partial(s.run_timed, prepared[v]), s.synchronize, s.device_timer())
+                 for v, s in sessions.items()}
+        title = f"timing {backend.name} {label}"
+        exact = timing.iterations  # --iterations is exact; otherwise at least 10 runs and min_time_s each
+        stats, samples = time_interleaved(timed, warmup=timing.warmup,
+                                          min_time_s=0.0 if exact else timing.min_time_s,
+                                          max_iterations=exact, min_iterations=exact or 10,
+                                          on_progress=lambda frac: say(title, frac))
+        memory = {v: s.peak_memory_bytes() for v, s in sessions.items()}
+    finally:
+        for sess in sessions.values():
+            sess.close()
+    precision = str(cfg.get("precision", "fp32"))
+    mem_mb = {v: None if m is None else m / 2**20 for v, m in memory.items()}
+    rows = []
+    for v in VARIANTS:
+        speedup, iqr = paired_speedup(samples["unfolded"], samples[v])
+        max_abs, max_rel, nonfinite = accuracy[v]
+        rows.append(BenchRow(backend.name, label, precision, v, stats[v], stats[v].throughput(batch_size), speedup,
+                             iqr, max_abs, max_rel, nonfinite, build_s[v], mem_mb[v], [s * 1e3 for s in samples[v]]))
+    return rows
+
+
+def paired_speedup(base: Sequence[float], other: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Median and interquartile range of the per-round ratios base/other.
+
+    Both samples of a round ran back to back, so load that comes and goes hits both; the ratio of each
+    pair cancels it where the ratio of two medians would not.
+    """
+    ratios = np.asarray(base, dtype=np.float64) / np.maximum(np.asarray(other, dtype=np.float64), 1e-12)
+    lo, mid, hi = np.percentile(ratios, [25, 50, 75])
+    return float(mid), (float(lo), float(hi))
+
+
+def _accuracy(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float, int]:
+    """(max abs, max rel, NaN/Inf count) of `outputs` against the reference, over all outputs."""
+    worst = (0.0, 0.0, 0)
+    for ref, got in zip(reference, outputs):
+        max_abs, max_rel, _, _ = measure_error(ref, got)
+        nonfinite = int(np.count_nonzero(~np.isfinite(np.asarray(got, dtype=np.float64))))
+        worst = (max(worst[0], max_abs), max(worst[1], max_rel), worst[2] + nonfinite)
+    return worst
+

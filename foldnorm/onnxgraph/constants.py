@@ -1,0 +1,169 @@
+"""Evaluate values that are constant although they are not initializers.
+
+Exporters hand parameters over as `Constant` nodes, `Identity` chains (the legacy torch exporter shares
+identical tensors that way), `Cast`/`CastLike`, and the raw dynamo exporter's `Expand(Shape(W))` zero
+bias. A value is constant when it depends only on initializers and constant nodes; `CastLike` and `Shape`
+only need the static type or shape of their graph-input argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from foldnorm.onnxgraph.external import tensor_array
+from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+
+_MAX_DEPTH = 64
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def _reshape(data: np.ndarray, shape: np.ndarray, allowzero: int) -> np.ndarray:
+    target = [int(d) for d in shape]
+    if not allowzero:
+        target = [data.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    return data.reshape(target)
+
+
+def _unsqueeze(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
+    axes = args[1] if len(args) > 1 else np.array(attr(node, "axes"))
+    out = args[0]
+    rank = out.ndim + len(axes)
+    for a in sorted(int(x) % rank for x in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _squeeze(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
+    axes = args[1] if len(args) > 1 else attr(node, "axes")
+    if axes is None:
+        return np.squeeze(args[0])
+    return np.squeeze(args[0], axis=tuple(int(a) % args[0].ndim for a in axes))
+
+
+_Eval = Callable[[onnx.NodeProto, list[np.ndarray]], np.ndarray]
+
+_ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Sqrt": np.sqrt,
+    "Reciprocal": np.reciprocal,
+    "Neg": np.negative,
+}
+
+_OPS: dict[str, _Eval] = {
+    "Identity": lambda n, a: a[0],
+    "Cast": lambda n, a: a[0].astype(_np_dtype(attr(n, "to"))),
+    "Expand": lambda n, a: a[0] * np.ones([int(d) for d in a[1]], dtype=a[0].dtype),
+    "Reshape": lambda n, a: _reshape(a[0], a[1], attr(n, "allowzero", 0)),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
+    "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
+    "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
+}
+
+
+class ConstantResolver:
+    """Resolves value names of one graph (and its enclosing scopes) to numpy arrays when constant."""
+
+    def __init__(self, index: GraphIndex, outer: ConstantResolver | None = None) -> None:
+        self.index = index
+        self.outer = outer
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def value(self, name: str, depth: int = 0) -> np.ndarray | None:
+        """The constant value of `name`, or None when it depends on a graph input or is unknown."""
+        if not name:
+            return None
+        if name in self._cache:
+            return self._cache[name]
+        result = self._evaluate(name, depth)
+        self._cache[name] = result
+        return result
+
+    def forget(self, name: str) -> None:
+        """Drop a cached value after the graph changed it."""
+        self._cache.pop(name, None)
+
+    def _evaluate(self, name: str, depth: int) -> np.ndarray | None:
+        index = self.index
+        if name in index.graph_inputs:
+            return None
+        tensor = index.initializers.get(name)
+        if tensor is not None:
+            return tensor_array(tensor)
+        node = index.producer.get(name)
+        if node is None:
+            return self.outer.value(name, depth) if self.outer is not None else None
+        if (depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx") or len(node.output) != 1
+                or attribute_refs(node)):
+            return None
+        try:
+            return self._evaluate_node(node, depth)
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError):
+            return None  # not computable here (e.g. shapes that do not broadcast): not a known constant
+
+    def _evaluate_node(self, node: onnx.NodeProto, depth: int) -> np.ndarray | None:
+        op = node.op_type
+        if op == "Constant":
+            return _constant_attr(node)
+        if op == "CastLike":
+            target = self.index.elem_type(node.input[1])
+            source = self.value(node.input[0], depth + 1)
+            if target is None or source is None:
+                return None
+            return source.astype(_np_dtype(target))
+        if op == "Shape":
+            # Only the sliced dims must be static: dynamo's Shape(x)[1:2] of a dynamic-batch x is a constant.
+            start, end = attr(node, "start", 0), attr(node, "end", None)
+            shape = self.index.shape(node.input[0])
+            if shape is None or not all(isinstance(d, int) for d in shape[start:end]):
+                known = self.value(node.input[0], depth + 1)
+                if known is None:
+                    return None
+                shape = list(known.shape)
+            return np.array(shape[start:end], dtype=np.int64)
+        if op == "ConstantOfShape":
+            shape_value = self.value(node.input[0], depth + 1)
+            if shape_value is None:
+                return None
+            fill = attr(node, "value")
+            fill_arr = tensor_array(fill) if fill is not None else np.zeros(1, np.float32)
+            return np.full([int(d) for d in shape_value], fill_arr.reshape(-1)[0], dtype=fill_arr.dtype)
+        args: list[np.ndarray] = []
+        for inp in node.input:
+            if not inp:
+                continue
+            value = self.value(inp, depth + 1)
+            if value is None:
+                return None
+            args.append(value)
+        if op in _ELEMENTWISE:
+            out = _ELEMENTWISE[op](*args)
+            return np.asarray(out, dtype=args[0].dtype)
+        fn = _OPS.get(op)
+        return None if fn is None else np.asarray(fn(node, args))
+
+
+def _constant_attr(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return tensor_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None

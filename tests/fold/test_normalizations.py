@@ -1,0 +1,112 @@
+"""GroupNorm (opset 18 and 21, and lowered), LayerNorm, InstanceNorm and Reshape-BN-Reshape stay intact."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from support.builders import assert_close, bn_inputs, bn_params, parse, run_ort
+
+from foldnorm import fold_model
+
+
+def affine(rng: np.random.Generator, n: int, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}_s": rng.normal(1, 0.3, n).astype(np.float32),
+            f"{prefix}_b": rng.normal(0, 0.3, n).astype(np.float32)}
+
+
+def assert_intact(model: onnx.ModelProto, feeds: dict[str, np.ndarray], kinds: set[tuple[str, str]],
+                  check: bool = True) -> None:
+    result = fold_model(model)
+    assert {(r.kind, r.outcome) for r in result.report.records} == kinds
+    after = {n.output[0]: n for n in result.model.graph.node}
+    inits = {t.name: t for t in result.model.graph.initializer}
+    before_inits = {t.name: t for t in model.graph.initializer}
+    kept = {r.node for r in result.report.records if r.outcome == "kept"}
+    for node in model.graph.node:
+        if node.output[0] in kept or node.op_type == "Reshape":
+            assert after[node.output[0]] == node
+            for name in node.input:
+                if name in before_inits:
+                    assert inits[name] == before_inits[name]
+    if check:
+        onnx.checker.check_model(result.model, full_check=True)
+    assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_group_normalization_is_kept(rng: np.random.Generator, opset: int) -> None:
+    n = 4 if opset >= 21 else 2  # opset 18 takes per-group scale/bias, 21 per-channel
+    inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, rng),
+             **affine(rng, n, "gn")}
+    text = f"""
+    <ir_version: {10 if opset >= 21 else 8}, opset_import: ["" : {opset}]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        b = BatchNormalization (c, {bn_inputs("bn")})
+        y = GroupNormalization <num_groups = 2, epsilon = 0.001> (b, gn_s, gn_b)
+    }}
+    """
+    # GroupNormalization-18 is deprecated, so the checker refuses opset-18 models that use it; ORT runs them.
+    model = parse(text, inits) if opset >= 21 else onnx.parser.parse_model(text)
+    if opset < 21:
+        model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
+    x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+    assert_intact(model, x, {("batchnorm", "folded"), ("groupnorm", "kept")}, check=opset >= 21)
+
+
+def test_lowered_group_norm_is_kept(rng: np.random.Generator) -> None:
+    inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "shape": np.array([0, 2, -1], np.int64),
+             "back": np.array([0, 4, 6, 6], np.int64), "ones": np.ones(2, np.float32),
+             "zeros": np.zeros(2, np.float32), "gs": rng.normal(1, 0.3, (4, 1, 1)).astype(np.float32),
+             "gb": rng.normal(0, 0.3, (4, 1, 1)).astype(np.float32)}
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        r = Reshape (c, shape)
+        i = InstanceNormalization (r, ones, zeros)
+        u = Reshape (i, back)
+        m = Mul (u, gs)
+        y = Add (m, gb)
+    }
+    """, inits)
+    x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+    result = fold_model(model)
+    assert [(r.kind, r.outcome) for r in result.report.records] == [("groupnorm", "kept")]
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+    assert_close(run_ort(model, x), run_ort(result.model, x))
+
+
+def test_layer_and_instance_norm_are_kept(rng: np.random.Generator) -> None:
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng),
+             **affine(rng, 6, "in"), **affine(rng, 6, "ln")}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        b = BatchNormalization (c, {bn_inputs("bn")})
+        i = InstanceNormalization (b, in_s, in_b)
+        y = LayerNormalization <axis = -1> (i, ln_s, ln_b)
+    }}
+    """, inits)
+    x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+    assert_intact(model, x, {("batchnorm", "folded"), ("instancenorm", "kept"), ("layernorm", "kept")})
+
+
+def test_reshape_bn_reshape_instance_norm_is_kept(rng: np.random.Generator) -> None:
+    # InstanceNorm2d(track_running_stats=True) as exported: [N, C, H, W] -> [1, N*C, H*W] -> BN -> back.
+    inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "fwd": np.array([1, 8, 36], np.int64),
+             "back": np.array([2, 4, 6, 6], np.int64), **bn_params("bn", 8, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[2, 4, 6, 6] x) => (float[2, 4, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        r = Reshape (c, fwd)
+        b = BatchNormalization (r, {bn_inputs("bn")})
+        y = Reshape (b, back)
+    }}
+    """, inits)
+    x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+    assert_intact(model, x, {("instancenorm", "kept")})

@@ -1,0 +1,1 @@
+"""Shared test support: ONNX model builders, fold assertions, small PyTorch models."""

@@ -1,0 +1,57 @@
+"""Assertions shared by the fold-pattern tests: a positive fold and an honest refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from foldnorm import FoldOptions, FoldResult, fold_model
+from support.builders import assert_close, run_ort
+
+
+def count_ops(graph: onnx.GraphProto, op: str) -> int:
+    """Nodes of type `op` in `graph` and all its subgraphs."""
+    total = 0
+    for node in graph.node:
+        total += node.op_type == op
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                total += count_ops(sub, op)
+    return total
+
+
+def assert_folds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: float = 1e-5,
+                 kind: str = "batchnorm", gone: str = "BatchNormalization", folded: int = 1,
+                 options: FoldOptions | None = None) -> FoldResult:
+    """Fold `model`: `gone` nodes disappear, `folded` records say so, checker passes, outputs match.
+
+    `gone`: BatchNormalization (all must go), another op (`folded` of them go), or "" (not counted).
+    """
+    expected = run_ort(model, feeds)
+    before = model.SerializeToString()
+    result = fold_model(model, options=options)
+    assert model.SerializeToString() == before, "the input model must not be modified"
+    out = result.model
+    if gone == "BatchNormalization":
+        assert count_ops(out.graph, gone) == 0
+    elif gone:
+        assert count_ops(out.graph, gone) == count_ops(model.graph, gone) - folded
+    records = [r for r in result.report.records if r.kind == kind and r.outcome == "folded"]
+    assert len(records) == folded, result.report.to_json()
+    assert all(r.target and r.reason for r in records)
+    onnx.checker.check_model(out, full_check=True)
+    assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
+    assert [i.name for i in out.graph.input] == [i.name for i in model.graph.input]
+    assert_close(expected, run_ort(out, feeds), rtol=rtol)
+    return result
+
+
+def assert_refused(model: onnx.ModelProto, reason: str, *, outcome: str = "skipped",
+                   options: FoldOptions | None = None) -> FoldResult:
+    """Fold `model`: nothing changes, and a record with `outcome` explains why (contains `reason`)."""
+    result = fold_model(model, options=options)
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+    hits = [r for r in result.report.records if r.outcome == outcome and reason in r.reason]
+    assert hits, result.report.to_json()
+    assert not any(r.outcome == "folded" for r in result.report.records)
+    return result

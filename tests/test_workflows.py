@@ -1,0 +1,141 @@
+"""Folding files: weights kept on disk (external data), in-place, and whole directories in parallel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from foldnorm.cli.main import cli
+from support.builders import bn_inputs, bn_params, op_count, parse, run_ort
+
+import foldnorm
+from foldnorm.directory import fold_directory
+from foldnorm.onnxgraph.external import has_weights_on_disk
+
+
+def conv_bn_ln(rng: np.random.Generator, channels: int = 16) -> onnx.ModelProto:
+    """Conv -> BN -> LayerNorm with parameters big enough to go to external data."""
+    inits = {"W": rng.normal(0, 0.3, (channels, 8, 3, 3)).astype(np.float32), **bn_params("bn", channels, rng),
+             "ln_s": rng.uniform(0.5, 1.5, 512).astype(np.float32), "ln_b": rng.normal(0, 0.3, 512).astype(np.float32)}
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 8, 16, 32] x) => (float[N, {channels}, 512] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        b = BatchNormalization (c, {bn_inputs("bn")})
+        r = Reshape (b, shape)
+        y = LayerNormalization <axis = -1> (r, ln_s, ln_b)
+    }}
+    """, {**inits, "shape": np.array([0, channels, 512], np.int64)})
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> None:
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # onnx.save moves the caller's tensors out
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".weights", size_threshold=256)
+
+
+def test_fold_external_data_model(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = conv_bn_ln(rng)
+    src = tmp_path / "in" / "m.onnx"
+    src.parent.mkdir()
+    save_external(model, src)
+    before = {p.name: p.read_bytes() for p in src.parent.iterdir()}
+    out = tmp_path / "out.onnx"
+    result = foldnorm.fold_file(src, out)
+    assert result.verify is not None and result.verify.ok and result.verify.structure is not None
+    assert result.verify.structure.intact and result.verify.candidate == str(out)
+    assert {p.name: p.read_bytes() for p in src.parent.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    folded = onnx.load(out)
+    assert op_count(folded, "BatchNormalization") == 0
+    x = {"x": rng.normal(0, 1, (2, 8, 16, 32)).astype(np.float32)}
+    expected, got = run_ort(model, x), run_ort(folded, x)
+    assert np.max(np.abs(expected[0] - got[0])) <= 1e-5 * np.max(np.abs(expected[0]))
+
+
+def test_lazy_load_reads_weights_on_demand(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = conv_bn_ln(rng)
+    save_external(model, tmp_path / "m.onnx")
+    lazy = foldnorm.load_model(tmp_path / "m.onnx", keep_weights_on_disk=True)
+    assert has_weights_on_disk(lazy)
+    assert lazy.ByteSize() < 2048
+    saved = foldnorm.save_model(foldnorm.fold_model(lazy).model, tmp_path / "f.onnx")
+    assert not any(e.value.startswith("/") for t in onnx.load(saved, load_external_data=False).graph.initializer
+                   for e in t.external_data)
+    assert foldnorm.compare_models(tmp_path / "m.onnx", saved).ok
+
+
+def test_in_place_with_external_data(tmp_path: Path, rng: np.random.Generator) -> None:
+    src = tmp_path / "m.onnx"
+    model = conv_bn_ln(rng)
+    reference = tmp_path / "ref.onnx"
+    onnx.save(model, reference)
+    onnx.save(model, src, save_as_external_data=True, location="m.onnx.data", size_threshold=256)
+    result = CliRunner().invoke(cli, ["fold", str(src), "--in-place"])
+    assert result.exit_code == 0, result.output
+    assert op_count(onnx.load(src), "BatchNormalization") == 0
+    assert foldnorm.compare_models(reference, src).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "ref.onnx"]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    onnx.save(conv_bn_ln(rng), d / "a.onnx")
+    save_external(conv_bn_ln(rng, channels=8), d / "b.onnx")
+    (d / "broken.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    (d / "notes.txt").write_text("not a model")
+    (tmp_path / "out").mkdir()
+    return d
+
+
+def test_fold_directory_api_reports_each_file(model_dir: Path, tmp_path: Path) -> None:
+    seen: list[str] = []
+    result = fold_directory(model_dir, tmp_path / "out", progress=lambda item: seen.append(Path(item.input).name))
+    assert [Path(i.input).name for i in result.items] == ["a.onnx", "b.onnx", "broken.onnx"]
+    assert sorted(seen) == ["a.onnx", "b.onnx", "broken.onnx"]
+    assert [i.ok for i in result.items] == [True, True, False]
+    assert "broken.onnx" in result.items[2].message
+    assert result.summary().startswith("folded 2/3 models") and "1 failed: broken.onnx" in result.summary()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.onnx", "b.onnx", "b.onnx.data"]
+
+
+def test_fold_directory_cli_parallel(model_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["fold", str(model_dir), "-o", str(tmp_path / "out"), "--jobs", "2",
+                                      "--format", "json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert [i["ok"] for i in data["items"]] == [True, True, False]
+    assert "FAILED" in result.stderr and "1 of 3 models failed" in result.stderr
+    for name in ("a.onnx", "b.onnx"):
+        assert op_count(onnx.load(tmp_path / "out" / name), "BatchNormalization") == 0
+
+
+def test_fold_directory_all_good_exit_0(model_dir: Path, tmp_path: Path) -> None:
+    (model_dir / "broken.onnx").unlink()
+    result = CliRunner().invoke(cli, ["fold", str(model_dir), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith("folded 2/2 models")
+
+
+def test_fold_directory_refuses_itself_without_in_place(model_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["fold", str(model_dir), "-o", str(model_dir)])
+    assert result.exit_code == 1 and "--in-place" in result.stderr
+
+
+def test_save_model_leaves_the_callers_model_usable(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = conv_bn_ln(rng)
+    before = model.SerializeToString()
+    foldnorm.save_model(model, tmp_path / "ext.onnx", external_data=True)
+    assert model.SerializeToString() == before
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 0
+    lazy = foldnorm.load_model(tmp_path / "ext.onnx", keep_weights_on_disk=True)
+    assert foldnorm.compare_models(model, lazy).ok  # runs the lazy model from a temporary copy
+    foldnorm.save_model(lazy, tmp_path / "again.onnx")
+    assert foldnorm.compare_models(model, tmp_path / "again.onnx").ok
+    assert foldnorm.compare_models(model, lazy).ok  # still readable: it points at its own file
