@@ -64,7 +64,7 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
-    from foldnorm.fold.rules import FoldOptions
+    from foldnorm.fold.options import FoldOptions
 
     options = FoldOptions(standalone_bn=standalone_bn)  # type: ignore[arg-type]
     output = output or (input_path if in_place else None)

@@ -22,7 +22,7 @@ def inspect(input_path: Path, standalone_bn: str, fmt: str) -> None:
     In the table, `folded` means "fold would fold it"; `skipped` and `kept` say why not.
     """
     from foldnorm.fold.engine import inspect_model
-    from foldnorm.fold.rules import FoldOptions
+    from foldnorm.fold.options import FoldOptions
 
     report = inspect_model(input_path, options=FoldOptions(standalone_bn=standalone_bn))  # type: ignore[arg-type]
     if fmt == "json":

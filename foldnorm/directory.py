@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from foldnorm.errors import FoldnormError, OutputPathError
-from foldnorm.fold.rules import FoldOptions
+from foldnorm.fold.options import FoldOptions
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path
 

@@ -1,4 +1,4 @@
-"""Checks and rewrites shared by the passes that fold into a neighbour's weights."""
+"""What the rules share: a BatchNorm's map, a neighbour's constant weights, and the emit-and-rewrite plan."""
 
 from __future__ import annotations
 
@@ -9,26 +9,28 @@ import onnx
 
 from foldnorm.errors import InvalidModelError
 from foldnorm.fold.bn_math import Scaled, batchnorm_affine, emit
-from foldnorm.fold.rules.base import ChannelParams, FoldContext, Plan, is_float
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.rules.base import ChannelParams, Plan, Refusal, is_float
+from foldnorm.onnxgraph.edits import absorb, bypass
 from foldnorm.onnxgraph.graph import attr, node_label
 
 
-def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | str:
-    """A BatchNormalization's inference map resolved to constants, or why it has none.
+def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
+    """A BatchNormalization's inference map resolved to constants; raises `Refusal` when it has none.
 
-    Parameters of different lengths make the model invalid (`InvalidModelError`), not a skip.
+    Parameters of different lengths make the model invalid (`InvalidModelError`), not a refusal.
     """
     if attr(bn, "training_mode", 0):
-        return "training_mode=1: the node computes batch statistics"
+        raise Refusal("training_mode=1: the node computes batch statistics")
     if attr(bn, "spatial", 1) == 0:
-        return "spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported"
+        raise Refusal("spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported")
     if len([o for o in bn.output if o]) > 1:
-        return "the node also outputs running statistics (training graph)"
+        raise Refusal("the node also outputs running statistics (training graph)")
     values = []
     for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
         value = ctx.constant(name)
         if value is None:
-            return f"its {role} {name!r} is {_origin(ctx, name)}, not a constant"
+            raise Refusal(f"its {role} {name!r} is {_origin(ctx, name)}, not a constant")
         values.append(value)
     sizes = {v.size for v in values}
     if len(sizes) != 1:
@@ -39,7 +41,7 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams | st
     eps = float(attr(bn, "epsilon", 1e-5))
     affine = batchnorm_affine(values[0], values[1], values[2], values[3], eps)
     if not (np.all(np.isfinite(affine.scale)) and np.all(np.isfinite(affine.shift))):
-        return "its scale or shift is not finite (a zero variance with eps = 0?)"
+        raise Refusal("its scale or shift is not finite (a zero variance with eps = 0?)")
     return ChannelParams(affine, values[0].dtype, source=node_label(bn))
 
 
@@ -50,25 +52,26 @@ def _origin(ctx: FoldContext, name: str) -> str:
 
 def constant_weights(
     ctx: FoldContext, node: onnx.NodeProto, bias_index: int = 2
-) -> tuple[np.ndarray, np.ndarray | None] | str:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Resolve a neighbour's weight (input 1) and optional bias (input `bias_index`) to constants.
 
-    Returns `(weight, bias_or_None)`, or a reason sentence when either is not a constant.
+    Returns `(weight, bias_or_None)`; raises `Refusal` when either is not a constant.
     """
     label = node_label(node)
     if len(node.input) < 2 or not node.input[1]:
-        return f"{node.op_type} {label} has no weight input"
+        raise Refusal(f"{node.op_type} {label} has no weight input")
     weight_name = node.input[1]
     weight = ctx.constant(weight_name)
     if weight is None:
-        return f"the weight {weight_name!r} of {node.op_type} {label} is {_origin(ctx, weight_name)}, not a constant"
+        raise Refusal(f"the weight {weight_name!r} of {node.op_type} {label} is {_origin(ctx, weight_name)}, "
+                      "not a constant")
     if not is_float(weight):
-        return f"the weight of {node.op_type} {label} is {weight.dtype.name}, not a float type"
+        raise Refusal(f"the weight of {node.op_type} {label} is {weight.dtype.name}, not a float type")
     bias = None
     if len(node.input) > bias_index and node.input[bias_index]:
         bias = ctx.constant(node.input[bias_index])
         if bias is None:
-            return f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant"
+            raise Refusal(f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant")
     return weight, bias
 
 
@@ -81,11 +84,11 @@ def rewrite_plan(
     position: str = "after",
     reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None,
     also: Callable[[], None] | None = None,
-) -> Plan | str:
+) -> Plan:
     """Emit folded `(w64, dtype, channel_axis)` and `(b64, bias_input_index)` into `target`, removing `node`.
 
-    Both are rounded once to the target's weight dtype; a value that would overflow or underflow refuses
-    the fold with the reason. `position="after"`: `target` produces `node`'s input (it takes over node's
+    Both are rounded once to the target's weight dtype; a value that would overflow or underflow raises
+    `Refusal` with the reason. `position="after"`: `target` produces `node`'s input (it takes over node's
     output name); `"before"`: `target` consumes node's output (it reads node's input instead).
     `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs last
     (e.g. an attribute change).
@@ -95,21 +98,21 @@ def rewrite_plan(
     label = node_label(target)
     new_w, problem = emit(w64, dtype, channel_axis=axis)
     if new_w is None:
-        return f"not folded into {target.op_type} {label}: {problem}"
+        raise Refusal(f"not folded into {target.op_type} {label}: {problem}")
     if reshape_weight is not None:
         new_w = reshape_weight(new_w)
     new_b, problem = emit(b64, dtype, channel_axis=b64.ndim - 1 if b64.ndim else 0)
     if new_b is None:
-        return f"not folded into {target.op_type} {label}: bias {problem}"
+        raise Refusal(f"not folded into {target.op_type} {label}: bias {problem}")
 
     def apply() -> None:
         # The bias first: a dynamo `Expand(Shape(W))` zero bias then stops reading W before W is replaced.
         ctx.set_param(target, bias_index, np.ascontiguousarray(new_b), "bias")
         ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
         if position == "after":
-            ctx.absorb(node, target)
+            absorb(ctx.index, node, target)
         else:
-            ctx.bypass(node, target)
+            bypass(ctx.index, node, target)
         if also is not None:
             also()
 
