@@ -12,34 +12,17 @@ import onnx
 import pytest
 from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import conv_bn, parse
 
 import foldnorm
 from foldnorm.errors import FoldnormError, OutputPathError
 from foldnorm.onnxgraph import modelio
 
 
-def conv_bn(rng: np.random.Generator, scale_len: int = 6) -> onnx.ModelProto:
-    inits = {"W": rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    inits["bn_scale"] = inits["bn_scale"][:scale_len]
-    text = f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 3, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """
-    if scale_len == 6:
-        return parse(text, inits)
-    model = onnx.parser.parse_model(text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
-    return model
-
-
 @pytest.fixture
 def good(tmp_path: Path, rng: np.random.Generator) -> Path:
     path = tmp_path / "good.onnx"
-    onnx.save(conv_bn(rng), path)
+    onnx.save(conv_bn(rng, cin=3), path)
     return path
 
 
@@ -74,26 +57,29 @@ def _json(d: Path, good: Path, rng: np.random.Generator) -> Path:
 
 
 def _bn_wrong_length(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    onnx.save(conv_bn(rng, scale_len=5), d / "bn5.onnx")
+    model = conv_bn(rng, cin=3)  # made invalid after parsing: the checker would refuse it
+    scale = next(t for t in model.graph.initializer if t.name == "bn_scale")
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale)[:5], "bn_scale"))
+    onnx.save(model, d / "bn5.onnx")
     return d / "bn5.onnx"
 
 
 def _undefined_input(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     model.graph.node[0].input[1] = "nowhere"
     onnx.save(model, d / "undefined.onnx")
     return d / "undefined.onnx"
 
 
 def _missing_external_data(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    onnx.save(conv_bn(rng), d / "ext.onnx", save_as_external_data=True, location="ext.onnx.data",
+    onnx.save(conv_bn(rng, cin=3), d / "ext.onnx", save_as_external_data=True, location="ext.onnx.data",
               size_threshold=0)
     (d / "ext.onnx.data").unlink()
     return d / "ext.onnx"
 
 
 def _opset_99(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     model.opset_import[0].version = 99
     onnx.save(model, d / "opset99.onnx")
     return d / "opset99.onnx"

@@ -139,17 +139,10 @@ def test_progress_is_plain_lines_otherwise(capsys: pytest.CaptureFixture) -> Non
 
 
 def test_onnx_file_with_dynamic_dims_takes_a_shape(tmp_path: Path, rng: np.random.Generator) -> None:
-    from support.builders import bn_inputs, bn_params, parse
+    from support.builders import conv_bn
 
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
     path = tmp_path / "seq.onnx"
-    onnx.save(parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, T] x) => (float[N, 6, T] y) {{
-        c = Conv <pads = [1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, inits), path)
+    onnx.save(conv_bn(rng, spatial=("T",)), path)
     refused = CliRunner().invoke(cli, ["bench", str(path), *FAST])
     assert refused.exit_code == 1 and "--shape x:1x4x8" in refused.stderr
     result = CliRunner().invoke(cli, ["bench", str(path), *FAST, "--shape", "x:1x4x8", "--format", "json"])

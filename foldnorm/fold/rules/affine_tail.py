@@ -38,7 +38,7 @@ class AffineTail(SubjectRule):
     """A per-channel Mul/Add/Sub/Div by a constant after a linear op, folded like a BatchNorm."""
 
     name = "affine-tail"
-    summary = "a Mul/Add/Sub/Div by a per-channel constant after a linear op: folded as a BatchNorm would be"
+    summary = "linear op -> Mul/Add/Sub/Div by a per-channel constant: folded as a BN would be"
     op_types = ("Mul", "Add", "Sub", "Div")
     kind = "affine"
 

@@ -27,7 +27,7 @@ class BatchNormAffine(AloneRule):
     """Lower a BatchNormalization that nothing took to one Mul and one Add."""
 
     name = "bn-affine"
-    summary = "a BatchNorm with nothing to fold into, with --standalone-bn affine: one Mul and one Add"
+    summary = "BN with nothing to fold into, under --standalone-bn affine: one Mul and one Add"
     op_types = ("BatchNormalization",)
 
     def wanted(self, options: FoldOptions) -> bool:

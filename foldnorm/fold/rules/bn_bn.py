@@ -24,7 +24,7 @@ class BatchNormChain(NeighbourRule):
     """Fold a BatchNormalization into the foldable BatchNormalization that produces its input."""
 
     name = "bn-bn"
-    summary = "BatchNorm (or a per-channel affine) after a BatchNorm with nothing linear before it: merged into it"
+    summary = "BN -> BN with nothing linear before: merged into the first BN"
     op_types = ("BatchNormalization",)
 
     def accepts(self, ctx: FoldContext, first: onnx.NodeProto) -> bool:

@@ -22,7 +22,7 @@ class BatchNormConv(NeighbourRule):
     """Fold a BatchNormalization into the Conv that reads its output."""
 
     name = "bn-conv"
-    summary = "BatchNorm before a Conv with zero padding: into the Conv's input channels and bias"
+    summary = "BN -> Conv with zero padding: into the Conv's input channels and bias"
     position = "before"
     op_types = ("Conv",)
 

@@ -21,7 +21,7 @@ class ConvBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the Conv that produces its input."""
 
     name = "conv-bn"
-    summary = "BatchNorm (or a per-channel Mul/Add/Sub/Div) after Conv: into the Conv's weight and bias"
+    summary = "Conv -> BN: into the Conv's weight and bias"
     op_types = ("Conv",)
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto, params: ChannelParams) -> Plan:

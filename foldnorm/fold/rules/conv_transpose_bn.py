@@ -20,7 +20,7 @@ class ConvTransposeBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the ConvTranspose that produces its input."""
 
     name = "conv-transpose-bn"
-    summary = "BatchNorm (or a per-channel affine) after ConvTranspose: into per-group weight columns and bias"
+    summary = "ConvTranspose -> BN: into per-group weight columns and the bias"
     op_types = ("ConvTranspose",)
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, convt: onnx.NodeProto, params: ChannelParams) -> Plan:

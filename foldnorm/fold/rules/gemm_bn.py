@@ -22,7 +22,7 @@ class GemmBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the Gemm that produces its input."""
 
     name = "gemm-bn"
-    summary = "BatchNorm (or a per-channel affine) after Gemm: into B and C (beta becomes 1)"
+    summary = "Gemm -> BN: into B and C (beta becomes 1)"
     op_types = ("Gemm",)
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto, params: ChannelParams) -> Plan:

@@ -36,7 +36,7 @@ class MatMulBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the MatMul (and its bias Add) that produces its input."""
 
     name = "matmul-bn"
-    summary = "BatchNorm (or a per-channel affine) after MatMul (+ bias Add) of provable rank 2: into B and the bias"
+    summary = "MatMul (+ constant bias Add) -> BN, output provably rank 2: into B and the bias"
     op_types = ("MatMul", "Add")
 
     def accepts(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
