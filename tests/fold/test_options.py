@@ -10,7 +10,7 @@ import pytest
 from support.builders import assert_close, bn_inputs, bn_params, conv_bn, run_ort, x_feed
 from support.fold_helpers import assert_refused, checked_fold
 
-from foldnorm import FoldnormError, FoldOptions, fold_model
+from foldnorm import FoldnormError, FoldOptions, FoldResult, fold_model
 from foldnorm.errors import UnknownRuleError
 from foldnorm.fold.options import rule_names
 from foldnorm.fold.rules import RULES
@@ -21,6 +21,15 @@ def two_rule_model(rng: np.random.Generator) -> onnx.ModelProto:
     inits = {**bn_params("b", 6, rng), "V": rng.normal(0, 0.5, (5, 6, 1, 1)).astype(np.float32)}
     return conv_bn(rng, spatial=(6, 6), inits=inits, outputs="float[N, 5, 6, 6] o",
                    tail=["r = Relu (y)", f"z = BatchNormalization (r, {bn_inputs('b')})", "o = Conv (z, V)"])
+
+
+def fold_and_compare(rng: np.random.Generator, options: FoldOptions | None = None) -> FoldResult:
+    """Fold `two_rule_model` with `options`; the folded model computes what the model computes."""
+    model = two_rule_model(rng)
+    result = checked_fold(model, options)
+    x = x_feed(rng)
+    assert_close(run_ort(model, x), run_ort(result.model, x))
+    return result
 
 
 def test_rule_names_are_the_registry_in_order() -> None:
@@ -57,29 +66,20 @@ def test_turned_off_says_which_option(rng: np.random.Generator) -> None:
 
 
 def test_both_rules_fold_by_default(rng: np.random.Generator) -> None:
-    model = two_rule_model(rng)
-    result = checked_fold(model)
-    assert [(r.node, r.outcome, r.target) for r in result.report.records] == [("y", "folded", "y"),
-                                                                              ("z", "folded", "o")]
-    x = x_feed(rng)
-    assert_close(run_ort(model, x), run_ort(result.model, x))
+    records = fold_and_compare(rng).report.records
+    assert [(r.node, r.outcome, r.target) for r in records] == [("y", "folded", "y"), ("z", "folded", "o")]
 
 
 def test_only_runs_the_named_rules(rng: np.random.Generator) -> None:
-    model = two_rule_model(rng)
-    result = checked_fold(model, FoldOptions(only=("bn-conv",)))
+    result = fold_and_compare(rng, FoldOptions(only=("bn-conv",)))
     y, z = result.report.records
     assert (y.node, y.outcome, y.reason) == ("y", "skipped", "rule conv-bn is turned off (not in --only bn-conv)")
     assert (z.node, z.outcome, z.target) == ("z", "folded", "o")
     assert [n.op_type for n in result.model.graph.node] == ["Conv", "BatchNormalization", "Relu", "Conv"]
-    x = x_feed(rng)
-    assert_close(run_ort(model, x), run_ort(result.model, x))
 
 
 def test_skip_turns_one_rule_off_and_leaves_the_others(rng: np.random.Generator) -> None:
-    model = two_rule_model(rng)
-    result = checked_fold(model, FoldOptions(skip=("bn-conv",)))
-    y, z = result.report.records
+    y, z = fold_and_compare(rng, FoldOptions(skip=("bn-conv",))).report.records
     assert (y.outcome, z.outcome) == ("folded", "skipped")
     assert z.reason == "rule bn-conv is turned off (--skip bn-conv)"
 
