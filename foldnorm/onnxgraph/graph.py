@@ -1,6 +1,6 @@
 """A mutable index over one ONNX graph: who produces and who consumes each value, and safe edits.
 
-The fold passes work on the protobuf directly (node metadata, doc strings, subgraphs and functions stay as
+The fold rules work on the protobuf directly (node metadata, doc strings, subgraphs and functions stay as
 they are). Structural edits are recorded here and applied once by `commit()`.
 """
 
