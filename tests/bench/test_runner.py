@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from foldnorm.cli.main import cli
 from support.bench_models import conv_bn_onnx
 
+from foldnorm.bench import RunOptions, TimingOptions
 from foldnorm.bench.runner import benchmark
 from foldnorm.errors import BackendUnavailableError
 
@@ -40,6 +41,13 @@ def test_benchmark_ort_cpu_rows(model_path: str) -> None:
     assert result.batchnorm_folded == 1 and result.verify.ok
     assert result.environment["cpu"] and result.environment["onnxruntime"]
     assert Path(model_path).read_bytes() == before
+
+
+def test_option_objects_with_a_keyword_override(model_path: str) -> None:
+    result = benchmark(model_path, options=RunOptions(ort_opt=("all",)), timing=TimingOptions(warmup=0, iterations=5),
+                       iterations=2)  # the keyword replaces that one field of `timing`
+    assert [(r.config, r.variant, r.latency.iterations) for r in result.rows] == [
+        ("opt=all", "unfolded", 2), ("opt=all", "folded", 2)]
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "text"])
