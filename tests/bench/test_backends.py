@@ -15,6 +15,7 @@ from foldnorm.bench.backends import BACKENDS, BenchInputs, RunOptions, get_backe
 from foldnorm.bench.backends.fp16 import to_float16
 from foldnorm.bench.backends.ort_cpu import OrtOptions
 from foldnorm.bench.backends.ort_gpu import OrtGpuOptions
+from foldnorm.bench.backends.torch_eager import TorchOptions
 from foldnorm.bench.backends.trt import TrtOptions, engine_key, shape_profiles
 from foldnorm.bench.runner import benchmark
 from foldnorm.bench.timing import Timed, time_interleaved
@@ -77,6 +78,16 @@ def test_configs_are_typed_open_options(tmp_path: Path) -> None:
                    cache_dir=tmp_path)]
     torch_cpu = get_backend("torch").configs(options, inputs)[0]
     assert (torch_cpu.device, torch_cpu.precision, torch_cpu.threads) == ("cpu", "fp32", 2)
+
+
+def test_option_labels_are_the_config_column() -> None:
+    assert OrtOptions(opt="all", threads=2).label() == "opt=all,threads=2"
+    assert OrtOptions(opt="disabled", spin=True).label() == "opt=disabled"
+    assert TorchOptions(device="cpu", threads=1).label() == "device=cpu,threads=1"
+    assert TorchOptions(device="cuda", precision="fp16").label() == "device=cuda"
+    assert OrtGpuOptions(opt="all").label() == "opt=all"
+    assert OrtGpuOptions(precision="fp16").label() == ""
+    assert TrtOptions(precision="fp16", shapes={"x": (1, 3)}, max_batch_size=8).label() == ""
 
 
 def _needs(name: str) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from support.bench_models import conv_bn_onnx
@@ -18,9 +17,7 @@ import foldnorm
 from foldnorm.bench.backends import get_backend
 from foldnorm.bench.backends.base import Session
 from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
-from foldnorm.bench.backends.ort_gpu import OrtGpuOptions
 from foldnorm.bench.backends.torch_eager import TorchOptions, TorchSession
-from foldnorm.bench.backends.trt import TrtOptions
 from foldnorm.errors import InputSpecError
 
 
@@ -38,18 +35,11 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Session]:
     return sessions
 
 
-@pytest.fixture
-def model_path(tmp_path: Path, rng: np.random.Generator) -> Path:
-    path = tmp_path / "m.onnx"
-    onnx.save(conv_bn_onnx(rng), path)
-    return path
-
-
 class Stop(Exception):
     """Raised by a test from inside a library call."""
 
 
-def test_ort_session_closes_on_leaving_the_block_also_when_a_run_raises(model_path: Path,
+def test_ort_session_closes_on_leaving_the_block_also_when_a_run_raises(model_path: str,
                                                                         opened: list[Session]) -> None:
     backend = get_backend("ort-cpu")
     x = np.random.default_rng(0).normal(size=(2, 4, 8, 8)).astype(np.float32)
@@ -72,16 +62,6 @@ def test_torch_session_closes(opened: list[Session]) -> None:
         (y,) = session.run({"x": np.ones((4, 3), np.float32)})
         assert y.shape == (4, 2)
     assert session.closed and opened == [session]
-
-
-def test_option_labels_are_the_config_column() -> None:
-    assert OrtOptions(opt="all", threads=2).label() == "opt=all,threads=2"
-    assert OrtOptions(opt="disabled", spin=True).label() == "opt=disabled"
-    assert TorchOptions(device="cpu", threads=1).label() == "device=cpu,threads=1"
-    assert TorchOptions(device="cuda", precision="fp16").label() == "device=cuda"
-    assert OrtGpuOptions(opt="all").label() == "opt=all"
-    assert OrtGpuOptions(precision="fp16").label() == ""
-    assert TrtOptions(precision="fp16", shapes={"x": (1, 3)}, max_batch_size=8).label() == ""
 
 
 def _export_module(fail_at_batch: int | None) -> torch.nn.Module:
@@ -138,14 +118,14 @@ def test_verify_closes_both_sessions_also_when_ort_cannot_run_the_model(tmp_path
     ("timing ort-cpu opt=disabled", 5),  # ... and the folded variant
     (None, 5),
 ])
-def test_bench_closes_every_session_also_when_interrupted(model_path: Path, opened: list[Session],
+def test_bench_closes_every_session_also_when_interrupted(model_path: str, opened: list[Session],
                                                           stop_at: str | None, sessions: int) -> None:
     def progress(message: str, fraction: float | None) -> None:
         if message == stop_at:
             raise Stop(message)
 
     def bench() -> foldnorm.BenchResult:
-        return foldnorm.benchmark(str(model_path), ort_opt=["disabled"], warmup=0, iterations=2, progress=progress)
+        return foldnorm.benchmark(model_path, ort_opt=["disabled"], warmup=0, iterations=2, progress=progress)
 
     if stop_at is None:
         assert [r.variant for r in bench().rows] == ["unfolded", "folded"]
