@@ -211,16 +211,14 @@ def _run_all(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str
     """Outputs of `model` for every feed, one session at a time (so two big models are never both loaded)."""
     from foldnorm.bench.backends.ort_cpu import OrtSession
 
-    session = OrtSession(_session_source(source, model, workdir, role))
-    try:
-        return [session.run(f) for f in feeds]
-    except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first_line(exc)}); give "
-                             "shapes the model accepts (--shape NAME:1x3x224x224)") from None
-    finally:
-        session.close()
+    with OrtSession(_session_source(source, model, workdir, role)) as session:
+        try:
+            return [session.run(f) for f in feeds]
+        except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first_line(exc)}); "
+                                 "give shapes the model accepts (--shape NAME:1x3x224x224)") from None
 
 
 def compare_models(

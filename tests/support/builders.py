@@ -85,7 +85,8 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     """Run with ONNX Runtime on CPU, all graph optimizations disabled (the library's own `OrtSession`)."""
     from foldnorm.bench.backends.ort_cpu import OrtSession
 
-    return OrtSession(model.SerializeToString(), opt="disabled").run(feeds)
+    with OrtSession(model.SerializeToString()) as session:
+        return session.run(feeds)
 
 
 def assert_close(expected: list[np.ndarray], got: list[np.ndarray], rtol: float = 1e-5) -> None:
