@@ -25,6 +25,7 @@ class BatchNormConv(NeighbourRule):
     summary = "BN -> Conv with zero padding: into the Conv's input channels and bias"
     position = "before"
     op_types = ("Conv",)
+    kinds = ("batchnorm",)
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto, params: ChannelParams) -> Plan:
         """Compute the folded Conv weights, or raise `Refusal` saying why the BN must stay."""
