@@ -9,6 +9,7 @@ from foldnorm.fold.rules.bn_affine import BatchNormAffine
 from foldnorm.fold.rules.bn_bn import BatchNormChain
 from foldnorm.fold.rules.bn_conv import BatchNormConv
 from foldnorm.fold.rules.common import batchnorm_params
+from foldnorm.fold.rules.concat_bn import ConcatBatchNorm
 from foldnorm.fold.rules.conv_bn import ConvBatchNorm
 from foldnorm.fold.rules.conv_transpose_bn import ConvTransposeBatchNorm
 from foldnorm.fold.rules.gemm_bn import GemmBatchNorm
@@ -21,6 +22,7 @@ RULES: tuple[Rule, ...] = (
     GemmBatchNorm(),
     MatMulBatchNorm(),
     ReshapeBatchNorm(),
+    ConcatBatchNorm(),
     BatchNormChain(),
     BatchNormConv(),
     AffineTail(),
