@@ -8,6 +8,7 @@ from foldnorm.fold.rules.base import AloneRule, ChannelParams, NeighbourRule, Pl
 from foldnorm.fold.rules.bn_affine import BatchNormAffine
 from foldnorm.fold.rules.bn_bn import BatchNormChain
 from foldnorm.fold.rules.bn_conv import BatchNormConv
+from foldnorm.fold.rules.bn_linear import BatchNormLinear
 from foldnorm.fold.rules.common import batchnorm_params
 from foldnorm.fold.rules.concat_bn import ConcatBatchNorm
 from foldnorm.fold.rules.conv_bn import ConvBatchNorm
@@ -25,6 +26,7 @@ RULES: tuple[Rule, ...] = (
     ConcatBatchNorm(),
     BatchNormChain(),
     BatchNormConv(),
+    BatchNormLinear(),
     AffineTail(),
     BatchNormAffine(),
 )

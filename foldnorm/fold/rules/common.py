@@ -86,12 +86,14 @@ def rewrite_plan(
     position: str = "after",
     reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None,
     also: Callable[[], None] | None = None,
+    reader: onnx.NodeProto | None = None,
 ) -> Plan:
     """Emit folded `(w64, dtype, channel_axis)` and `(b64, bias_input_index)` into `target`, removing `node`.
 
     Both are rounded once to the target's weight dtype; a value that would overflow or underflow raises
     `Refusal` with the reason. `position="after"`: `target` produces `node`'s input (it takes over node's
-    output name); `"before"`: `target` consumes node's output (it reads node's input instead).
+    output name); `"before"`: `target` consumes node's output (it reads node's input instead; or `reader`, a
+    node between them such as a Flatten, does).
     `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs last
     (e.g. an attribute change).
     """
@@ -114,7 +116,7 @@ def rewrite_plan(
         if position == "after":
             absorb(ctx.index, node, target)
         else:
-            bypass(ctx.index, node, target)
+            bypass(ctx.index, node, reader or target)
         if also is not None:
             also()
 
