@@ -3,6 +3,7 @@
 A new rule is one file here (a subclass of a rule class in `base.py`) and one line in `RULES`.
 """
 
+from foldnorm.fold.rules.affine_conv import AffineConv
 from foldnorm.fold.rules.affine_tail import AffineTail
 from foldnorm.fold.rules.base import AloneRule, ChannelParams, NeighbourRule, Plan, Refusal, Rule, SubjectRule
 from foldnorm.fold.rules.bn_affine import BatchNormAffine
@@ -27,6 +28,7 @@ RULES: tuple[Rule, ...] = (
     BatchNormChain(),
     BatchNormConv(),
     BatchNormLinear(),
+    AffineConv(),
     AffineTail(),
     BatchNormAffine(),
 )
