@@ -1,11 +1,12 @@
 """The fold engine: visit every normalization node, fold what the rules fold, record why the rest stays.
 
 The engine knows rules only through the registry (`foldnorm.fold.rules.RULES`) and the contract in
-`rules/base.py`. A BatchNormalization, or a node a "subject" rule recognises (a per-channel Mul/Add/Sub/Div
-after a linear op), is offered to the "after" rules for the producer of its input, then (a BatchNorm only)
-to the "before" rules for the consumer of its output, then to the "alone" rules; the first plan is applied
-and every refusal's sentence goes into the record. A rule turned off by `FoldOptions.skip`/`only` is not
-asked; the record says it is off.
+`rules/base.py`. A BatchNormalization is offered to the "after" rules for the producer of its input, then to
+the "before" rules for the consumer of its output, then to the "alone" rules; a node a "subject" rule
+recognises (a per-channel Mul/Add/Sub/Div by a constant) to the "after" rules when it sits alone after an op
+they fold into, else to the "before" rules when an op they fold into reads it alone. Neighbour rules see only
+the kinds of subject they declare. The first plan is applied and every refusal's sentence goes into the
+record. A rule turned off by `FoldOptions.skip`/`only` is not asked; the record says it is off.
 
 Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
 the Conv, which then produces the second BN's input). If/Loop/Scan bodies and model-local functions are folded
@@ -204,10 +205,10 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
         return _record(bn, "batchnorm", "skipped", refusal.reason, path=path)
     reasons: list[str] = []  # sentences from fold rules that applied but refused
     context: list[str] = []  # why no rule applied at all
-    plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context)
+    plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context, "batchnorm")
     consumer = index.only_consumer(bn.output[0])
     if plan is None and consumer is not None:
-        plan = _first_plan(ctx, bn, consumer, params, _rules_for(ctx, consumer, _BEFORE), reasons)
+        plan = _first_plan(ctx, bn, consumer, params, _neighbours(ctx, consumer, _BEFORE, "batchnorm"), reasons)
     if plan is not None:
         return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
@@ -236,21 +237,31 @@ def _batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
 
 
 def _visit_subject(ctx: FoldContext, node: onnx.NodeProto) -> FoldRecord | None:
-    """Fold a node a subject rule recognises into the linear op before it (None: no rule's candidate)."""
+    """Fold a node a subject rule recognises into the linear op before or after it (None: no rule's candidate)."""
     for rule in _rules_for(ctx, node, _SUBJECT):
         data = rule.operand(ctx, node)
-        producer = ctx.index.producer.get(data) if data is not None else None
-        if producer is None:
+        if data is None:
             continue
-        if not any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER)):
-            continue  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
-        if ctx.index.only_consumer(producer.output[0]) is not node:
-            continue  # the producer's output is read elsewhere too (GELU's x * ... / sqrt(2)): not a tail
-        return _fold_subject(ctx, rule, node, producer)
+        producer = ctx.index.producer.get(data)
+        # Not a tail: nothing fixed to fold into (attention's MatMul(Q, K) / sqrt(d)), or the producer's output
+        # is read elsewhere too (GELU's x * ... / sqrt(2)).
+        if producer is not None and _fixed_weights(ctx, producer, _AFTER, rule.kind) \
+                and ctx.index.only_consumer(producer.output[0]) is node:
+            return _fold_subject(ctx, rule, node, producer, "after")
+        consumer = ctx.index.only_consumer(node.output[0])
+        if consumer is not None and _fixed_weights(ctx, consumer, _BEFORE, rule.kind):
+            return _fold_subject(ctx, rule, node, consumer, "before")
     return None
 
 
-def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, producer: onnx.NodeProto) -> FoldRecord:
+def _fixed_weights(ctx: FoldContext, neighbour: onnx.NodeProto, rules: Sequence[NeighbourRule], kind: str) -> bool:
+    """Whether a rule of `rules` for subjects of `kind` could fold into `neighbour`'s constant weights."""
+    return any(r.has_fixed_weights(ctx, neighbour) for r in _neighbours(ctx, neighbour, rules, kind))
+
+
+def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, neighbour: onnx.NodeProto,
+                  position: str) -> FoldRecord:
+    """Fold `node` into `neighbour`: the producer of its input ("after") or the consumer of its output."""
     path = ctx.index.path
     off = ctx.options.turned_off(rule.name)
     if off is not None:
@@ -260,7 +271,10 @@ def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, pro
     except Refusal as refusal:
         return _record(node, rule.kind, "skipped", refusal.reason, path=path)
     reasons: list[str] = []
-    plan = _fold_after(ctx, node, producer, params, reasons, [])
+    if position == "after":
+        plan = _fold_after(ctx, node, neighbour, params, reasons, [], rule.kind)
+    else:
+        plan = _first_plan(ctx, node, neighbour, params, _neighbours(ctx, neighbour, _BEFORE, rule.kind), reasons)
     if plan is not None:
         return _apply(ctx, node, rule.kind, plan)
     return _record(node, rule.kind, "skipped", "; ".join(reasons), path=path)
@@ -271,15 +285,21 @@ def _rules_for(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[R]) -> li
     return [r for r in rules if is_onnx_op(node, *r.op_types) and r.wanted(ctx.options) and r.accepts(ctx, node)]
 
 
+def _neighbours(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[NeighbourRule],
+                kind: str) -> list[NeighbourRule]:
+    """The neighbour rules of `rules` for `node` (as `_rules_for`) that fold subjects of `kind`."""
+    return [r for r in _rules_for(ctx, node, rules) if kind in r.kinds]
+
+
 def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto | None, params: ChannelParams,
-                reasons: list[str], context: list[str]) -> Plan | None:
-    """Try the rules that fold `node` into the `producer` of its input."""
+                reasons: list[str], context: list[str], kind: str) -> Plan | None:
+    """Try the rules that fold `node` (a subject of `kind`) into the `producer` of its input."""
     index = ctx.index
     if producer is None:
         context.append("its input is a graph input" if index.is_graph_input(node.input[0])
                        else "its input is computed in an enclosing graph")
         return None
-    after = _rules_for(ctx, producer, _AFTER)
+    after = _neighbours(ctx, producer, _AFTER, kind)
     if not after:
         op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
         context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")

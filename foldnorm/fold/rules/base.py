@@ -10,6 +10,7 @@ and `--list-rules` show), a one-line `summary`, its `position` and the `op_types
 - "before": folds it into the neighbour that consumes the subject's output (BN → Conv);
 - "alone": rewrites a subject that has no neighbour to fold into (tried last); `op_types` are the subject's.
 
+A neighbour rule also declares the `kinds` of subject it folds (BatchNorms, a subject rule's nodes, or both).
 `check(...)` returns a `Plan` (everything computed, nothing changed yet) or raises `Refusal(reason)`;
 `plan.apply()` then rewrites the graph. Refusing is not an error: the engine records a `skipped` entry with
 the sentence. The subject's map reaches a rule as `ChannelParams`.
@@ -150,6 +151,8 @@ class NeighbourRule(Rule, ABC):
     """Folds a subject into one neighbour: the producer of its input ("after") or the consumer of its output."""
 
     position: ClassVar[Position] = "after"
+    #: the subjects it folds, by the `kind` of their record: "batchnorm", or a subject rule's kind ("affine").
+    kinds: ClassVar[tuple[str, ...]] = ("batchnorm", "affine")
 
     def has_fixed_weights(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
         """Whether `neighbour` has constant weights (input 1) a per-channel map could fold into."""

@@ -28,6 +28,8 @@ def test_each_rule_declares_the_contract(rule: Rule) -> None:
     assert rule.op_types and all(isinstance(op, str) for op in rule.op_types)
     kinds = {"subject": SubjectRule, "after": NeighbourRule, "before": NeighbourRule, "alone": AloneRule}
     assert isinstance(rule, kinds[rule.position])
+    if isinstance(rule, NeighbourRule):  # the subjects it folds: BatchNorms and the subject rules' kinds
+        assert rule.kinds and set(rule.kinds) <= {"batchnorm", *(r.kind for r in RULES if isinstance(r, SubjectRule))}
 
 
 def test_one_rule_per_file_and_one_registry_line_each() -> None:
