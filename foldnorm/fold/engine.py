@@ -7,6 +7,10 @@ to the "before" rules for the consumer of its output, then to the "alone" rules;
 and every refusal's sentence goes into the record. A rule turned off by `FoldOptions.skip`/`only` is not
 asked; the record says it is off.
 
+Before that visit, every node is offered, in graph order, to the "block" rules, which rewrite a block of nodes
+ending at it (a sum of parallel branches) into one op; the normalization nodes such a block absorbs are reported
+as folded with the block's sentence, each record at its node's place in graph order.
+
 Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
 the Conv, which then produces the second BN's input). If/Loop/Scan bodies and model-local functions are folded
 too; weights from an enclosing graph are copied into the subgraph, never edited. After each graph the engine
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +36,7 @@ from foldnorm.fold.report import FoldRecord, FoldReport
 from foldnorm.fold.rules import (
     RULES,
     AloneRule,
+    BlockRule,
     ChannelParams,
     NeighbourRule,
     Plan,
@@ -47,6 +53,7 @@ from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Rule)
+_BLOCK = [r for r in RULES if isinstance(r, BlockRule)]
 _SUBJECT = [r for r in RULES if isinstance(r, SubjectRule)]
 _AFTER = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "after"]
 _BEFORE = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "before"]
@@ -124,7 +131,10 @@ def _fold_graph(
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
+    early = _rewrite_blocks(ctx)
     for node in list(index.nodes):
+        for done in early.pop(id(node), ()):
+            report.add(done)
         if index.is_removed(node):
             continue
         if is_onnx_op(node, "BatchNormalization"):
@@ -190,6 +200,47 @@ def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path:
         module=module_path(node),
         graph=path,
     )
+
+
+def _rewrite_blocks(ctx: FoldContext) -> dict[int, list[FoldRecord]]:
+    """Offer every node, in graph order, to the "block" rules; the first plan is applied.
+
+    Returns the records made, keyed by the `id()` of the node each is about (the block's last node, and each
+    normalization node it absorbed), so that the main visit reports them in graph order.
+    """
+    index = ctx.index
+    records: dict[int, list[FoldRecord]] = defaultdict(list)
+    for node in list(index.nodes):
+        rules = [] if index.is_removed(node) else _rules_for(ctx, node, _BLOCK)
+        if not rules:
+            continue
+        reasons: list[str] = []
+        for rule in rules:
+            off = ctx.options.turned_off(rule.name)
+            if off is not None:
+                reasons.append(off)
+                continue
+            try:
+                plan = rule.check(ctx, node)
+            except Refusal as refusal:
+                reasons.append(refusal.reason)
+                continue
+            kinds = [_kind(ctx, n) for n in plan.absorbed]
+            record = _apply(ctx, node, rule.kind, plan)
+            records[id(node)].append(record)
+            for absorbed, kind in zip(plan.absorbed, kinds):
+                records[id(absorbed)].append(_record(absorbed, kind, "folded", record.reason, path=index.path,
+                                                     target=plan.target))
+            break
+        else:
+            records[id(node)].append(_record(node, rules[0].kind, "skipped", "; ".join(reasons), path=index.path))
+    return records
+
+
+def _kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a normalization node ("batchnorm" ...)."""
+    info = classify(ctx.index, node, ctx.constants)
+    return info.kind if info is not None else node.op_type.lower()
 
 
 def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:

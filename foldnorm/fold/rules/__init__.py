@@ -4,7 +4,16 @@ A new rule is one file here (a subclass of a rule class in `base.py`) and one li
 """
 
 from foldnorm.fold.rules.affine_tail import AffineTail
-from foldnorm.fold.rules.base import AloneRule, ChannelParams, NeighbourRule, Plan, Refusal, Rule, SubjectRule
+from foldnorm.fold.rules.base import (
+    AloneRule,
+    BlockRule,
+    ChannelParams,
+    NeighbourRule,
+    Plan,
+    Refusal,
+    Rule,
+    SubjectRule,
+)
 from foldnorm.fold.rules.bn_affine import BatchNormAffine
 from foldnorm.fold.rules.bn_bn import BatchNormChain
 from foldnorm.fold.rules.bn_conv import BatchNormConv
@@ -28,6 +37,7 @@ RULES: tuple[Rule, ...] = (
 __all__ = [
     "RULES",
     "AloneRule",
+    "BlockRule",
     "ChannelParams",
     "NeighbourRule",
     "Plan",
