@@ -22,6 +22,7 @@ from foldnorm.fold.rules.conv_bn import ConvBatchNorm
 from foldnorm.fold.rules.conv_transpose_bn import ConvTransposeBatchNorm
 from foldnorm.fold.rules.gemm_bn import GemmBatchNorm
 from foldnorm.fold.rules.matmul_bn import MatMulBatchNorm
+from foldnorm.fold.rules.rep_branches import RepBranches
 
 RULES: tuple[Rule, ...] = (
     ConvBatchNorm(),
@@ -32,6 +33,7 @@ RULES: tuple[Rule, ...] = (
     BatchNormConv(),
     AffineTail(),
     BatchNormAffine(),
+    RepBranches(),  # a "block" rule: the engine offers it every node before any per-node fold
 )
 
 __all__ = [
