@@ -24,6 +24,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import onnx
@@ -215,26 +216,22 @@ def _rewrite_blocks(ctx: FoldContext) -> dict[int, list[FoldRecord]]:
         if not rules:
             continue
         reasons: list[str] = []
-        for rule in rules:
-            off = ctx.options.turned_off(rule.name)
-            if off is not None:
-                reasons.append(off)
-                continue
-            try:
-                plan = rule.check(ctx, node)
-            except Refusal as refusal:
-                reasons.append(refusal.reason)
-                continue
-            kinds = [_kind(ctx, n) for n in plan.absorbed]
-            record = _apply(ctx, node, rule.kind, plan)
-            records[id(node)].append(record)
-            for absorbed, kind in zip(plan.absorbed, kinds):
-                records[id(absorbed)].append(_record(absorbed, kind, "folded", record.reason, path=index.path,
-                                                     target=plan.target))
-            break
-        else:
+        found = _first_of(ctx, rules, partial(_check_block, ctx, node), reasons)
+        if found is None:
             records[id(node)].append(_record(node, rules[0].kind, "skipped", "; ".join(reasons), path=index.path))
+            continue
+        rule, plan = found
+        kinds = [_kind(ctx, n) for n in plan.absorbed]
+        record = _apply(ctx, node, rule.kind, plan)
+        records[id(node)].append(record)
+        for absorbed, kind in zip(plan.absorbed, kinds):
+            records[id(absorbed)].append(_record(absorbed, kind, "folded", record.reason, path=index.path,
+                                                 target=plan.target))
     return records
+
+
+def _check_block(ctx: FoldContext, node: onnx.NodeProto, rule: BlockRule) -> Plan:
+    return rule.check(ctx, node)
 
 
 def _kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
@@ -348,13 +345,21 @@ def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProt
     if opaque and candidates:
         reasons.append(f"{neighbour.op_type} {node_label(neighbour)}: {opaque}")
         return None
-    for rule in candidates:
+    found = _first_of(ctx, candidates, lambda rule: rule.check(ctx, node, neighbour, params), reasons)
+    return found[1] if found is not None else None
+
+
+def _first_of(ctx: FoldContext, rules: Sequence[R], attempt: Callable[[R], Plan],
+              reasons: list[str]) -> tuple[R, Plan] | None:
+    """The first rule of `rules` whose `attempt` gives a plan, with the plan; each rule that is turned off or
+    refuses adds its sentence to `reasons`."""
+    for rule in rules:
         off = ctx.options.turned_off(rule.name)
         if off is not None:
             reasons.append(off)
             continue
         try:
-            return rule.check(ctx, node, neighbour, params)
+            return rule, attempt(rule)
         except Refusal as refusal:
             reasons.append(refusal.reason)
     return None
