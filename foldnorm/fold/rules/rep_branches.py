@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import onnx
@@ -294,18 +296,9 @@ class RepBranches(BlockRule):
             raise Refusal(outside)
         convs = block.convs(ctx)
         weights = {id(conv): constant_weights(ctx, conv) for conv in convs}
-        first = weights[id(convs[0])][0]
-        dtype, rank = first.dtype, first.ndim
-        if any(w.dtype != dtype for w, _ in weights.values()):
-            raise Refusal(f"the Conv branches have weights of different types "
-                          f"({', '.join(sorted({w.dtype.name for w, _ in weights.values()}))})")
-        shapes = {(w.shape[0], w.shape[1] * group_of(c)) for c in convs for w in [weights[id(c)][0]]}
-        (out, cin), identity = next(iter(shapes)), block.has_identity(ctx)
-        if len(shapes) > 1 or (identity and out != cin):
-            pairs = ", ".join(f"{i} -> {o}" for o, i in sorted(shapes))
-            raise Refusal(f"the Conv branches map input to output channels as {pairs}"
-                          f"{' beside an identity branch' if identity else ''}: the branch outputs would only "
-                          "broadcast together, which no one Conv computes")
+        first = weights[id(convs[0])][0]  # every Conv reads X, so every weight has X's dtype
+        rank, identity = first.ndim, block.has_identity(ctx)
+        out, cin = _channels(convs, {k: w for k, (w, _) in weights.items()}, identity)
         maps = {id(node): _map(ctx, node, rank, out) for node in block.nodes if _role(ctx, node) == _MAP}
         tail = _tail(ctx, top, rank, out)
         maps.update((id(node), affine) for node, affine in tail)
@@ -330,32 +323,48 @@ class RepBranches(BlockRule):
         merged = merge_kernels((out, cin), group, alignment, kernels, total.identity if identity else None)
         target = next((c for c in convs if tuple(weights[id(c)][0].shape[2:]) == alignment.window.kernel),
                       convs[0])
-        new_w, problem = emit(merged, dtype, channel_axis=0)
-        new_b, bias_problem = emit(total.bias, dtype)
+        new_w, problem = emit(merged, first.dtype, channel_axis=0)
+        new_b, bias_problem = emit(total.bias, first.dtype)
         if new_w is None or new_b is None:
             raise Refusal(f"not merged into Conv {node_label(target)}: "
                           f"{problem if new_w is None else f'bias {bias_problem}'}")
-        absorbed = [node for node in [*block.nodes, *(n for n, _ in tail)] if node.op_type == "BatchNormalization"]
-        note = _describe(ctx, block, [n for n, _ in tail], target)
-        gone = [node for node in [*block.nodes, *(n for n, _ in tail)] if node is not target]
-        window = alignment.window
+        nodes = [*block.nodes, *(node for node, _ in tail)]
+        attrs = {"kernel_shape": alignment.window.kernel, "strides": alignment.window.strides,
+                 "dilations": alignment.window.dilations, "pads": alignment.window.begin + alignment.window.end,
+                 "group": group}
+        return Plan(target, partial(_rewrite, ctx, target, [n for n in nodes if n is not target], output,
+                                    (new_w, new_b), attrs),
+                    note=_describe(ctx, block, [node for node, _ in tail], target),
+                    absorbed=tuple(node for node in nodes if node.op_type == "BatchNormalization"))
 
-        def apply() -> None:
-            index = ctx.index
-            dead = [name for node in gone for name in node.input]
-            for node in gone:
-                index.remove_node(node)
-            ctx.set_param(target, 2, np.ascontiguousarray(new_b), "bias")
-            ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
-            for key, value in (("kernel_shape", window.kernel), ("strides", window.strides),
-                               ("dilations", window.dilations), ("pads", window.begin + window.end)):
-                set_attr(target, key, list(value))
-            set_attr(target, "group", group)
-            for k in reversed(range(len(target.attribute))):
-                if target.attribute[k].name == "auto_pad":
-                    del target.attribute[k]
-            old = target.output[0]
-            index.set_output(target, 0, output)
-            index.remove_if_dead([old, *dead])
 
-        return Plan(target, apply, note=note, absorbed=tuple(absorbed))
+def _channels(convs: list[onnx.NodeProto], weights: dict[int, np.ndarray], identity: bool) -> tuple[int, int]:
+    """(output, input) channels of every Conv branch; `Refusal` when they differ, or differ from each other
+    beside an identity branch (the branch outputs would only broadcast together)."""
+    shapes = {(weights[id(c)].shape[0], weights[id(c)].shape[1] * group_of(c)) for c in convs}
+    out, cin = next(iter(shapes))
+    if len(shapes) > 1 or (identity and out != cin):
+        pairs = ", ".join(f"{i} -> {o}" for o, i in sorted(shapes))
+        raise Refusal(f"the Conv branches map input to output channels as {pairs}"
+                      f"{' beside an identity branch' if identity else ''}: the branch outputs would only "
+                      "broadcast together, which no one Conv computes")
+    return out, cin
+
+
+def _rewrite(ctx: FoldContext, target: onnx.NodeProto, gone: list[onnx.NodeProto], output: str,
+             params: tuple[np.ndarray, np.ndarray], attrs: dict[str, Any]) -> None:
+    """Remove the block's other nodes; `target` takes the merged weight, bias and attributes and writes `output`."""
+    index = ctx.index
+    dead = [name for node in gone for name in node.input]
+    for node in gone:
+        index.remove_node(node)
+    ctx.set_param(target, 2, np.ascontiguousarray(params[1]), "bias")
+    ctx.set_param(target, 1, np.ascontiguousarray(params[0]), "weight")
+    for key, value in attrs.items():
+        set_attr(target, key, list(value) if isinstance(value, tuple) else value)
+    for k in reversed(range(len(target.attribute))):
+        if target.attribute[k].name == "auto_pad":
+            del target.attribute[k]
+    old = target.output[0]
+    index.set_output(target, 0, output)
+    index.remove_if_dead([old, *dead])
