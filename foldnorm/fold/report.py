@@ -73,6 +73,9 @@ class FoldReport:
         tails = self.by_kind("affine")
         tail_folded = sum(1 for r in tails if r.outcome == "folded")
         tail_text = f", {tail_folded}/{len(tails)} constant Mul/Add/Sub/Div folded" if tails else ""
+        sums = self.by_kind("branches")
+        if sums:
+            tail_text += f", {sum(1 for r in sums if r.outcome == 'folded')}/{len(sums)} branch sums merged"
         return (
             f"{self.batchnorm_folded}/{self.batchnorm_total} BatchNorm folded{tail_text}; {c['folded']} folded, "
             f"{c['skipped']} skipped, {c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm "
