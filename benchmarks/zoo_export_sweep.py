@@ -25,7 +25,7 @@ import torch
 from foldnorm.models import REGISTRY, get_spec
 
 from foldnorm import FoldnormError, compare_models, export_onnx, fold_model
-from foldnorm.export.exporter import count_norms
+from foldnorm.fold.normalizations import survey
 
 
 def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) -> tuple[str, str, str]:
@@ -42,7 +42,7 @@ def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) ->
     except Exception as exc:
         return "-", "-", f"no export: {str(exc).splitlines()[0][:70]}"
     original = onnx.load(str(path))
-    bn_count = count_norms(original)[0]
+    bn_count = survey(original).batchnorm
     try:
         result = fold_model(original)
     except FoldnormError as exc:

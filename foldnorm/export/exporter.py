@@ -29,7 +29,7 @@ import onnx
 
 from foldnorm.errors import ExportError, FoldnormError, InputSpecError, first_line
 from foldnorm.export.cleanup import clean_export
-from foldnorm.fold.normalizations import LAYERNORM_OPS
+from foldnorm.fold.normalizations import survey
 from foldnorm.onnxgraph.inputs import input_specs
 from foldnorm.onnxgraph.modelio import check_output_path, needs_external_data, save_model
 from foldnorm.verify.compare import measure_error
@@ -94,16 +94,6 @@ class ExportResult:
                      f"(batch sizes {self.check_batch_sizes}): {'ok' if self.ok else 'MISMATCH'}")
         return (f"wrote {self.path} ({self.exporter}, opset {self.opset}, {self.dtype}): "
                 f"{self.batchnorm} BatchNorm, {prot}; {check}")
-
-
-def count_norms(model: onnx.ModelProto) -> tuple[int, dict[str, int]]:
-    """BatchNormalization count and GroupNorm/LayerNorm/InstanceNorm counts of a model's main graph."""
-    ops = [n.op_type for n in model.graph.node]
-    return ops.count("BatchNormalization"), {
-        "GroupNormalization": ops.count("GroupNormalization"),
-        "LayerNormalization": sum(ops.count(o) for o in LAYERNORM_OPS),
-        "InstanceNormalization": ops.count("InstanceNormalization"),
-    }
 
 
 @contextlib.contextmanager
@@ -231,9 +221,9 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
         entry.key, entry.value = key, value
     saved_external = bool(external_data) or (external_data is None and needs_external_data(model))
     save_model(model, out, external_data=saved_external)
-    bn, protected = count_norms(model)
+    norms = survey(model)
     result = ExportResult(
-        str(out), exporter, opset, bn, protected, dtype=settings["foldnorm.dtype"],
+        str(out), exporter, opset, norms.batchnorm, norms.by_op(), dtype=settings["foldnorm.dtype"],
         inputs={n: list(a.shape) for n, a in zip(names, args)}, outputs=[o.name for o in model.graph.output],
         dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=train_mode,
         cleanup=cleanup.to_dict(), requested_opset=requested,
