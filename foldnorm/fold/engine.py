@@ -27,7 +27,7 @@ from onnx import helper
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.fold.options import FoldOptions
-from foldnorm.fold.report import FoldRecord, FoldReport
+from foldnorm.fold.report import FoldRecord, FoldReport, Outcome
 from foldnorm.fold.rules import (
     RULES,
     AloneRule,
@@ -181,13 +181,13 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
             _initializers_to_constants(sub)
 
 
-def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
+def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, path: str,
             target: onnx.NodeProto | None = None) -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
         kind=kind,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         reason=reason,
         target=node_label(target) if target is not None else None,
         module=module_path(node),
@@ -215,7 +215,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
         return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
         "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
-    outcome = "skipped" if reasons else "kept"
+    outcome: Outcome = "skipped" if reasons else "kept"
     for rule in _rules_for(ctx, bn, _ALONE):
         off = ctx.options.turned_off(rule.name)
         if off is not None:
