@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -302,14 +303,15 @@ def _export_legacy(module: torch.nn.Module, args: tuple[torch.Tensor, ...], name
                    output_names: list[str], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
     import torch
 
-    buffer = io.BytesIO()
     axes = {n: {0: "batch"} for n in [*names, *output_names]} if dynamic_batch else None
-    torch.onnx.export(
-        module, args, buffer,  # type: ignore[arg-type]
-        dynamo=False, opset_version=opset, input_names=names, output_names=output_names, dynamic_axes=axes,
-        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-    )
-    return onnx.load_from_string(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="foldnorm-legacy-") as tmp:  # torch.onnx.export writes to a path
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            module, args, path,
+            dynamo=False, opset_version=opset, input_names=names, output_names=output_names, dynamic_axes=axes,
+            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+        )
+        return onnx.load(path)
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
