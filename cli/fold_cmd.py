@@ -84,8 +84,7 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
                            seed=seed)
     except VerificationError as exc:
-        failed = getattr(exc, "result", None)
-        if isinstance(failed, FoldFileResult):
-            _render(failed, fmt, report_path)
+        if exc.result is not None:
+            _render(exc.result, fmt, report_path)
         raise
     _render(result, fmt, report_path)
