@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import onnx
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Exporter = Literal["dynamo", "legacy"]
-DTYPES = ("float32", "float16", "bfloat16")
+ExportDtype = Literal["float32", "float16", "bfloat16"]
 
 # Loggers that print warnings we cannot act on during an export (torchvision absent, deprecations).
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch._export", "onnxscript")
@@ -143,7 +143,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     train_ok: bool = False,
     check_batch_sizes: Sequence[int] = (1, 2),
-    dtype: str | None = None,
+    dtype: ExportDtype | None = None,
     external_data: bool | None = None,
 ) -> ExportResult:
     """Export `module` to `path` as ONNX with every BatchNorm still present, then check it against torch.
@@ -158,10 +158,10 @@ def export_onnx(
     import torch
 
     out = check_output_path(path)
-    if exporter not in ("dynamo", "legacy"):
-        raise InputSpecError(f"unknown exporter {exporter!r}; use 'dynamo' or 'legacy'")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputSpecError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if exporter not in get_args(Exporter):
+        raise InputSpecError(f"unknown exporter {exporter!r}; use {' or '.join(map(repr, get_args(Exporter)))}")
+    if dtype is not None and dtype not in get_args(ExportDtype):
+        raise InputSpecError(f"unsupported dtype {dtype!r}; use one of {', '.join(get_args(ExportDtype))}")
     was_training = module.training
     if was_training and not train_ok:
         raise ExportError("the module is in train mode; call module.eval() first "
