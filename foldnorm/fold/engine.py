@@ -34,7 +34,7 @@ from onnx import helper
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.fold.options import FoldOptions
-from foldnorm.fold.report import FoldRecord, FoldReport
+from foldnorm.fold.report import FoldRecord, FoldReport, Outcome
 from foldnorm.fold.rules import (
     RULES,
     AloneRule,
@@ -49,7 +49,15 @@ from foldnorm.fold.rules import (
 )
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
-from foldnorm.onnxgraph.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
+from foldnorm.onnxgraph.graph import (
+    GraphIndex,
+    attribute_refs,
+    function_graph,
+    is_onnx_op,
+    named_subgraphs,
+    node_label,
+    subgraphs,
+)
 from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
 
 log = logging.getLogger(__name__)
@@ -150,20 +158,15 @@ def _fold_graph(
     for condition, snapshot in before:
         condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for k, sub in enumerate(subs):
-                sub_path = f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else "")
-                _fold_graph(sub, index, constants, sub_path, options, report)
+        for sub_path, sub in named_subgraphs(node, path):
+            _fold_graph(sub, index, constants, sub_path, options, report)
 
 
 def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
-    graph = helper.make_graph(list(function.node), function.name,
-                              [helper.make_empty_tensor_value_info(n) for n in function.input],
-                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    path, graph = function_graph(function)
     folded_before = report.folded
-    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, report)
+    _fold_graph(graph, None, None, path, options, report)
     if report.folded == folded_before:
         return
     del function.node[:]
@@ -190,13 +193,13 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
             _initializers_to_constants(sub)
 
 
-def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
+def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, path: str,
             target: onnx.NodeProto | None = None) -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
         kind=kind,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         reason=reason,
         target=node_label(target) if target is not None else None,
         module=module_path(node),
@@ -261,7 +264,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
         return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
         "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
-    outcome = "skipped" if reasons else "kept"
+    outcome: Outcome = "skipped" if reasons else "kept"
     for rule in _rules_for(ctx, bn, _ALONE):
         off = ctx.options.turned_off(rule.name)
         if off is not None:
