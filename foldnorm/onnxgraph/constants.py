@@ -47,6 +47,21 @@ def _squeeze(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
     return np.squeeze(args[0], axis=tuple(int(a) % args[0].ndim for a in axes))
 
 
+def _reduce_mean(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
+    """ONNX ReduceMean (axes as input from opset 18, an attribute before), computed in float64, rounded once."""
+    data = args[0]
+    if not np.issubdtype(data.dtype, np.floating):
+        raise TypeError(f"ReduceMean of {data.dtype} is not evaluated")
+    axes = args[1] if len(args) > 1 else attr(node, "axes")
+    if axes is None or len(axes) == 0:
+        if attr(node, "noop_with_empty_axes", 0):
+            return data
+        axes = range(data.ndim)
+    axis = tuple(sorted({int(a) % data.ndim for a in axes})) if data.ndim else None
+    mean = np.mean(data, axis=axis, dtype=np.float64, keepdims=bool(attr(node, "keepdims", 1)))
+    return np.asarray(mean).astype(data.dtype)
+
+
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """ONNX Div: integers divide exactly, truncating toward zero (as C does), not through float64."""
     if not np.issubdtype(a.dtype, np.integer):
@@ -77,6 +92,7 @@ _OPS: dict[str, _Eval] = {
     "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
+    "ReduceMean": _reduce_mean,
 }
 
 

@@ -10,30 +10,39 @@ import onnx
 from onnx import helper
 
 from foldnorm.errors import InvalidModelError
-from foldnorm.fold.bn_math import Scaled, batchnorm_affine, emit
+from foldnorm.fold.bn_math import Scaled, batch_statistics, batchnorm_affine, emit
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
 from foldnorm.onnxgraph.edits import absorb, bypass, shape_readers
 from foldnorm.onnxgraph.graph import attr, attribute_refs, is_onnx_op, node_label
 
 
-def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
+def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto, *, subject: bool = True) -> ChannelParams:
     """A BatchNormalization's inference map resolved to constants; raises `Refusal` when it has none.
 
+    A training-mode BN whose input is a constant (weight standardisation) normalizes with that constant's
+    statistics, so it too is a fixed map, valid where the BN itself is folded away (`subject`): not for a rule
+    that rewrites the node's parameters and keeps it (its statistics would still be taken from the input).
     Parameters of different lengths make the model invalid (`InvalidModelError`), not a refusal.
     """
-    if attr(bn, "training_mode", 0):
+    training = bool(attr(bn, "training_mode", 0))
+    x = ctx.constant(bn.input[0]) if training and subject else None
+    if training and x is None:
         raise Refusal("training_mode=1: the node computes batch statistics")
     if attr(bn, "spatial", 1) == 0:
         raise Refusal("spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported")
-    if len([o for o in bn.output if o]) > 1:
+    extra = [o for o in bn.output[1:] if o]
+    if extra and (x is None or any(ctx.index.uses(o) for o in extra)):
         raise Refusal("the node also outputs running statistics (training graph)")
+    roles = ("scale", "bias") if x is not None else ("scale", "bias", "mean", "var")  # training: x's statistics
     values = []
-    for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
+    for role, name in zip(roles, bn.input[1:5]):
         value = ctx.constant(name)
         if value is None:
             raise Refusal(f"its {role} {name!r} is {_origin(ctx, name)}, not a constant")
         values.append(value)
+    if x is not None:
+        values.extend(batch_statistics(x))
     sizes = {v.size for v in values}
     if len(sizes) != 1:
         raise InvalidModelError(
