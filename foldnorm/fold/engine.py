@@ -19,6 +19,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import onnx
@@ -124,6 +125,7 @@ def _fold_graph(
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
+    ctx.fold_into = partial(_fold_into, ctx)
     for node in list(index.nodes):
         if index.is_removed(node):
             continue
@@ -179,7 +181,7 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
 
 
 def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
-            target: onnx.NodeProto | None = None) -> FoldRecord:
+            target: onnx.NodeProto | None = None, quantization: str = "") -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
@@ -189,6 +191,7 @@ def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path:
         target=node_label(target) if target is not None else None,
         module=module_path(node),
         graph=path,
+        quantization=quantization or None,
     )
 
 
@@ -291,6 +294,16 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     return _first_plan(ctx, node, producer, params, after, reasons)
 
 
+def _fold_into(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams) -> Plan:
+    """The plan of the "after" rules folding `node` into `producer` (`FoldContext.fold_into`), or `Refusal`."""
+    reasons: list[str] = []
+    context: list[str] = []
+    plan = _fold_after(ctx, node, producer, params, reasons, context)
+    if plan is None:
+        raise Refusal("; ".join(reasons or context))
+    return plan
+
+
 def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
                 candidates: Sequence[NeighbourRule], reasons: list[str]) -> Plan | None:
     opaque = _opaque_reason(neighbour)
@@ -322,7 +335,8 @@ def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> Fol
     plan.apply()
     reason = "; ".join([plan.note or f"folded into {plan.target.op_type}", *ctx.notes])
     log.debug("folded %s into %s", node_label(node), node_label(plan.target))
-    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
+    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target,
+                   quantization=plan.quantization)
 
 
 def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:

@@ -13,12 +13,14 @@ from foldnorm.fold.rules.conv_bn import ConvBatchNorm
 from foldnorm.fold.rules.conv_transpose_bn import ConvTransposeBatchNorm
 from foldnorm.fold.rules.gemm_bn import GemmBatchNorm
 from foldnorm.fold.rules.matmul_bn import MatMulBatchNorm
+from foldnorm.fold.rules.qdq_bn import QdqBatchNorm
 
 RULES: tuple[Rule, ...] = (
     ConvBatchNorm(),
     ConvTransposeBatchNorm(),
     GemmBatchNorm(),
     MatMulBatchNorm(),
+    QdqBatchNorm(),
     BatchNormChain(),
     BatchNormConv(),
     AffineTail(),

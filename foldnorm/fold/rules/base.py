@@ -51,6 +51,8 @@ class Plan:
     target: onnx.NodeProto
     apply: Callable[[], None]
     note: str = ""
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved or requantized (`fold.quantized`).
+    quantization: str = ""
 
 
 @dataclass(frozen=True)
