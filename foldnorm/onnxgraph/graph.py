@@ -318,7 +318,7 @@ class GraphIndex:
         if self._removed_nodes or self._inserted:
             ordered: list[onnx.NodeProto] = []
             for node in self.nodes:
-                ordered.extend(self._inserted.get(id(node), ()))
+                ordered.extend(n for n in self._inserted.get(id(node), ()) if id(n) not in self._removed_nodes)
                 if id(node) not in self._removed_nodes:
                     ordered.append(node)
             copies = [onnx.NodeProto() for _ in ordered]

@@ -147,6 +147,21 @@ def test_insert_remove_and_commit_make_a_valid_graph() -> None:
     np.testing.assert_allclose(y, np.maximum(x * W * 2, 0), rtol=1e-6)
 
 
+def test_a_node_inserted_then_removed_before_the_commit_is_gone() -> None:
+    m = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 3] x) => (float[N, 3] y) { y = Relu (x) }
+    """)
+    index = GraphIndex(m.graph)
+    (relu,) = index.nodes
+    first = helper.make_node("Neg", ["x"], [index.fresh_name("n")])
+    second = helper.make_node("Abs", ["x"], [index.fresh_name("a")])
+    index.insert_before(relu, [first, second])
+    index.remove_node(first)  # a later fold replaces what an earlier one inserted
+    index.commit()
+    assert [n.op_type for n in m.graph.node] == ["Abs", "Relu"]
+
+
 def test_add_initializer_takes_a_fresh_name() -> None:
     m = parse("""
     <ir_version: 8, opset_import: ["" : 18]>
