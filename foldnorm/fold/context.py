@@ -32,6 +32,8 @@ class FoldContext:
     #: set by the engine: the first plan of the "after" rules folding a subject into a given producer (raises
     #: `Refusal` with their reasons), for a rule that folds through nodes in between (a Q/DQ pair).
     fold_into: Callable[[onnx.NodeProto, onnx.NodeProto, ChannelParams], Plan] | None = None
+    #: set by the engine: whether an "after" rule finds constant weights in a given producer to fold into.
+    takes_fold: Callable[[onnx.NodeProto], bool] | None = None
     shapes: ShapeProver = field(init=False)
 
     def __post_init__(self) -> None:

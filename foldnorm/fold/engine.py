@@ -126,6 +126,7 @@ def _fold_graph(
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
     ctx.fold_into = partial(_fold_into, ctx)
+    ctx.takes_fold = partial(_takes_fold, ctx)
     for node in list(index.nodes):
         if index.is_removed(node):
             continue
@@ -245,7 +246,7 @@ def _visit_subject(ctx: FoldContext, node: onnx.NodeProto) -> FoldRecord | None:
         producer = ctx.index.producer.get(data) if data is not None else None
         if producer is None:
             continue
-        if not any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER)):
+        if not _takes_fold(ctx, producer):
             continue  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
         if ctx.index.only_consumer(producer.output[0]) is not node:
             continue  # the producer's output is read elsewhere too (GELU's x * ... / sqrt(2)): not a tail
@@ -292,6 +293,11 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
         reasons.append(_fanout_reason(index, producer))
         return None
     return _first_plan(ctx, node, producer, params, after, reasons)
+
+
+def _takes_fold(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
+    """Whether an "after" rule finds constant weights in `producer` (`FoldContext.takes_fold`)."""
+    return any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER))
 
 
 def _fold_into(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams) -> Plan:

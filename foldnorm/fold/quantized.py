@@ -78,6 +78,22 @@ def dequantized_input(ctx: FoldContext, node: onnx.NodeProto, k: int) -> Dequant
     return Dequantized(dq, values, scale, zero.reshape(scale.shape), axis, source)
 
 
+def pair_quantizer(ctx: FoldContext, dq: onnx.NodeProto) -> onnx.NodeProto | None:
+    """For the DequantizeLinear of an activation Q/DQ pair: the QuantizeLinear that only `dq` reads and that
+    quantizes a value another node computes; else None."""
+    q = ctx.index.producer.get(dq.input[0]) if is_onnx_op(dq, "DequantizeLinear") else None
+    if q is None or not is_onnx_op(q, "QuantizeLinear") or ctx.index.only_consumer(q.output[0]) is not dq:
+        return None
+    return q if q.input[0] in ctx.index.producer else None
+
+
+def producer_through_pair(ctx: FoldContext, name: str) -> onnx.NodeProto | None:
+    """The node producing `name`, looking through an activation Q/DQ pair (`op -> Q -> DQ -> name`: `op`)."""
+    node = ctx.index.producer.get(name)
+    q = pair_quantizer(ctx, node) if node is not None else None
+    return node if q is None else ctx.index.producer[q.input[0]]
+
+
 def activation_scale(ctx: FoldContext, name: str) -> float | None:
     """The per-tensor scale of the DequantizeLinear producing `name` (an activation's step), else None."""
     dq = ctx.index.producer.get(name)
@@ -255,7 +271,7 @@ def write_bias(ctx: FoldContext, target: onnx.NodeProto, k: int, values: np.ndar
              index.add_initializer(f"{base}_scale", np.ascontiguousarray(grid)),
              index.add_initializer(f"{base}_zero_point", np.zeros(grid.shape, np.int32))]
     out = index.fresh_name(f"{base}_dequantized")
-    dq = helper.make_node("DequantizeLinear", names, [out], name=f"{target.name}_bias_dq" if target.name else "")
+    dq = helper.make_node("DequantizeLinear", names, [out], name=out)  # a fresh value name: a unique node name
     if grid.size > 1:
         set_attr(dq, "axis", 0)
     old = target.input[k] if len(target.input) > k else ""

@@ -21,17 +21,9 @@ import numpy as np
 import onnx
 
 from foldnorm.fold.context import FoldContext
-from foldnorm.fold.quantized import MOVED, PRECEDENCE, output_step
+from foldnorm.fold.quantized import MOVED, PRECEDENCE, output_step, pair_quantizer
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal
-from foldnorm.onnxgraph.graph import is_onnx_op, node_label
-
-
-def _quantizer(ctx: FoldContext, dq: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The QuantizeLinear feeding `dq` alone, when it quantizes the output of another node."""
-    q = ctx.index.producer.get(dq.input[0])
-    if q is None or not is_onnx_op(q, "QuantizeLinear") or ctx.index.only_consumer(q.output[0]) is not dq:
-        return None
-    return q if q.input[0] in ctx.index.producer else None
+from foldnorm.onnxgraph.graph import node_label
 
 
 def _params(ctx: FoldContext, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
@@ -50,16 +42,16 @@ class QdqBatchNorm(NeighbourRule):
 
     def accepts(self, ctx: FoldContext, dq: onnx.NodeProto) -> bool:
         """A DequantizeLinear of a QuantizeLinear that only it reads (an activation's Q/DQ pair)."""
-        return _quantizer(ctx, dq) is not None
+        return pair_quantizer(ctx, dq) is not None
 
     def has_fixed_weights(self, ctx: FoldContext, dq: onnx.NodeProto) -> bool:
-        """Whether the op before the pair has constant weights."""
-        q = _quantizer(ctx, dq)
-        return q is not None and super().has_fixed_weights(ctx, ctx.index.producer[q.input[0]])
+        """Whether the op before the pair has constant weights that a rule folds into."""
+        q = pair_quantizer(ctx, dq)
+        return q is not None and ctx.takes_fold is not None and ctx.takes_fold(ctx.index.producer[q.input[0]])
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, dq: onnx.NodeProto, params: ChannelParams) -> Plan:
         """Fold `bn` into the op before the pair and move the pair, or raise `Refusal` saying why not."""
-        q = _quantizer(ctx, dq)
+        q = pair_quantizer(ctx, dq)
         assert q is not None and ctx.fold_into is not None, "check() is asked only for a pair accepts() took"
         pair = f"the Q/DQ pair {node_label(q)}/{node_label(dq)}"
         q_params, dq_params = _params(ctx, q), _params(ctx, dq)

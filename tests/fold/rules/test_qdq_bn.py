@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from support.builders import assert_close, run_ort, x_feed
-from support.fold_helpers import assert_refused, assert_turned_off, checked_fold
-from support.qdq_builders import qdq_conv_bn
+from support.builders import assert_close, parse, run_ort, x_feed
+from support.fold_helpers import assert_not_reported, assert_refused, assert_turned_off, checked_fold
+from support.qdq_builders import qdq_conv_bn, quantize_weight
 
 from foldnorm import compare_models
 
@@ -73,3 +73,45 @@ def test_a_pair_read_elsewhere_is_not_folded_through(rng: np.random.Generator) -
 
 def test_turned_off(rng: np.random.Generator) -> None:
     assert_turned_off(qdq_conv_bn(rng), "qdq-bn")
+
+
+def matmul_then(rng: np.random.Generator, tail: str, constant: np.ndarray) -> onnx.ModelProto:
+    """`x -> MatMul(DQ(W_q)) -> Q -> DQ -> {tail}(h, c) -> y`: a Linear's bias Add, or a per-column Mul."""
+    w = rng.normal(0, 0.5, (5, 6)).astype(np.float32)
+    q, ws, wz = quantize_weight(w, axis=1)
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 5] x) => (float[N, 6] y) {{
+        wd = DequantizeLinear <axis = 1> (Wq, ws, wz)
+        m = MatMul (x, wd)
+        mq = QuantizeLinear (m, ms, mz)
+        h = DequantizeLinear (mq, ms, mz)
+        y = {tail} (h, c)
+    }}
+    """, {"Wq": q, "ws": ws, "wz": wz, "ms": np.array(0.05, np.float32), "mz": np.array(0, np.int8), "c": constant})
+
+
+def test_a_linear_bias_add_behind_the_pair_is_no_tail(rng: np.random.Generator) -> None:
+    assert_not_reported(matmul_then(rng, "Add", rng.normal(0, 1, 6).astype(np.float32)))
+
+
+def test_a_per_column_mul_behind_the_pair_folds_as_a_tail(rng: np.random.Generator) -> None:
+    model = matmul_then(rng, "Mul", rng.uniform(0.5, 2, 6).astype(np.float32))
+    result = checked_fold(model)
+    (record,) = result.report.records
+    assert (record.kind, record.outcome, record.quantization) == ("affine", "folded", "moved")
+    assert "Mul" not in ops(result.model)
+    assert compare_models(model, result.model).ok
+
+
+def test_a_mul_after_a_pair_behind_a_nonlinear_op_gets_no_record(rng: np.random.Generator) -> None:
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 6] x) => (float[N, 6] y) {
+        r = Relu (x)
+        rq = QuantizeLinear (r, s, z)
+        h = DequantizeLinear (rq, s, z)
+        y = Mul (h, c)
+    }
+    """, {"s": np.array(0.05, np.float32), "z": np.array(0, np.int8), "c": rng.uniform(0.5, 2, 6).astype(np.float32)})
+    assert_not_reported(model)
