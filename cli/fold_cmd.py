@@ -12,7 +12,7 @@ from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path
 from foldnorm.workflows import FoldFileResult, fold_file
 
-from .options import format_option, named_shapes_option, rule_options
+from .options import format_option, named_shapes_option, requantize_option, rule_options
 from .render import emit_json, info, table, write_json
 
 
@@ -58,9 +58,10 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the verification's random inputs.")
 @format_option("text", "json")
+@requantize_option
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
          skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None, shapes: dict[str, Shape], seed: int,
-         fmt: str) -> None:
+         fmt: str, requantize: bool) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
@@ -68,7 +69,8 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     """
     from foldnorm.fold.options import FoldOptions
 
-    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only)  # type: ignore[arg-type]
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only,  # type: ignore[arg-type]
+                          requantize=requantize)
     output = output or (input_path if in_place else None)
     if output is None:
         raise click.UsageError("give the output with -o OUT.onnx (or --in-place to replace the input)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .fold_cmd import report_table
-from .options import format_option, rule_options
+from .options import format_option, requantize_option, rule_options
 from .render import emit_json
 
 
@@ -17,7 +17,9 @@ from .render import emit_json
               help="Report as if `fold --standalone-bn` had this value.")
 @rule_options
 @format_option("text", "json")
-def inspect(input_path: Path, standalone_bn: str, skip: tuple[str, ...], only: tuple[str, ...], fmt: str) -> None:
+@requantize_option
+def inspect(input_path: Path, standalone_bn: str, skip: tuple[str, ...], only: tuple[str, ...], fmt: str,
+            requantize: bool) -> None:
     """List every normalization node of IN.onnx and whether it can be folded, and why; nothing is written.
 
     In the table, `folded` means "fold would fold it"; `skipped` and `kept` say why not.
@@ -25,7 +27,8 @@ def inspect(input_path: Path, standalone_bn: str, skip: tuple[str, ...], only: t
     from foldnorm.fold.engine import inspect_model
     from foldnorm.fold.options import FoldOptions
 
-    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only)  # type: ignore[arg-type]
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only,  # type: ignore[arg-type]
+                          requantize=requantize)
     report = inspect_model(input_path, options=options)
     if fmt == "json":
         emit_json({"input": str(input_path), "report": report.to_dict()})
