@@ -103,6 +103,18 @@ def activation_scale(ctx: FoldContext, name: str) -> float | None:
     return float(scale.reshape(-1)[0]) if scale is not None and scale.size == 1 else None
 
 
+def has_int32_biases(ctx: FoldContext) -> bool:
+    """Whether some op of the graph takes its bias (input 2) as a DequantizeLinear of int32 constants."""
+    index = ctx.index
+    for node in index.nodes:
+        bias = node.input[2] if len(node.input) > 2 and not index.is_removed(node) else ""
+        dq = index.producer.get(bias) if bias else None
+        if dq is not None and is_onnx_op(dq, "DequantizeLinear") \
+                and index.elem_type(dq.input[0]) == onnx.TensorProto.INT32:
+            return True
+    return False
+
+
 def output_step(ctx: FoldContext, name: str) -> float | None:
     """The step of the per-tensor QuantizeLinear that alone reads `name`, else None."""
     q = ctx.index.only_consumer(name)
@@ -226,27 +238,38 @@ def bias_on_grid(b64: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray | None, 
     return steps.astype(np.int32), error, None
 
 
-def write_weights(ctx: FoldContext, dq: Dequantized, new: QuantizedWeights) -> None:
-    """Give the DequantizeLinear `dq` the parameters `new` (shared tensors are copied, never edited).
+def write_weights(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized, new: QuantizedWeights) -> None:
+    """Give the DequantizeLinear `dq` feeding `target`'s weight the parameters `new` (shared tensors are
+    copied, never edited; a DequantizeLinear that other nodes read too is copied for `target`).
 
     A QAT export's `QuantizeLinear(W)` keeps its float weight when negating those rows of W gives the new
     integers; otherwise the integers are written as a constant.
     """
-    if new.changed_values and not _negate_source(ctx, dq, new):
-        ctx.set_param(dq.node, 0, np.ascontiguousarray(new.values), "weight_quantized")
-    ctx.set_param(dq.node, 1, np.ascontiguousarray(new.scale), "weight_scale")
+    node = dq.node
+    if ctx.index.uses(node.output[0]) > 1:
+        node = onnx.NodeProto()
+        node.CopyFrom(dq.node)
+        node.output[0] = node.name = ctx.index.fresh_name(f"{dq.node.output[0]}_folded")
+        ctx.index.insert_before(target, [node])
+        ctx.index.set_input(target, 1, node.output[0])
+        ctx.notes.append(f"the dequantized weight {dq.node.output[0]!r} is shared with other nodes: folded into a "
+                         f"copy {node.output[0]!r}")
+    if new.changed_values and not _negate_source(ctx, node, dq, new):
+        ctx.set_param(node, 0, np.ascontiguousarray(new.values), "weight_quantized")
+    ctx.set_param(node, 1, np.ascontiguousarray(new.scale), "weight_scale")
     changed = new.zero_point.shape != dq.zero_point.shape or not np.array_equal(new.zero_point, dq.zero_point)
-    has_zero = len(dq.node.input) > 2 and bool(dq.node.input[2])
+    has_zero = len(node.input) > 2 and bool(node.input[2])
     if changed and (has_zero or np.any(new.zero_point != 0)):
-        ctx.set_param(dq.node, 2, np.ascontiguousarray(new.zero_point), "weight_zero_point")
+        ctx.set_param(node, 2, np.ascontiguousarray(new.zero_point), "weight_zero_point")
     if new.axis is not None:
-        set_attr(dq.node, "axis", new.axis)
+        set_attr(node, "axis", new.axis)
 
 
-def _negate_source(ctx: FoldContext, dq: Dequantized, new: QuantizedWeights) -> bool:
-    """Negate the float rows of a QAT `QuantizeLinear(W)` feeding `dq` when that yields `new.values` exactly."""
+def _negate_source(ctx: FoldContext, node: onnx.NodeProto, dq: Dequantized, new: QuantizedWeights) -> bool:
+    """Negate the float rows of a QAT `QuantizeLinear(W)` that only `node` reads when that gives `new.values`."""
     q = dq.source
-    if q is None or new.requantized or dq.axis not in (None, new.axis):
+    if q is None or new.requantized or dq.axis not in (None, new.axis) or ctx.index.uses(q.output[0]) != 1 \
+            or node.input[0] != q.output[0]:
         return False
     weight = ctx.constant(q.input[0])
     args = [ctx.constant(n) for n in q.input[1:] if n]

@@ -125,10 +125,56 @@ def test_int32_bias_moves_to_the_new_grid(rng: np.random.Generator) -> None:
     assert compare_models(model, folded).ok
 
 
-def test_a_bias_free_conv_gets_an_int32_bias_when_its_input_is_quantized(rng: np.random.Generator) -> None:
-    folded = checked_fold(qdq_conv_bn(rng, pair=False)).model
+def two_convs(rng: np.random.Generator, second: str) -> onnx.ModelProto:
+    """`xd -> Conv(DQ(W1)) -> BN -> y` beside a second Conv on `xd`: `Conv(xd, DQ(W2), DQ(int32))` or, with
+    `second="shared"`, `Conv(xd, DQ(W1))` reading the first one's dequantized weight."""
+    q1, s1, z1 = quantize_weight(rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32))
+    q2, s2, z2 = quantize_weight(rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32))
+    grid = (np.float32(0.03) * s2).astype(np.float32)
+    other = """w2 = DequantizeLinear <axis = 0> (W2, s2, z2)
+        b2 = DequantizeLinear <axis = 0> (B2, g2, bz)
+        y2 = Conv <pads = [1, 1, 1, 1]> (xd, w2, b2)"""
+    if second == "shared":
+        other = "y2 = Conv <pads = [1, 1, 1, 1]> (xd, w1)"
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y, float[N, 6, 8, 8] y2) {{
+        xq = QuantizeLinear (x, xs, xz)
+        xd = DequantizeLinear (xq, xs, xz)
+        w1 = DequantizeLinear <axis = 0> (W1, s1, z1)
+        c = Conv <pads = [1, 1, 1, 1]> (xd, w1)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+        {other}
+    }}
+    """, {"W1": q1, "s1": s1, "z1": z1, "W2": q2, "s2": s2, "z2": z2, "B2": rng.integers(-500, 500, 6).astype(np.int32),
+          "g2": grid, "bz": np.zeros(6, np.int32), "xs": np.array(0.03, np.float32), "xz": np.array(0, np.int8),
+          **bn_params("bn", 6, rng)})
+
+
+def test_a_new_bias_is_int32_when_the_models_biases_are(rng: np.random.Generator) -> None:
+    model = two_convs(rng, "int32 bias")
+    result = checked_fold(model)
+    assert result.report.records[0].quantization == "bias-rounded"
+    conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
+    assert next(n for n in result.model.graph.node if n.output[0] == conv.input[2]).op_type == "DequantizeLinear"
+    assert compare_models(model, result.model).ok
+
+
+def test_a_new_bias_is_float_when_the_model_has_no_int32_bias(rng: np.random.Generator) -> None:
+    folded = exact_fold(qdq_conv_bn(rng, pair=False, io_pairs=False), x_feed(rng, hw=8))
     conv = next(n for n in folded.graph.node if n.op_type == "Conv")
-    assert next(n for n in folded.graph.node if n.output[0] == conv.input[2]).op_type == "DequantizeLinear"
+    assert initializer(folded, conv.input[2]).dtype == np.float32
+
+
+def test_a_dequantized_weight_another_conv_reads_is_copied(rng: np.random.Generator) -> None:
+    model = two_convs(rng, "shared")
+    result = checked_fold(model)
+    (record,) = result.report.records
+    assert record.outcome == "folded" and "is shared with other nodes: folded into a copy" in record.reason
+    feeds = x_feed(rng, hw=8)
+    expected, got = run_ort(model, feeds), run_ort(result.model, feeds)
+    np.testing.assert_array_equal(expected[1], got[1])  # the other Conv still reads the original weight
+    assert_close(expected[:1], got[:1])
 
 
 def test_float_bias_stays_float(rng: np.random.Generator) -> None:

@@ -21,6 +21,7 @@ from foldnorm.fold.quantized import (
     bias_on_grid,
     dequantized_input,
     fold_weights,
+    has_int32_biases,
     output_step,
     requantize_weights,
     write_bias,
@@ -173,7 +174,7 @@ def weight_writes(ctx: FoldContext, target: onnx.NodeProto,
     if dq is not None:
         new = quantized_weights(ctx, target, dq, weight)
         note = f"folded into {target.op_type} ({weights_note(dq, new)})"
-        return (lambda: write_weights(ctx, dq, new)), note, REQUANTIZED if new.requantized else EXACT
+        return (lambda: write_weights(ctx, target, dq, new)), note, REQUANTIZED if new.requantized else EXACT
     new_w = _emitted(target, weight)
 
     def write() -> None:
@@ -223,10 +224,12 @@ def _quantized_writes(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized,
     b64, k = bias
     existing = dequantized_input(ctx, target, k)
     x_step = activation_scale(ctx, target.input[0])
-    float_bias = len(target.input) > k and bool(target.input[k]) and existing is None
+    # A new bias takes the form the model's biases have: int32 on x_scale * w_scale (ONNX Runtime's quantizer,
+    # which its fused kernels need) or float (QAT exports; TensorRT wants float biases).
+    absent = len(target.input) <= k or not target.input[k]
     channels = b64.shape[-1] if b64.ndim else 1
     grid_ok = new.axis in (None, weight[2]) and b64.size == channels
-    if float_bias or x_step is None or not grid_ok:
+    if (existing is None and not (absent and has_int32_biases(ctx))) or x_step is None or not grid_ok:
         if existing is not None:
             raise Refusal(f"not folded into {target.op_type} {node_label(target)}: its int32 bias cannot be "
                           "re-derived (no per-tensor input scale, or the weight's scale is not per output channel)")
@@ -250,7 +253,7 @@ def _quantized_writes(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized,
 
     def writes() -> None:
         bias_write()
-        write_weights(ctx, dq, new)
+        write_weights(ctx, target, dq, new)
 
     label = REQUANTIZED if new.requantized else BIAS_ROUNDED if rounded > 0 else EXACT
     return writes, f"folded into {target.op_type} ({weights_note(dq, new)}{fact})", label
