@@ -27,11 +27,11 @@ from foldnorm.fold.context import FoldContext
 from foldnorm.onnxgraph.graph import is_onnx_op, node_label, set_attr
 from foldnorm.onnxgraph.quantize import channel_shape, is_integer_type, quantization_axis, quantize
 
-#: label of a fold into quantized parameters, for the report: (label, what it means)
-EXACT = "exact"
-BIAS_ROUNDED = "bias-rounded"
-MOVED = "moved"
-REQUANTIZED = "requantized"
+# The `quantization` label of a fold into quantized parameters, in the report:
+EXACT = "exact"  # integers kept, scales rescaled; the outputs move only by float rounding
+BIAS_ROUNDED = "bias-rounded"  # as exact, but an int32 bias was rounded onto its new grid
+MOVED = "moved"  # an activation quantization point moved (the Q/DQ pair before the BN was dropped)
+REQUANTIZED = "requantized"  # weights requantized (`requantize`), with rounding error
 #: which label a record shows when several apply (the first that applies).
 PRECEDENCE = (REQUANTIZED, MOVED, BIAS_ROUNDED, EXACT)
 
