@@ -1,11 +1,16 @@
 """The fold engine: visit every normalization node, fold what the rules fold, record why the rest stays.
 
 The engine knows rules only through the registry (`foldnorm.fold.rules.RULES`) and the contract in
-`rules/base.py`. A BatchNormalization, or a node a "subject" rule recognises (a per-channel Mul/Add/Sub/Div
-after a linear op), is offered to the "after" rules for the producer of its input, then (a BatchNorm only)
-to the "before" rules for the consumer of its output, then to the "alone" rules; the first plan is applied
-and every refusal's sentence goes into the record. A rule turned off by `FoldOptions.skip`/`only` is not
-asked; the record says it is off.
+`rules/base.py`. A BatchNormalization is offered to the "after" rules for the producer of its input, then to
+the "before" rules for the consumer of its output, then to the "alone" rules; a node a "subject" rule
+recognises (a per-channel Mul/Add/Sub/Div by a constant) to the "after" rules when it sits alone after an op
+they fold into, else to the "before" rules when an op they fold into reads it alone. Neighbour rules see only
+the kinds of subject they declare. The first plan is applied and every refusal's sentence goes into the
+record. A rule turned off by `FoldOptions.skip`/`only` is not asked; the record says it is off.
+
+Before that visit, every node is offered, in graph order, to the "block" rules, which rewrite a block of nodes
+ending at it (a sum of parallel branches) into one op; the normalization nodes such a block absorbs are reported
+as folded with the block's sentence, each record at its node's place in graph order.
 
 Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
 the Conv, which then produces the second BN's input). If/Loop/Scan bodies and model-local functions are folded
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -28,10 +34,11 @@ from onnx import helper
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.fold.options import FoldOptions
-from foldnorm.fold.report import FoldRecord, FoldReport
+from foldnorm.fold.report import FoldRecord, FoldReport, Outcome
 from foldnorm.fold.rules import (
     RULES,
     AloneRule,
+    BlockRule,
     ChannelParams,
     NeighbourRule,
     Plan,
@@ -42,12 +49,21 @@ from foldnorm.fold.rules import (
 )
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
-from foldnorm.onnxgraph.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
+from foldnorm.onnxgraph.graph import (
+    GraphIndex,
+    attribute_refs,
+    function_graph,
+    is_onnx_op,
+    named_subgraphs,
+    node_label,
+    subgraphs,
+)
 from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Rule)
+_BLOCK = [r for r in RULES if isinstance(r, BlockRule)]
 _SUBJECT = [r for r in RULES if isinstance(r, SubjectRule)]
 _AFTER = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "after"]
 _BEFORE = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "before"]
@@ -127,7 +143,10 @@ def _fold_graph(
     ctx = FoldContext(index, constants, options, model=model)
     ctx.fold_into = partial(_fold_into, ctx)
     ctx.takes_fold = partial(_takes_fold, ctx)
+    early = _rewrite_blocks(ctx)
     for node in list(index.nodes):
+        for done in early.pop(id(node), ()):
+            report.add(done)
         if index.is_removed(node):
             continue
         if is_onnx_op(node, "BatchNormalization"):
@@ -141,20 +160,15 @@ def _fold_graph(
     for condition, snapshot in before:
         condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for k, sub in enumerate(subs):
-                sub_path = f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else "")
-                _fold_graph(sub, index, constants, sub_path, options, report)
+        for sub_path, sub in named_subgraphs(node, path):
+            _fold_graph(sub, index, constants, sub_path, options, report)
 
 
 def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
-    graph = helper.make_graph(list(function.node), function.name,
-                              [helper.make_empty_tensor_value_info(n) for n in function.input],
-                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    path, graph = function_graph(function)
     folded_before = report.folded
-    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, report)
+    _fold_graph(graph, None, None, path, options, report)
     if report.folded == folded_before:
         return
     del function.node[:]
@@ -181,19 +195,56 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
             _initializers_to_constants(sub)
 
 
-def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
+def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, path: str,
             target: onnx.NodeProto | None = None, quantization: str = "") -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
         kind=kind,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         reason=reason,
         target=node_label(target) if target is not None else None,
         module=module_path(node),
         graph=path,
         quantization=quantization or None,
     )
+
+
+def _rewrite_blocks(ctx: FoldContext) -> dict[int, list[FoldRecord]]:
+    """Offer every node, in graph order, to the "block" rules; the first plan is applied.
+
+    Returns the records made, keyed by the `id()` of the node each is about (the block's last node, and each
+    normalization node it absorbed), so that the main visit reports them in graph order.
+    """
+    index = ctx.index
+    records: dict[int, list[FoldRecord]] = defaultdict(list)
+    for node in list(index.nodes):
+        rules = [] if index.is_removed(node) else _rules_for(ctx, node, _BLOCK)
+        if not rules:
+            continue
+        reasons: list[str] = []
+        found = _first_of(ctx, rules, partial(_check_block, ctx, node), reasons)
+        if found is None:
+            records[id(node)].append(_record(node, rules[0].kind, "skipped", "; ".join(reasons), path=index.path))
+            continue
+        rule, plan = found
+        kinds = [_kind(ctx, n) for n in plan.absorbed]
+        record = _apply(ctx, node, rule.kind, plan)
+        records[id(node)].append(record)
+        for absorbed, kind in zip(plan.absorbed, kinds):
+            records[id(absorbed)].append(_record(absorbed, kind, "folded", record.reason, path=index.path,
+                                                 target=plan.target))
+    return records
+
+
+def _check_block(ctx: FoldContext, node: onnx.NodeProto, rule: BlockRule) -> Plan:
+    return rule.check(ctx, node)
+
+
+def _kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a normalization node ("batchnorm" ...)."""
+    info = classify(ctx.index, node, ctx.constants)
+    return info.kind if info is not None else node.op_type.lower()
 
 
 def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
@@ -208,15 +259,15 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
         return _record(bn, "batchnorm", "skipped", refusal.reason, path=path)
     reasons: list[str] = []  # sentences from fold rules that applied but refused
     context: list[str] = []  # why no rule applied at all
-    plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context)
+    plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context, "batchnorm")
     consumer = index.only_consumer(bn.output[0])
     if plan is None and consumer is not None:
-        plan = _first_plan(ctx, bn, consumer, params, _rules_for(ctx, consumer, _BEFORE), reasons)
+        plan = _first_plan(ctx, bn, consumer, params, _neighbours(ctx, consumer, _BEFORE, "batchnorm"), reasons)
     if plan is not None:
         return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
         "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
-    outcome = "skipped" if reasons else "kept"
+    outcome: Outcome = "skipped" if reasons else "kept"
     for rule in _rules_for(ctx, bn, _ALONE):
         off = ctx.options.turned_off(rule.name)
         if off is not None:
@@ -240,21 +291,31 @@ def _batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
 
 
 def _visit_subject(ctx: FoldContext, node: onnx.NodeProto) -> FoldRecord | None:
-    """Fold a node a subject rule recognises into the linear op before it (None: no rule's candidate)."""
+    """Fold a node a subject rule recognises into the linear op before or after it (None: no rule's candidate)."""
     for rule in _rules_for(ctx, node, _SUBJECT):
         data = rule.operand(ctx, node)
-        producer = ctx.index.producer.get(data) if data is not None else None
-        if producer is None:
+        if data is None:
             continue
-        if not _takes_fold(ctx, producer):
-            continue  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
-        if ctx.index.only_consumer(producer.output[0]) is not node:
-            continue  # the producer's output is read elsewhere too (GELU's x * ... / sqrt(2)): not a tail
-        return _fold_subject(ctx, rule, node, producer)
+        producer = ctx.index.producer.get(data)
+        # Not a tail: nothing fixed to fold into (attention's MatMul(Q, K) / sqrt(d)), or the producer's output
+        # is read elsewhere too (GELU's x * ... / sqrt(2)).
+        if producer is not None and _fixed_weights(ctx, producer, _AFTER, rule.kind) \
+                and ctx.index.only_consumer(producer.output[0]) is node:
+            return _fold_subject(ctx, rule, node, producer, "after")
+        consumer = ctx.index.only_consumer(node.output[0])
+        if consumer is not None and _fixed_weights(ctx, consumer, _BEFORE, rule.kind):
+            return _fold_subject(ctx, rule, node, consumer, "before")
     return None
 
 
-def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, producer: onnx.NodeProto) -> FoldRecord:
+def _fixed_weights(ctx: FoldContext, neighbour: onnx.NodeProto, rules: Sequence[NeighbourRule], kind: str) -> bool:
+    """Whether a rule of `rules` for subjects of `kind` could fold into `neighbour`'s constant weights."""
+    return any(r.has_fixed_weights(ctx, neighbour) for r in _neighbours(ctx, neighbour, rules, kind))
+
+
+def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, neighbour: onnx.NodeProto,
+                  position: str) -> FoldRecord:
+    """Fold `node` into `neighbour`: the producer of its input ("after") or the consumer of its output."""
     path = ctx.index.path
     off = ctx.options.turned_off(rule.name)
     if off is not None:
@@ -264,7 +325,10 @@ def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, pro
     except Refusal as refusal:
         return _record(node, rule.kind, "skipped", refusal.reason, path=path)
     reasons: list[str] = []
-    plan = _fold_after(ctx, node, producer, params, reasons, [])
+    if position == "after":
+        plan = _fold_after(ctx, node, neighbour, params, reasons, [], rule.kind)
+    else:
+        plan = _first_plan(ctx, node, neighbour, params, _neighbours(ctx, neighbour, _BEFORE, rule.kind), reasons)
     if plan is not None:
         return _apply(ctx, node, rule.kind, plan)
     return _record(node, rule.kind, "skipped", "; ".join(reasons), path=path)
@@ -275,15 +339,21 @@ def _rules_for(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[R]) -> li
     return [r for r in rules if is_onnx_op(node, *r.op_types) and r.wanted(ctx.options) and r.accepts(ctx, node)]
 
 
+def _neighbours(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[NeighbourRule],
+                kind: str) -> list[NeighbourRule]:
+    """The neighbour rules of `rules` for `node` (as `_rules_for`) that fold subjects of `kind`."""
+    return [r for r in _rules_for(ctx, node, rules) if kind in r.kinds]
+
+
 def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto | None, params: ChannelParams,
-                reasons: list[str], context: list[str]) -> Plan | None:
-    """Try the rules that fold `node` into the `producer` of its input."""
+                reasons: list[str], context: list[str], kind: str) -> Plan | None:
+    """Try the rules that fold `node` (a subject of `kind`) into the `producer` of its input."""
     index = ctx.index
     if producer is None:
         context.append("its input is a graph input" if index.is_graph_input(node.input[0])
                        else "its input is computed in an enclosing graph")
         return None
-    after = _rules_for(ctx, producer, _AFTER)
+    after = _neighbours(ctx, producer, _AFTER, kind)
     if not after:
         op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
         context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")
@@ -296,15 +366,23 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
 
 
 def _takes_fold(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
-    """Whether an "after" rule finds constant weights in `producer` (`FoldContext.takes_fold`)."""
+    """Whether an "after" rule (for any kind of subject) finds constant weights in `producer`
+    (`FoldContext.takes_fold`)."""
     return any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER))
+
+
+def _subject_kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a subject: "batchnorm", or the kind of the subject rule that recognises `node`."""
+    if is_onnx_op(node, "BatchNormalization"):
+        return "batchnorm"
+    return next((r.kind for r in _rules_for(ctx, node, _SUBJECT) if r.operand(ctx, node) is not None), "")
 
 
 def _fold_into(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams) -> Plan:
     """The plan of the "after" rules folding `node` into `producer` (`FoldContext.fold_into`), or `Refusal`."""
     reasons: list[str] = []
     context: list[str] = []
-    plan = _fold_after(ctx, node, producer, params, reasons, context)
+    plan = _fold_after(ctx, node, producer, params, reasons, context, _subject_kind(ctx, node))
     if plan is None:
         raise Refusal("; ".join(reasons or context))
     return plan
@@ -316,13 +394,21 @@ def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProt
     if opaque and candidates:
         reasons.append(f"{neighbour.op_type} {node_label(neighbour)}: {opaque}")
         return None
-    for rule in candidates:
+    found = _first_of(ctx, candidates, lambda rule: rule.check(ctx, node, neighbour, params), reasons)
+    return found[1] if found is not None else None
+
+
+def _first_of(ctx: FoldContext, rules: Sequence[R], attempt: Callable[[R], Plan],
+              reasons: list[str]) -> tuple[R, Plan] | None:
+    """The first rule of `rules` whose `attempt` gives a plan, with the plan; each rule that is turned off or
+    refuses adds its sentence to `reasons`."""
+    for rule in rules:
         off = ctx.options.turned_off(rule.name)
         if off is not None:
             reasons.append(off)
             continue
         try:
-            return rule.check(ctx, node, neighbour, params)
+            return rule, attempt(rule)
         except Refusal as refusal:
             reasons.append(refusal.reason)
     return None

@@ -9,6 +9,9 @@ from typing import Literal
 from foldnorm.errors import UnknownRuleError
 from foldnorm.fold.rules import RULES
 
+#: What becomes of a BatchNorm with nothing to fold into: kept, or lowered to one Mul and one Add.
+StandaloneBN = Literal["keep", "affine"]
+
 
 def rule_names() -> tuple[str, ...]:
     """The names of the fold rules, in the registry's order of preference."""
@@ -37,7 +40,7 @@ class FoldOptions:
     Unknown rule names raise `UnknownRuleError` (a `FoldnormError`) listing the valid ones.
     """
 
-    standalone_bn: Literal["keep", "affine"] = "keep"
+    standalone_bn: StandaloneBN = "keep"
     skip: Sequence[str] = ()
     only: Sequence[str] = ()
     requantize: bool = False

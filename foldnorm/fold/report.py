@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from foldnorm.fold.normalizations import NormCounts
+
 Outcome = Literal["folded", "skipped", "kept"]
 
 
@@ -50,9 +52,14 @@ class FoldReport:
         return [r for r in self.records if r.kind == kind]
 
     @property
+    def norms(self) -> NormCounts:
+        """The normalization nodes seen, by kind: what `survey` counts in the model before folding."""
+        return NormCounts.of(r.kind for r in self.records)
+
+    @property
     def batchnorm_total(self) -> int:
         """BatchNorm nodes seen (folded, skipped or kept)."""
-        return len(self.by_kind("batchnorm"))
+        return self.norms.batchnorm
 
     @property
     def batchnorm_folded(self) -> int:
@@ -66,8 +73,8 @@ class FoldReport:
 
     @property
     def protected_kept(self) -> int:
-        """GroupNorm/LayerNorm/InstanceNorm (and BN standing for them) left intact."""
-        return sum(1 for r in self.records if r.kind not in ("batchnorm", "affine") and r.outcome == "kept")
+        """GroupNorm/LayerNorm/InstanceNorm (and BN standing for them) left intact: folding never touches them."""
+        return self.norms.protected
 
     def summary(self) -> str:
         """One line: what was folded, skipped and kept."""
@@ -75,6 +82,9 @@ class FoldReport:
         tails = self.by_kind("affine")
         tail_folded = sum(1 for r in tails if r.outcome == "folded")
         tail_text = f", {tail_folded}/{len(tails)} constant Mul/Add/Sub/Div folded" if tails else ""
+        sums = self.by_kind("branches")
+        if sums:
+            tail_text += f", {sum(1 for r in sums if r.outcome == 'folded')}/{len(sums)} branch sums merged"
         quantized = self.quantization_counts()
         quant_text = ("; into quantized weights: " + ", ".join(f"{n} {label}" for label, n in quantized.items())
                       if quantized else "")

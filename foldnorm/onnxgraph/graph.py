@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -59,6 +59,24 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield a.g
         elif a.type == onnx.AttributeProto.GRAPHS:
             yield from a.graphs
+
+
+def named_subgraphs(node: onnx.NodeProto, path: str) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graphs held by a node's attributes, each with its path below the enclosing graph's `path`
+    (`main/If_0.then_branch`, `main/Loop_1.body`; `[k]` numbers the graphs of a GRAPHS attribute)."""
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for k, sub in enumerate(subs):
+            yield f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else ""), sub
+
+
+def function_graph(function: onnx.FunctionProto) -> tuple[str, onnx.GraphProto]:
+    """A model-local function's body as a graph of its own (formal inputs and outputs without types), and its
+    path (`function <domain>.<name>`)."""
+    graph = helper.make_graph(list(function.node), function.name,
+                              [helper.make_empty_tensor_value_info(n) for n in function.input],
+                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    return f"function {function.domain}.{function.name}", graph
 
 
 def free_names(graph: onnx.GraphProto) -> set[str]:
@@ -261,7 +279,8 @@ class GraphIndex:
         return id(node) in self._removed_nodes
 
     def insert_before(self, anchor: onnx.NodeProto, new_nodes: Iterable[onnx.NodeProto]) -> None:
-        """Insert `new_nodes` just before `anchor` (applied at `commit`)."""
+        """Insert `new_nodes` just before `anchor` (applied at `commit`; `anchor` may itself be an inserted node,
+        and an inserted node removed again before the commit never reaches the graph)."""
         fresh = list(new_nodes)
         self._inserted.setdefault(id(anchor), []).extend(fresh)
         for node in fresh:
@@ -308,6 +327,12 @@ class GraphIndex:
             self.remove_node(node)
             pending.extend(inputs)
 
+    def _placed(self, node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+        """`node` preceded by the nodes inserted before it, and those by the nodes inserted before them."""
+        for new in self._inserted.get(id(node), ()):
+            yield from self._placed(new)
+        yield node
+
     def commit(self) -> None:
         """Apply recorded removals and insertions to the protobuf graph, then re-index it."""
         graph = self.graph
@@ -316,11 +341,7 @@ class GraphIndex:
                 if graph.initializer[i].name in self._removed_inits:
                     del graph.initializer[i]
         if self._removed_nodes or self._inserted:
-            ordered: list[onnx.NodeProto] = []
-            for node in self.nodes:
-                ordered.extend(n for n in self._inserted.get(id(node), ()) if id(n) not in self._removed_nodes)
-                if id(node) not in self._removed_nodes:
-                    ordered.append(node)
+            ordered = [n for node in self.nodes for n in self._placed(node) if id(n) not in self._removed_nodes]
             copies = [onnx.NodeProto() for _ in ordered]
             for dst, src in zip(copies, ordered):
                 dst.CopyFrom(src)

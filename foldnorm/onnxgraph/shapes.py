@@ -3,10 +3,11 @@ element types a graph proves.
 
 `onnx.checker` and shape inference serialize the whole model (hundreds of MB for a ResNet-50) before they
 look at it. On the skeleton every large tensor is replaced by a graph input of the same type and shape, so
-both see the same structure, types and shapes at a fraction of the cost. `infer_ranks` uses it to prove the
-rank of values exporters did not record (the legacy torch exporter often records none), which some folds
-need (MatMul + BN). `ShapeProver` answers "what rank (dtype) does this value have" from recorded shapes,
-producers that keep their input's rank (dtype), and, last, that inference.
+both see the same structure, types and shapes at a fraction of the cost. `infer_shapes` uses it to prove the
+ranks and dims of values exporters did not record (the legacy torch exporter often records none), which some
+folds need (MatMul + BN, Concat + BN). `ShapeProver` answers "what rank (dtype, length of an axis) does
+this value have" from recorded shapes, producers that keep their input's rank (dtype), and, last, that
+inference.
 """
 
 from __future__ import annotations
@@ -47,19 +48,20 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """The rank of every value of the main graph that shape inference can determine (empty on failure)."""
+def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """The shape of every value of the main graph that shape inference can determine (empty on failure);
+    a dim it cannot size is None."""
     try:
         inferred = onnx.shape_inference.infer_shapes(weightless_copy(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         log.debug("shape inference failed: %s", exc)
         return {}
-    ranks: dict[str, int] = {}
+    shapes: dict[str, list[int | None]] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         t = vi.type
         if t.HasField("tensor_type") and t.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(t.tensor_type.shape.dim)
-    return ranks
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
+    return shapes
 
 
 # Ops whose output has the rank of their first input (used to prove ranks without shape inference).
@@ -88,7 +90,7 @@ class ShapeProver:
         self.index = index
         self.constants = constants
         self.model = model
-        self._inferred: dict[str, int] | None = None
+        self._inferred: dict[str, list[int | None]] | None = None
 
     def rank(self, name: str, depth: int = 0) -> int | None:
         """The rank of value `name` when the graph proves it (recorded shape, or a rank-preserving producer)."""
@@ -111,11 +113,23 @@ class ShapeProver:
             return self.rank(producer.input[0], depth + 1)
         return self._inferred_rank(name)
 
+    def dim(self, name: str, axis: int) -> int | None:
+        """The static length of axis `axis` (negative: from the back) of `name`: recorded, else inferred."""
+        for dims in (self.index.shape(name), self._inferred_shape(name)):
+            length = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
+            if isinstance(length, int):
+                return length
+        return None
+
     def _inferred_rank(self, name: str) -> int | None:
+        dims = self._inferred_shape(name)
+        return None if dims is None else len(dims)
+
+    def _inferred_shape(self, name: str) -> list[int | None] | None:
         if self.model is None:
             return None
         if self._inferred is None:
-            self._inferred = infer_ranks(self.model)
+            self._inferred = infer_shapes(self.model)
         return self._inferred.get(name)
 
     def elem_type(self, name: str, depth: int = 0) -> int | None:

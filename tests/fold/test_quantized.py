@@ -234,3 +234,28 @@ def test_fold_weights_keeps_a_uniform_factor_per_tensor() -> None:
     assert new.axis is None and new.scale.shape == () and new.negated == 1
     np.testing.assert_array_equal(new.values, -q)
     np.testing.assert_allclose((new.values.astype(float) - new.zero_point) * new.scale, dq.dequantized() * -0.5)
+
+
+def test_branches_with_quantized_weights_are_not_merged(rng: np.random.Generator) -> None:
+    q3, s3, z3 = quantize_weight(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32))
+    q1, s1, z1 = quantize_weight(rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32))
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        w3 = DequantizeLinear <axis = 0> (W3, s3, z3)
+        w1 = DequantizeLinear <axis = 0> (W1, s1, z1)
+        c3 = Conv <pads = [1, 1, 1, 1]> (x, w3)
+        c1 = Conv (x, w1)
+        b3 = BatchNormalization (c3, {bn_inputs("a")})
+        b1 = BatchNormalization (c1, {bn_inputs("b")})
+        y = Add (b3, b1)
+    }}
+    """, {"W3": q3, "s3": s3, "z3": z3, "W1": q1, "s1": s1, "z1": z1, **bn_params("a", 4, rng),
+          **bn_params("b", 4, rng)})
+    result = checked_fold(model)
+    (branches,) = result.report.by_kind("branches")
+    assert branches.outcome == "skipped" and "quantized (QDQ) weights" in branches.reason
+    assert [r.quantization for r in result.report.by_kind("batchnorm")] == ["exact", "exact"]
+    assert [n.op_type for n in result.model.graph.node].count("DequantizeLinear") == 2
+    feeds = x_feed(rng, hw=6)
+    assert_close(run_ort(model, feeds), run_ort(result.model, feeds))

@@ -147,19 +147,26 @@ def test_insert_remove_and_commit_make_a_valid_graph() -> None:
     np.testing.assert_allclose(y, np.maximum(x * W * 2, 0), rtol=1e-6)
 
 
-def test_a_node_inserted_then_removed_before_the_commit_is_gone() -> None:
+def test_insertions_before_inserted_nodes_and_removed_insertions() -> None:
+    # What a fold through a stand-in node does: insert it, insert before it, then remove it again.
     m = parse("""
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[N, 3] x) => (float[N, 3] y) { y = Relu (x) }
     """)
     index = GraphIndex(m.graph)
     (relu,) = index.nodes
-    first = helper.make_node("Neg", ["x"], [index.fresh_name("n")])
-    second = helper.make_node("Abs", ["x"], [index.fresh_name("a")])
-    index.insert_before(relu, [first, second])
-    index.remove_node(first)  # a later fold replaces what an earlier one inserted
+    two = index.add_initializer("two", np.array(2.0, dtype=np.float32))
+    stand_in = helper.make_node("Identity", ["x"], ["s"])
+    index.insert_before(relu, [stand_in])
+    index.insert_before(stand_in, [helper.make_node("Mul", ["x", two], ["d"])])
+    index.set_input(relu, 0, "d")
+    index.remove_node(stand_in)
     index.commit()
-    assert [n.op_type for n in m.graph.node] == ["Abs", "Relu"]
+    assert [n.op_type for n in m.graph.node] == ["Mul", "Relu"]
+    onnx.checker.check_model(m, full_check=True)
+    x = np.random.default_rng(5).normal(size=(2, 3)).astype(np.float32)
+    (y,) = run_ort(m, {"x": x})
+    np.testing.assert_allclose(y, np.maximum(x * 2, 0), rtol=1e-6)
 
 
 def test_add_initializer_takes_a_fresh_name() -> None:

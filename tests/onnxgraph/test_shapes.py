@@ -48,3 +48,17 @@ def test_shape_inference_proves_what_no_producer_rule_does(rng: np.random.Genera
     model.graph.output[0].type.tensor_type.ClearField("shape")
     assert prover(model).rank("y") is None, "a subgraph (no model) proves nothing about ReduceMean"
     assert prover(model, with_model=True).rank("y") == 2
+
+
+def test_dims_from_records_then_shape_inference(rng: np.random.Generator) -> None:
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 10, 6, 6] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = Concat <axis = 1> (c, x)
+    }
+    """, {"W": rng.normal(0, 1, (6, 4, 3, 3)).astype(np.float32)})
+    plain = prover(model)
+    assert (plain.dim("x", 1), plain.dim("y", -3), plain.dim("x", 0), plain.dim("x", 4)) == (4, 10, None, None)
+    assert plain.dim("c", 1) is None, "nothing recorded, and a subgraph (no model) infers nothing"
+    assert prover(model, with_model=True).dim("c", 1) == 6

@@ -3,8 +3,9 @@
     x * c → (c, 0)     x + c, c + x → (1, c)     x - c → (1, -c)     c - x → (-1, c)     x / c → (1/c, 0)
 
 Hand-written and frozen BatchNorms and exported affine tails look like this. The node is a candidate only
-when it sits alone after an op with constant weights that an "after" rule folds into (attention's
-`MatMul(Q, K) / sqrt(d)` or the pieces of a written-out GELU are not, and get no record); an Add right after
+when it sits alone after an op with constant weights that an "after" rule folds into, or (else) when an op
+with constant weights that a "before" rule folds into reads it alone (`affine-conv`); attention's
+`MatMul(Q, K) / sqrt(d)` or the pieces of a written-out GELU are neither, and get no record. An Add right after
 a MatMul is that MatMul's bias, not a tail. The constant must vary along one axis at most (the channel axis,
 checked by the rule that folds it); a constant that varies along several axes is not a per-channel map.
 """

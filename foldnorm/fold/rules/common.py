@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from foldnorm.errors import InvalidModelError
 from foldnorm.fold.bn_math import Scaled, batchnorm_affine, emit
@@ -27,9 +29,9 @@ from foldnorm.fold.quantized import (
     write_bias,
     write_weights,
 )
-from foldnorm.fold.rules.base import ChannelParams, Plan, Refusal, is_float
-from foldnorm.onnxgraph.edits import absorb, bypass
-from foldnorm.onnxgraph.graph import attr, node_label
+from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
+from foldnorm.onnxgraph.edits import absorb, bypass, shape_readers
+from foldnorm.onnxgraph.graph import attr, attribute_refs, is_onnx_op, node_label
 
 
 def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
@@ -101,15 +103,17 @@ def rewrite_plan(
     position: str = "after",
     reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None,
     also: Callable[[], None] | None = None,
+    reader: onnx.NodeProto | None = None,
 ) -> Plan:
     """Emit folded `(w64, dtype, channel_axis)` and `(b64, bias_input_index)` into `target`, removing `node`.
 
     Both are rounded once to the target's weight dtype; a value that would overflow or underflow raises
-    `Refusal` with the reason. A quantized weight (`DequantizeLinear` of constants) keeps its integers and
-    takes the fold in its scale (`fold.quantized`). `position="after"`: `target` produces `node`'s input (it
-    takes over node's output name); `"before"`: `target` consumes node's output (it reads node's input
-    instead). `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs
-    last (e.g. an attribute change).
+    `Refusal` with the reason. `position="after"`: `target` produces `node`'s input (it takes over node's
+    output name); `"before"`: `target` consumes node's output (it reads node's input instead; or `reader`, a
+    node between them such as a Flatten, does).
+    `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs last
+    (e.g. an attribute change). A quantized weight (`DequantizeLinear` of constants) keeps its integers and
+    takes the fold in its scale (`fold.quantized`).
     """
     quantized = dequantized_input(ctx, target, 1)
     if quantized is not None:
@@ -123,7 +127,7 @@ def rewrite_plan(
         if position == "after":
             absorb(ctx.index, node, target)
         else:
-            bypass(ctx.index, node, target)
+            bypass(ctx.index, node, reader or target)
         if also is not None:
             also()
 
@@ -257,3 +261,68 @@ def _quantized_writes(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized,
 
     label = REQUANTIZED if new.requantized else BIAS_ROUNDED if rounded > 0 else EXACT
     return writes, f"folded into {target.op_type} ({weights_note(dq, new)}{fact})", label
+
+
+@dataclass
+class ProducerFold:
+    """A BatchNorm's map folded into `producer` by an "after" rule, as if `stand_in` (a BN reading the producer's
+    output alone) stood between the producer and a reader of its output."""
+
+    producer: onnx.NodeProto
+    stand_in: onnx.NodeProto
+    plan: Plan
+
+    def apply(self, ctx: FoldContext, reader: onnx.NodeProto) -> None:
+        """Place the stand-in before `reader` (the producer's output, renamed, feeds it; Shape readers follow),
+        then fold it away: the producer, or the bias Add a rule adds, writes the old name again."""
+        index = ctx.index
+        out = self.producer.output[0]
+        moved = index.fresh_name(f"{out}.unbiased")
+        index.set_output(self.producer, 0, moved)
+        for shape_reader in shape_readers(index, out):
+            index.set_input(shape_reader, list(shape_reader.input).index(out), moved)
+        self.stand_in.input[0], self.stand_in.output[0] = moved, out
+        index.insert_before(reader, [self.stand_in])
+        self.plan.apply()
+
+
+def after_rules(ctx: FoldContext, producer: onnx.NodeProto | None, *, caller: str) -> list[NeighbourRule]:
+    """The registry's "after" rules for BatchNorms that match `producer` (turned off or not), but `caller`."""
+    from foldnorm.fold.rules import RULES  # the registry imports this module: a late import
+
+    if producer is None:
+        return []
+    return [rule for rule in RULES if isinstance(rule, NeighbourRule) and rule.position == "after"
+            and rule.name != caller and "batchnorm" in rule.kinds and is_onnx_op(producer, *rule.op_types)
+            and rule.wanted(ctx.options) and rule.accepts(ctx, producer)]
+
+
+def fold_into_producer(ctx: FoldContext, bn: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams,
+                       *, caller: str, name: str) -> ProducerFold:
+    """Fold `params`, a map on `producer`'s output, into `producer` with the first of its `after_rules` that
+    takes it (never the rule `caller`, so nothing recurses).
+
+    The rule sees a stand-in BatchNormalization named `name` (with `bn`'s metadata) that reads the producer's
+    output, so it computes, checks and refuses exactly as for a BN there. Raises `Refusal` with the rules'
+    reasons when none folds it, or when the producer's output is read by another node or is a graph output.
+    """
+    index = ctx.index
+    out = producer.output[0]
+    what = f"{producer.op_type} {node_label(producer)}"
+    if index.uses(out) - len(shape_readers(index, out)) > 1 or out in index.graph_outputs:
+        raise Refusal(f"the output of {what} is also read elsewhere")
+    if attribute_refs(producer):
+        raise Refusal(f"{what} has attributes that refer to the enclosing function's")
+    stand_in = helper.make_node("BatchNormalization", [out], [out], name=name)
+    stand_in.metadata_props.extend(bn.metadata_props)
+    reasons = []
+    for rule in after_rules(ctx, producer, caller=caller):
+        off = ctx.options.turned_off(rule.name)
+        if off is not None:
+            reasons.append(off)
+            continue
+        try:
+            return ProducerFold(producer, stand_in, rule.check(ctx, stand_in, producer, params))
+        except Refusal as refusal:
+            reasons.append(refusal.reason)
+    raise Refusal(f"{what}: " + ("; ".join(reasons) if reasons else "no rule folds into it"))
