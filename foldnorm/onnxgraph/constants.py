@@ -16,6 +16,7 @@ from onnx import helper
 
 from foldnorm.onnxgraph.external import tensor_array
 from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+from foldnorm.onnxgraph.quantize import dequantize, quantize
 
 _MAX_DEPTH = 64
 
@@ -93,6 +94,8 @@ _OPS: dict[str, _Eval] = {
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
     "ReduceMean": _reduce_mean,
+    "DequantizeLinear": dequantize,
+    "QuantizeLinear": quantize,
 }
 
 
