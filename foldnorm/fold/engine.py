@@ -47,6 +47,7 @@ from foldnorm.fold.rules import (
     SubjectRule,
     batchnorm_params,
 )
+from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
 from foldnorm.onnxgraph.graph import (
@@ -112,12 +113,31 @@ def fold_model(
         model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
+    detached = _constant_inputs(model, opts, report)
     _fold_graph(model.graph, None, None, "main", opts, report, model)
     for function in model.functions:
         _fold_function(function, opts, report)
     if model.ir_version < 4:
+        if detached is not None:
+            initializer_inputs.relist(model.graph, detached)
         _initializers_to_constants(model.graph)
     return FoldResult(model, report)
+
+
+def _constant_inputs(model: onnx.ModelProto, options: FoldOptions,
+                     report: FoldReport) -> initializer_inputs.DetachedInputs | None:
+    """Below IR 4 (as ONNX Runtime does), or when the options ask, read initializers listed as graph inputs as
+    constants, and say so in the report."""
+    if model.ir_version >= 4 and not options.inputs_as_constants:
+        return None
+    detached = initializer_inputs.detach(model.graph)
+    if detached.count:
+        why = (f"below IR version 4 (this model: IR {model.ir_version}), as ONNX Runtime reads them"
+               if model.ir_version < 4 else "as asked (inputs_as_constants); the folded model no longer lists them "
+               "as inputs")
+        report.notes.append(f"{detached.count} initializers also listed as graph inputs were read as constants, "
+                            f"{why}")
+    return detached
 
 
 def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> FoldReport:

@@ -70,7 +70,7 @@ def classify(index: GraphIndex, node: onnx.NodeProto, constants: ConstantResolve
                             "with running statistics (its statistics tiled per sample, its input reshaped to "
                             "[1, N*C, ...]); left as exported")
         x, stats = node.input[0], node.input[3:5]
-        if any(constants.value(s) is None and _computed_from(index, s, x) for s in stats) \
+        if any(constants.value(s) is None and x in index.upstream(s) for s in stats) \
                 and constants.value(x) is None:
             return NormInfo("batchnorm", True, "its mean/variance are computed from its input "
                             "(BatchNorm without running statistics); nothing fixed to fold")
@@ -95,21 +95,6 @@ def _tracked_instancenorm(index: GraphIndex, bn: onnx.NodeProto, constants: Cons
         return False
     source = index.shape(reshape.input[0])
     return len(bn.input) == 5 and all(_tiled(index, stat, source, constants) for stat in bn.input[3:5])
-
-
-def _computed_from(index: GraphIndex, name: str, source: str) -> bool:
-    """Whether value `name` is computed (in this graph) from value `source`."""
-    pending, seen = [name], set()
-    while pending:
-        current = pending.pop()
-        if current == source:
-            return True
-        producer = index.producer.get(current)
-        if current in seen or producer is None:
-            continue
-        seen.add(current)
-        pending.extend(i for i in producer.input if i)
-    return False
 
 
 def _leads_with_one(index: GraphIndex, target: str, constants: ConstantResolver) -> bool:

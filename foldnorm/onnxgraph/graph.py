@@ -175,6 +175,19 @@ class GraphIndex:
             return None
         return tensor
 
+    def upstream(self, name: str) -> Iterator[str]:
+        """`name` and every value it is computed from in this graph, each once (producers' inputs, depth first)."""
+        pending, seen = [name], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            yield current
+            producer = self.producer.get(current)
+            if producer is not None:
+                pending.extend(i for i in producer.input if i)
+
     def is_graph_input(self, name: str) -> bool:
         """Whether `name` is fed from outside (an input of this or an enclosing graph, not produced here)."""
         scope: GraphIndex | None = self

@@ -74,8 +74,18 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto, *, subject: bool = Tr
 
 
 def _origin(ctx: FoldContext, name: str) -> str:
-    """Where a value that is not a constant comes from, for a reason sentence."""
-    return "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
+    """Where a value that is not a constant comes from, for a reason sentence (naming the initializers also listed
+    as graph inputs it comes from: defaults a caller may override, unless read as constants)."""
+    index = ctx.index
+    hint = "which a caller may override; --inputs-as-constants reads such inputs as constants"
+    if name in index.graph_inputs and name in index.initializers:
+        return f"an initializer also listed as a graph input ({hint})"
+    defaults = [v for v in index.upstream(name) if v in index.graph_inputs and v in index.initializers]
+    origin = "a graph input" if index.is_graph_input(name) else "computed at run time"
+    if defaults:
+        listed = ", ".join(repr(v) for v in defaults[:3]) + (", ..." if len(defaults) > 3 else "")
+        origin += f" from {listed} (initializers also listed as graph inputs, {hint})"
+    return origin
 
 
 def constant_weights(
