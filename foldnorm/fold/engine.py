@@ -59,7 +59,7 @@ from foldnorm.onnxgraph.graph import (
     node_label,
     subgraphs,
 )
-from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
+from foldnorm.onnxgraph.modelio import ModelLike, check_opset, default_opset, load_model
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,17 @@ def fold_model(
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
-        check_opset(source, "the model")  # BatchNormalization-6 and older default to training mode
+        check_opset(source, "the model")
         model = source if in_place else copy.deepcopy(source)
     else:
         model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
     detached = _constant_inputs(model, opts, report)
-    _fold_graph(model.graph, None, None, "main", opts, report, model)
+    opset = default_opset(model.opset_import)
+    _fold_graph(model.graph, None, None, "main", opts, report, opset, model)
     for function in model.functions:
-        _fold_function(function, opts, report)
+        _fold_function(function, opts, report, default_opset([*function.opset_import, *model.opset_import]))
     if model.ir_version < 4:
         if detached is not None:
             initializer_inputs.relist(model.graph, detached)
@@ -155,12 +156,13 @@ def _fold_graph(
     path: str,
     options: FoldOptions,
     report: FoldReport,
+    opset: int,
     model: onnx.ModelProto | None = None,
 ) -> None:
     index = GraphIndex(graph, outer_index, path)
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
-    ctx = FoldContext(index, constants, options, model=model)
+    ctx = FoldContext(index, constants, options, model=model, opset=opset)
     ctx.fold_into = partial(_fold_into, ctx)
     ctx.takes_fold = partial(_takes_fold, ctx)
     early = _rewrite_blocks(ctx)
@@ -181,14 +183,14 @@ def _fold_graph(
         condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
         for sub_path, sub in named_subgraphs(node, path):
-            _fold_graph(sub, index, constants, sub_path, options, report)
+            _fold_graph(sub, index, constants, sub_path, options, report, opset)
 
 
-def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
+def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport, opset: int) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
     path, graph = function_graph(function)
     folded_before = report.folded
-    _fold_graph(graph, None, None, path, options, report)
+    _fold_graph(graph, None, None, path, options, report, opset)
     if report.folded == folded_before:
         return
     del function.node[:]

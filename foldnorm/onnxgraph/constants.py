@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from foldnorm.onnxgraph.external import tensor_array
-from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs, legacy_broadcast
 from foldnorm.onnxgraph.quantize import dequantize, quantize
 
 _MAX_DEPTH = 64
@@ -90,7 +90,7 @@ _OPS: dict[str, _Eval] = {
     "Reshape": lambda n, a: _reshape(a[0], a[1], attr(n, "allowzero", 0)),
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
-    "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
+    "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis", 1)),  # Concat-1: axis 1 by default
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
     "ReduceMean": _reduce_mean,
@@ -166,6 +166,8 @@ class ConstantResolver:
             fill = attr(node, "value")
             fill_arr = tensor_array(fill) if fill is not None else np.zeros(1, np.float32)
             return np.full([int(d) for d in shape_value], fill_arr.reshape(-1)[0], dtype=fill_arr.dtype)
+        if legacy_broadcast(node):
+            return None  # opset 6 and older: the second operand aligned from `axis`, not by numpy's rules
         args: list[np.ndarray] = []
         for inp in node.input:
             if not inp:

@@ -30,6 +30,12 @@ def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
     return node.op_type in op_types and node.domain in ("", "ai.onnx")
 
 
+def legacy_broadcast(node: onnx.NodeProto) -> bool:
+    """Whether `node` broadcasts the way element-wise ops did before opset 7 (Add/Sub/Mul/Div-6 and older with
+    `broadcast=1`: the second operand aligned with the first from `axis`), not numpy's way."""
+    return is_onnx_op(node, "Add", "Sub", "Mul", "Div") and bool(attr(node, "broadcast", 0))
+
+
 def attribute_refs(node: onnx.NodeProto) -> list[str]:
     """Attributes of `node` that refer to an attribute of the enclosing function (`<epsilon: float = @eps>`).
 

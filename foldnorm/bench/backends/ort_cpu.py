@@ -72,9 +72,10 @@ class OrtSession(HostSession):
                                                  providers=list(providers))
         except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
             where = model if isinstance(model, str) else "model"
-            raise FoldnormError(
-                f"{where}: ONNX Runtime cannot load it ({first_line(exc)}); check the file with onnx.checker"
-            ) from exc
+            fix = ("an operator of it has no ONNX Runtime kernel (ONNX Runtime implements the operators of opset 7 "
+                   "and later); `fold --no-verify` folds without running it" if "NOT_IMPLEMENTED" in str(exc)
+                   else "check the file with onnx.checker")
+            raise FoldnormError(f"{where}: ONNX Runtime cannot load it ({first_line(exc)}); {fix}") from exc
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers: list[str] = list(self._session.get_providers())
 
