@@ -59,7 +59,7 @@ def test_timing_loop_uses_the_device_clock_when_given() -> None:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]
+    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch", "openvino"]
     for backend in BACKENDS.values():
         status = backend.availability()  # never raises, whatever is installed
         assert status.ok or status.message().startswith("unavailable: ")
