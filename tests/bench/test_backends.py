@@ -16,7 +16,8 @@ from foldnorm.bench.backends.fp16 import to_float16
 from foldnorm.bench.backends.ort_cpu import OrtOptions
 from foldnorm.bench.backends.ort_gpu import OrtGpuOptions
 from foldnorm.bench.backends.torch_eager import TorchOptions
-from foldnorm.bench.backends.trt import TrtOptions, engine_key, shape_profiles
+from foldnorm.bench.backends.trt import TrtOptions, shape_profiles
+from foldnorm.bench.backends.trt_engine import engine_key
 from foldnorm.bench.runner import benchmark
 from foldnorm.bench.timing import Timed, time_interleaved
 from foldnorm.errors import InputSpecError

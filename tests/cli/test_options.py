@@ -25,8 +25,8 @@ HELP_OPTIONS = {
               "--threads INTEGER RANGE", "--batch-size INTEGER RANGE", "--max-batch-size INTEGER RANGE",
               "--input-shape, --shape TEXT", "--warmup INTEGER RANGE", "--min-time FLOAT RANGE",
               "--iterations INTEGER RANGE", "--seed INTEGER RANGE", "--exporter [dynamo|legacy]",
-              "--cache-dir DIRECTORY", "-o, --output DIRECTORY", "--plot", "--format [text|json|csv|markdown]",
-              "-h, --help"],
+              "--cache-dir DIRECTORY", "--cuda-graph", "-o, --output DIRECTORY", "--plot",
+              "--format [text|json|csv|markdown]", "-h, --help"],
     "models": ["--format [text|json]", "-h, --help"],
 }
 

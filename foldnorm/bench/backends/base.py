@@ -48,14 +48,16 @@ class RunOptions:
     """What the user asked for; each backend turns the parts it understands into configurations.
 
     `threads` (0: the runtime's default) applies to CPU backends, `precisions` to GPU backends;
-    `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT.
+    `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT;
+    `cuda_graph` (replay each run from a captured CUDA graph) to ort-cuda, ort-trt and tensorrt.
     """
 
     ort_opt: tuple[OptLevel, ...] = ("disabled", "all")
     threads: int = 0
     precisions: tuple[Precision, ...] = ("fp32", "fp16")
     max_batch_size: int | None = None
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = None
+    cuda_graph: bool = False
 
 
 @dataclass(frozen=True)
