@@ -42,10 +42,12 @@ class OrtGpuOptions(OpenOptions):
 def nodes_per_provider(session: Any) -> dict[str, int]:
     """How many nodes ORT assigned to each provider of an `InferenceSession` made with `RECORD_ASSIGNMENT`
     (empty where this ORT cannot tell)."""
-    if not hasattr(session, "get_provider_graph_assignment_info"):
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception:  # an ORT without the method (before 1.23) or without the record: nothing to count
         return {}
     counts: dict[str, int] = {}
-    for subgraph in session.get_provider_graph_assignment_info():
+    for subgraph in subgraphs:
         counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
     return counts
 
@@ -75,11 +77,13 @@ class OrtGpuSession(OrtSession):
     """An ORT session on a GPU provider; timed runs use I/O binding so inputs and outputs stay on the device.
 
     With `cuda_graph`, every run (also `run`) goes through one binding of fixed buffers: after a first regular
-    run ORT captures the graph and from then on replays it, reading whatever those input buffers hold."""
+    run ORT captures the graph and from then on replays it, reading whatever those input buffers hold.
+    `device` is where bound buffers live (ORT's device name)."""
 
-    def __init__(self, model: str, options: OrtOptions, providers: Sequence[Any], cuda_graph: bool) -> None:
+    def __init__(self, model: str, options: OrtOptions, providers: Sequence[Any], cuda_graph: bool,
+                 device: str = "cuda") -> None:
         super().__init__(model, options, providers, config=RECORD_ASSIGNMENT)
-        self.cuda_graph = cuda_graph
+        self.cuda_graph, self.device = cuda_graph, device
         self.nodes = nodes_per_provider(self._session)
         self._fixed: _FixedIO | None = None
 
@@ -92,8 +96,9 @@ class OrtGpuSession(OrtSession):
         if self._fixed is None:
             outputs = self._session.run(None, arrays)  # ORT captures from the second run on
             binding = self._session.io_binding()
-            inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in arrays.items()}
-            values = [ort.OrtValue.ortvalue_from_shape_and_type(o.shape, o.dtype.type, "cuda", 0) for o in outputs]
+            inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for n, a in arrays.items()}
+            values = [ort.OrtValue.ortvalue_from_shape_and_type(o.shape, o.dtype.type, self.device, 0)
+                      for o in outputs]
             for name, value in inputs.items():
                 binding.bind_ortvalue_input(name, value)
             for name, value in zip(self.output_names, values):
@@ -123,9 +128,10 @@ class OrtGpuSession(OrtSession):
             return self._fixed_io(feeds).binding
         binding = self._session.io_binding()
         for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0))
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array),
+                                                                               self.device, 0))
         for name in self.output_names:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, self.device)
         return binding
 
     def run_timed(self, prepared: Any) -> None:
