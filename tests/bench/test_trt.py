@@ -86,9 +86,13 @@ def test_the_timing_cache_is_one_file_per_tensorrt_version_and_gpu() -> None:
 
 def test_two_builds_of_one_key_at_once_write_separate_partial_files(model_path: str, tmp_path: Path) -> None:
     builder, log = _builder(tmp_path, delay=1.0)
+    cache = str(tmp_path)  # the API takes a str as well as a Path
+
+    def build(_: int) -> tuple[Path, bool]:
+        return engine_file(model_path, "fp32", PROFILES, cache, TRT10, builder=builder)
+
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: engine_file(model_path, "fp32", PROFILES, tmp_path, TRT10, builder=builder),
-                                range(2)))
+        results = list(pool.map(build, range(2)))
     (engine,) = {path for path, _ in results}
     assert onnx.load(engine).graph == onnx.load(model_path).graph
     assert len({s["engine"] for s in _specs(log)}) == len(_specs(log)) >= 1
