@@ -51,8 +51,9 @@ def _levels(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
     return levels
 
 
-def _check_output_dir(directory: Path) -> None:
-    """Refuse an --output directory that cannot be created or written before any timing is done."""
+def _check_output_dir(directory: Path, model: str | None) -> None:
+    """Refuse an --output directory that cannot be created or written, or whose files would replace the
+    model or its data (or something that is not a file), before any timing is done."""
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -60,6 +61,12 @@ def _check_output_dir(directory: Path) -> None:
         raise OutputPathError(f"{directory}: {existing} is a file, not a directory; choose another --output directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{directory}: {existing} is not writable; choose another --output directory")
+    from foldnorm.onnxgraph.modelio import model_files
+    from foldnorm.onnxgraph.outputs import check_distinct
+
+    inputs = model_files(model) if model is not None and model.endswith(".onnx") else []
+    check_distinct([("a bench output", directory / f"bench.{ext}") for ext in ("txt", "json", "csv", "md", "png")],
+                   [("the model", f) for f in inputs])
 
 
 @click.command(short_help="Folded vs unfolded: latency and accuracy per backend.")
@@ -113,7 +120,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
         raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
                                  param_hint="--plot")
     if output_dir is not None:
-        _check_output_dir(output_dir)
+        _check_output_dir(output_dir, model)
     if plot:
         import importlib.util
 

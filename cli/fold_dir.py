@@ -22,7 +22,8 @@ def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, opti
         info(f"{'ok    ' if item.ok else 'FAILED'} {item.input}: {item.message}")
 
     result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,
-                            progress=progress, shapes=shapes, seed=seed)
+                            progress=progress, shapes=shapes, seed=seed,
+                            other_outputs=[report_path] if report_path else [])
     if report_path is not None:
         write_json(report_path, result.to_dict())
     if fmt == "json":

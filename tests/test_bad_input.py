@@ -10,30 +10,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import parse
+from support.cli import assert_user_error, run, snapshot
+from support.hostile import conv_bn
 
 import foldnorm
 from foldnorm.errors import FoldnormError, OutputPathError
 from foldnorm.onnxgraph import modelio
-
-
-def conv_bn(rng: np.random.Generator, scale_len: int = 6) -> onnx.ModelProto:
-    inits = {"W": rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    inits["bn_scale"] = inits["bn_scale"][:scale_len]
-    text = f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 3, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """
-    if scale_len == 6:
-        return parse(text, inits)
-    model = onnx.parser.parse_model(text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
-    return model
 
 
 @pytest.fixture
@@ -111,25 +96,6 @@ BAD: dict[str, tuple[Callable[[Path, Path, np.random.Generator], Path], str]] = 
     "missing external data": (_missing_external_data, "external data"),
     "unsupported opset": (_opset_99, "opset 99"),
 }
-
-
-def run(args: list[str]) -> Result:
-    result = CliRunner().invoke(cli, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
-
-
-def snapshot(d: Path) -> dict[str, bytes | None]:
-    return {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
-
-
-def assert_user_error(result: Result, bad: Path, needle: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 3, result.stderr
-    assert str(bad) in result.stderr
-    assert needle.lower() in result.stderr.lower()
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -26,7 +26,7 @@ from foldnorm.fold.rules.common import batchnorm_params
 from foldnorm.fold.rules.matmul_bn import bias_add_parts
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
-from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
+from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def fold_model(
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
-        check_opset(source, "the model")  # BatchNormalization-6 and older default to training mode
+        validate_model(source, "the model")  # opset (BN-6 and older default to training mode), tensors, shapes
         model = source if in_place else copy.deepcopy(source)
     else:
         model = load_model(source)
