@@ -91,16 +91,20 @@ def _main_thread() -> bool:
 
 
 def _start_worker() -> None:
-    """A worker leaves Ctrl-C to its parent and cleans up when the parent terminates it (SIGTERM)."""
+    """A worker leaves Ctrl-C to its parent (an idle worker that is terminated just ends)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_on_signals()
 
 
 def _fold_in_worker(*args: Any) -> DirectoryItem:
+    """`_fold_one` in a worker: terminated mid-fold, it removes its temporary files and ends."""
+    previous = raise_on_signals()
     try:
         return _fold_one(*args)
-    except KeyboardInterrupt as exc:  # terminated by the parent: the fold removed its files on the way here
+    except KeyboardInterrupt as exc:  # the fold removed its files on the way here
         os._exit(exit_status(exc))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_other_outputs(other_outputs: Sequence[str], pairs: list[tuple[str, str]], src_dir: Path) -> None:

@@ -76,8 +76,8 @@ def fold_file(
             _raise_if_different(result)
         return result
     staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
-    del folded  # the staged file holds it now; ONNX Runtime reads it from there
     try:
+        del folded  # the staged file holds it now; ONNX Runtime reads it from there
         if verify:
             result.verify = compare_models(input_path, staged.path, batch_sizes=batch_sizes, seed=seed,
                                            shapes=shapes)

@@ -8,7 +8,6 @@ unfolded model on ONNX Runtime, CPU, optimizations disabled, fp32.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from foldnorm.export.exporter import Exporter
 from foldnorm.export.sources import ModelSource, resolve_source
 from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
+from foldnorm.onnxgraph.atomicfile import temporary_directory
 from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
@@ -144,7 +144,7 @@ def benchmark(
     chosen = [get_backend(n) for n in names]
     say: Progress = progress or (lambda _msg, _frac: None)
     timing = TimingOptions(warmup, min_time_s, iterations)
-    with tempfile.TemporaryDirectory(prefix="foldnorm-bench-") as tmp:
+    with temporary_directory() as tmp:
         work = Path(tmp)
         say(f"preparing {model}", None)
         source = resolve_source(model, work, input_shape=input_shape, opset=opset, exporter=exporter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -22,9 +23,13 @@ TEMP_PREFIX = ".foldnorm-tmp-"
 _STALE = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 
 
-def temp_prefix() -> str:
-    """The prefix of this process's temporary names."""
-    return f"{TEMP_PREFIX}{os.getpid()}-"
+def temp_name(directory: Path, suffix: str = "") -> Path:
+    """A new temporary name in `directory`, `.foldnorm-tmp-<pid>-<16 hex digits><suffix>`; nothing is created.
+
+    Callers create it inside their own try block, so that an interrupt can never leave a file they do not
+    know the name of.
+    """
+    return directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{suffix}"
 
 
 def _alive(pid: int) -> bool:
@@ -63,17 +68,14 @@ def sweep_stale(directory: Path) -> list[Path]:
     return removed
 
 
-def make_temp_dir(parent: Path) -> Path:
-    """A new temporary folder in `parent` (stale ones of dead foldnorm processes are removed first)."""
-    sweep_stale(parent)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=parent))
-
-
 @contextlib.contextmanager
 def temporary_directory() -> Iterator[Path]:
     """A temporary folder in the system's temp directory, removed afterwards (like `TemporaryDirectory`)."""
-    path = make_temp_dir(Path(tempfile.gettempdir()))
+    parent = Path(tempfile.gettempdir())
+    sweep_stale(parent)
+    path = temp_name(parent)
     try:
+        path.mkdir(mode=0o700)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -99,15 +101,9 @@ def refuse_non_regular(path: Path) -> None:
                               "never replaces one: choose another output path.")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `target` (mode 0666 less the umask).
+    """Yield a temporary path (with `target`'s suffix) to write; on success it replaces `target`.
 
     An existing `target` that is not a regular file is refused, and any OS error (a missing directory, a name
     too long, a full disk) is an `OutputPathError` naming `target`.
@@ -115,15 +111,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     out = Path(target)
     refuse_non_regular(out)
     sweep_stale(out.parent)
+    tmp = temp_name(out.parent, out.suffix if len(out.suffix) <= 16 else "")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=out.parent)
-    except OSError as exc:
-        raise OutputPathError(f"{out}: cannot be written ({first_line(exc)}); choose another output path.") \
-            from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
         refuse_non_regular(out)
         os.replace(tmp, out)
     except OSError as exc:

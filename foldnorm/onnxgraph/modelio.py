@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError, first_line
-from foldnorm.onnxgraph.atomicfile import make_temp_dir, refuse_non_regular
+from foldnorm.onnxgraph.atomicfile import refuse_non_regular, sweep_stale, temp_name
 from foldnorm.onnxgraph.consistency import check_consistency
 from foldnorm.onnxgraph.external import (
     data_files,
@@ -198,17 +198,20 @@ class StagedModel:
                 raise OutputPathError(f"{self.output}: cannot write ({first_line(exc)}); choose a writable "
                                       "path.") from exc
             raise
+        in_use = placed if self.interim is not None else None  # the data file the model in place refers to
         try:
-            if placed is not None and self.interim is not None and self.data_name is not None:
-                self._rename_interim(placed, self.data_name)
+            if in_use is not None and self.data_name is not None:
+                self._rename_interim(in_use, self.data_name)
+                in_use = None
         except OSError as exc:  # the new pair is in place under the interim name: consistent, usable
             log.warning("%s: its data file keeps the name %s (%s)", self.output, self.interim, first_line(exc))
         finally:
             self.discard()
-            self._remove_interim_files()
+            self._remove_interim_files(in_use)
         return self.output
 
     def _rename_interim(self, interim: Path, data_name: str) -> None:
+        """Give the data file its own name: a second name for it, then the model that refers to that name."""
         linked = self.tmpdir / "linked.data"
         try:
             os.link(interim, linked)
@@ -216,11 +219,11 @@ class StagedModel:
             shutil.copyfile(interim, linked)
         os.replace(linked, self.output.parent / data_name)
         os.replace(self.tmpdir / "final.onnx", self.output)
-        os.unlink(interim)
 
-    def _remove_interim_files(self) -> None:
+    def _remove_interim_files(self, in_use: Path | None) -> None:
+        """Remove interim data files of `output` (left by this commit or a crashed one), except `in_use`."""
         pattern = re.compile(re.escape(self.output.name) + r"\.[0-9a-f]{8}\.data")
-        keep = {p.resolve() for p in self.keep}
+        keep = {p.resolve() for p in [*self.keep, *([in_use] if in_use else [])]}
         for old in self.output.parent.iterdir():
             if pattern.fullmatch(old.name) and old.resolve() not in keep:
                 with contextlib.suppress(OSError):
@@ -252,10 +255,12 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
     out = check_output_path(output, *inputs, in_place=in_place)
     if external_data is None:
         external_data = has_weights_on_disk(model) or needs_external_data(model)
-    tmpdir = make_temp_dir(out.parent)
-    keep = frozenset() if in_place else frozenset(data_files(model))
-    staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None, keep)
+    sweep_stale(out.parent)
+    tmpdir = temp_name(out.parent)
     try:
+        tmpdir.mkdir(mode=0o700)
+        keep = frozenset() if in_place else frozenset(data_files(model))
+        staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None, keep)
         if staged.data_name is not None:
             name = staged.interim or staged.data_name
             if not write_with_external_data(model, staged.path, name, keep_in_memory=keep_in_memory):
@@ -265,11 +270,11 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
         else:
             onnx.save_model(model, str(staged.path))
     except OSError as exc:
-        staged.discard()
+        shutil.rmtree(tmpdir, ignore_errors=True)
         raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
                               "space.") from exc
     except BaseException:
-        staged.discard()
+        shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     return staged
 

@@ -8,13 +8,13 @@ one of its data files) or another output of the same run, unless it replaces tha
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from foldnorm.errors import OutputPathError, first_line
-from foldnorm.onnxgraph.atomicfile import refuse_non_regular, temp_prefix
+from foldnorm.onnxgraph.atomicfile import refuse_non_regular, temp_name
 
 PathLike = str | os.PathLike
 
@@ -42,14 +42,17 @@ def check_output_path(output: PathLike, *inputs: PathLike, in_place: bool = Fals
 
 
 def _probe(out: Path, parent: Path) -> None:
+    """Create and remove a file in `parent`: the one sure test that it can be written (root, read-only mounts)."""
+    probe = temp_name(parent)
     try:
-        probe, probe_name = tempfile.mkstemp(prefix=temp_prefix(), dir=parent)
-        os.close(probe)
-        os.unlink(probe_name)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as exc:
         raise OutputPathError(
             f"{out}: directory {parent} is not writable ({first_line(exc)}); choose another output path."
         ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def resolved(path: PathLike) -> Path:

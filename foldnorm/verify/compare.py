@@ -12,7 +12,6 @@ float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outpu
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 
 from foldnorm.errors import InputSpecError, ModelMismatchError, first_line
+from foldnorm.onnxgraph.atomicfile import temporary_directory
 from foldnorm.onnxgraph.external import has_weights_on_disk
 from foldnorm.onnxgraph.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label, needs_external_data
@@ -264,7 +264,7 @@ def compare_models(
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
     names = [o.name for o in ref_model.graph.output]
-    with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
+    with temporary_directory() as tmp:
         expected = _run_all(reference, ref_model, Path(tmp), "reference", result.reference, feeds)
         got = _run_all(candidate, cand_model, Path(tmp), "candidate", result.candidate, feeds)
     for i, name in enumerate(names):
