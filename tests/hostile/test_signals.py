@@ -74,7 +74,7 @@ def test_a_later_run_sweeps_what_a_killed_run_left(tmp_path: Path, rng: np.rando
     src = save_external(wide_conv_bn(rng), tmp_path / "m.onnx")
     proc = subprocess.Popen([FOLDNORM, "fold", str(src), "-o", str(tmp_path / "out.onnx")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: bool(temp_entries(tmp_path)), proc)
+    wait_for(lambda: any((tmp_path / name).is_dir() for name in temp_entries(tmp_path)), proc)  # staged, verifying
     proc.kill()
     proc.wait()
     left = temp_entries(tmp_path)
