@@ -13,7 +13,7 @@ from foldnorm.errors import OutputPathError, VerificationError
 from foldnorm.onnxgraph.inputs import Shape
 
 from .bench_render import RENDERERS, names, write_outputs
-from .options import format_option, shape_option
+from .options import format_option, shape_option, threads_option
 from .render import info
 
 PRECISIONS = ("fp32", "fp16")
@@ -78,7 +78,7 @@ def _check_output_dir(directory: Path, model: str | None) -> None:
               help="ONNX Runtime optimization levels to time, comma-separated (disabled|basic|extended|all).")
 @click.option("--precision", default="fp32,fp16", show_default=True,
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
+@click.option("--threads", type=int, callback=threads_option, default=0,
               help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the timed runs (throughput is samples/s at this size).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -67,3 +68,21 @@ def shape_list_option(ctx: click.Context, param: click.Parameter,
     if len(named) > 1:
         raise click.BadParameter("name every input (NAME:1x3x224x224) or none of them")
     return parsed
+
+
+def tolerance_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: a tolerance is a finite number >= 0 (NaN would make every comparison pass)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a finite number >= 0; give e.g. 1e-4")
+    return value
+
+
+def threads_option(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """Click callback: 0 (the runtime's default) up to 4x the CPUs this process may use."""
+    from foldnorm.bench.environment import check_threads
+
+    try:
+        check_threads(value)
+    except InputSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value

@@ -10,7 +10,7 @@ from foldnorm.errors import VerificationError
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.verify.compare import VerifyResult
 
-from .options import batch_sizes_option, format_option, named_shapes_option
+from .options import batch_sizes_option, format_option, named_shapes_option, tolerance_option
 from .render import emit_json, table
 
 
@@ -39,9 +39,9 @@ def verify_table(result: VerifyResult) -> str:
               help="Random input draws per batch size.")
 @click.option("--inputs", "inputs", type=click.Path(path_type=Path),
               help="Real inputs: an .npz with one array per model input (replaces the random inputs).")
-@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance, times the reference output's "
+@click.option("--rtol", type=float, callback=tolerance_option, help="Relative tolerance, times the reference output's "
               "max |value| (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2, fp64 1e-9, integers 0).")
-@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance (default per dtype: fp32 1e-6, "
+@click.option("--atol", type=float, callback=tolerance_option, help="Absolute tolerance (default per dtype: fp32 1e-6, "
               "fp16 1e-3, bf16 1e-2, fp64 1e-12, integers 0).")
 @click.option("--structure/--no-structure", default=True, show_default=True,
               help="Also require every GroupNorm/LayerNorm/InstanceNorm of REF to be intact in CANDIDATE.")

@@ -19,7 +19,7 @@ import numpy as np
 
 from foldnorm.bench.backends import get_backend
 from foldnorm.bench.backends.base import Availability, Backend, RunOptions, Session, config_label
-from foldnorm.bench.environment import environment, load_note
+from foldnorm.bench.environment import check_threads, environment, load_note
 from foldnorm.bench.timing import LatencyStats, Timed, time_interleaved
 from foldnorm.errors import BackendUnavailableError
 from foldnorm.export.exporter import Exporter
@@ -140,6 +140,7 @@ def benchmark(
     """
     from foldnorm.bench.backends import BACKENDS
 
+    check_threads(threads)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
     chosen = [get_backend(n) for n in names]
     say: Progress = progress or (lambda _msg, _frac: None)
