@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
-from foldnorm.errors import InvalidModelError, ModelLoadError
-from foldnorm.onnxgraph.tensors import ExternalRef, all_tensors, external_ref
+from foldnorm.errors import InvalidModelError, ModelLoadError, first_line
+from foldnorm.onnxgraph.tensors import ExternalRef, all_tensors, external_ref, tensor_nbytes
 
 # Tensors at least this large go to the data file; offsets are page-aligned so readers can map them.
 SIZE_THRESHOLD = 1024
@@ -42,7 +42,7 @@ def payload_bytes(tensor: onnx.TensorProto) -> int:
     if is_on_disk(tensor):
         return 0
     if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
+        return tensor_nbytes(tensor)
     return 8 * sum(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data",
                                                      "uint64_data")) + sum(len(x) for x in tensor.string_data)
 
@@ -154,14 +154,21 @@ def _ended_early(tensor: onnx.TensorProto, ref: ExternalRef, missing: int) -> Mo
 
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """The tensor's value as a numpy array, read from its file when it is kept on disk."""
-    if not is_on_disk(tensor):
-        return numpy_helper.to_array(tensor)
-    loaded = onnx.TensorProto()
-    loaded.name, loaded.data_type = tensor.name, tensor.data_type
-    loaded.dims.extend(tensor.dims)
-    loaded.raw_data = _read_bytes(tensor)
-    return numpy_helper.to_array(loaded)
+    """The tensor's value as a numpy array, read from its file when it is kept on disk.
+
+    Data that does not fit the tensor's type and dims raises `InvalidModelError`.
+    """
+    loaded = tensor
+    if is_on_disk(tensor):
+        loaded = onnx.TensorProto()
+        loaded.name, loaded.data_type = tensor.name, tensor.data_type
+        loaded.dims.extend(tensor.dims)
+        loaded.raw_data = _read_bytes(tensor)
+    try:
+        return numpy_helper.to_array(loaded)
+    except (ValueError, TypeError) as exc:
+        raise InvalidModelError(f"tensor {tensor.name!r}: its data does not fit its type and dims "
+                                f"{list(tensor.dims)} ({first_line(exc)}); re-export the model.") from None
 
 
 def tensor_digest(tensor: onnx.TensorProto) -> bytes:

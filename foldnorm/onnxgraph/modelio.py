@@ -101,10 +101,11 @@ def model_files(path: str | os.PathLike) -> list[Path]:
 def validate_model(model: onnx.ModelProto, label: str) -> None:
     """The checks of a loaded `ModelProto` that need no file: opset, tensor sizes, convolution shapes.
 
-    Raises `InvalidModelError` naming `label`; nothing is read from disk.
+    Raises `InvalidModelError` naming `label`; nothing is read from disk. (The length of raw data held in the
+    message is checked when a tensor is read: `load_model` checked it for a file already.)
     """
     check_opset(model, label)
-    check_tensors(model, label)
+    check_tensors(model, label, inline_bytes=False)
     check_consistency(model, label)
 
 
@@ -138,11 +139,12 @@ def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
 def _check_model(model: onnx.ModelProto, path: Path) -> None:
     """Run onnx.checker and strict shape inference on the model's weightless skeleton (both would otherwise
     serialize every weight: the cost of a second load)."""
+    light = weightless_copy(model)
     try:
-        light = weightless_copy(model)
         onnx.checker.check_model(light)
         onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        # (onnx raises a bare ValueError for, e.g., a graph input of element type 0)
         raise InvalidModelError(
             f"{path}: the model is invalid ({_brief(exc)}); fix or re-export it (onnx.checker and shape "
             "inference must pass)."

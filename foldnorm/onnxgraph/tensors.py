@@ -110,8 +110,12 @@ def external_ref(tensor: onnx.TensorProto, label: str) -> ExternalRef:
     return ExternalRef(location, max(numbers["offset"], 0), length)
 
 
-def check_tensor(tensor: onnx.TensorProto, label: str) -> None:
-    """Raise `InvalidModelError` unless the tensor's data matches its type and dims (`label`: the model)."""
+def check_tensor(tensor: onnx.TensorProto, label: str, *, inline_bytes: bool = True) -> None:
+    """Raise `InvalidModelError` unless the tensor's data matches its type and dims (`label`: the model).
+
+    `inline_bytes=False` leaves out the length of raw data held in the message: reading it copies the bytes
+    (upb has no length without a copy), and `external.tensor_array` checks it again whenever it is read.
+    """
     where = f"{label}: tensor {tensor.name!r}"
     if any(d < 0 for d in tensor.dims):
         raise InvalidModelError(f"{where} has a negative dimension {list(tensor.dims)}; re-export the model.")
@@ -128,6 +132,8 @@ def check_tensor(tensor: onnx.TensorProto, label: str) -> None:
     if tensor.data_type == _T.STRING:
         held, expected, unit = len(tensor.string_data), element_count(tensor), "strings"
     elif tensor.HasField("raw_data"):
+        if not inline_bytes:
+            return
         held, expected, unit = len(tensor.raw_data), tensor_nbytes(tensor), "bytes"
     else:
         field = helper.tensor_dtype_to_field(tensor.data_type)
@@ -137,10 +143,10 @@ def check_tensor(tensor: onnx.TensorProto, label: str) -> None:
                                 f"{expected}; re-export the model.")
 
 
-def check_tensors(model: onnx.ModelProto, label: str) -> None:
+def check_tensors(model: onnx.ModelProto, label: str, *, inline_bytes: bool = True) -> None:
     """`check_tensor` on every tensor of the model; sparse tensors must be held in the model itself."""
     for tensor in all_tensors(model):
-        check_tensor(tensor, label)
+        check_tensor(tensor, label, inline_bytes=inline_bytes)
     for graph in [model.graph, *model.functions]:
         for sparse in _sparse_tensors(graph):
             if onnx.TensorProto.EXTERNAL in (sparse.values.data_location, sparse.indices.data_location):

@@ -92,9 +92,10 @@ def test_api_raises_the_error_family(case: str, tmp_path: Path, rng: np.random.G
 
 
 def test_in_memory_model_with_bad_tensor_is_invalid(rng: np.random.Generator) -> None:
+    """A ModelProto from the caller: its raw bytes are checked when the fold reads the tensor."""
     model = conv_bn(rng)
-    _huge_dims(model)
-    with pytest.raises(InvalidModelError, match="holds 16 bytes"):
+    tensor(model, "bn_var").raw_data = bytes(16)
+    with pytest.raises(InvalidModelError, match="'bn_var': its data does not fit its type and dims"):
         foldnorm.fold_model(model)
 
 

@@ -34,7 +34,7 @@ def session_options(opt: str = "disabled", threads: int = 0, spin: bool = False)
         raise FoldnormError(f"unknown ONNX Runtime optimization level {opt!r}; use one of {OPT_LEVELS}")
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[opt]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as exceptions; ORT would also print them
     if threads:
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
