@@ -18,13 +18,6 @@ from foldnorm.verify import compare
 
 
 @pytest.fixture
-def good(tmp_path: Path, rng: np.random.Generator) -> Path:
-    path = tmp_path / "good.onnx"
-    onnx.save(conv_bn(rng), path)
-    return path
-
-
-@pytest.fixture
 def broken(tmp_path: Path, rng: np.random.Generator) -> Path:
     model = conv_bn(rng)
     weight = tensor(model, "W")

@@ -19,13 +19,6 @@ LONG = "x" * 300
 
 
 @pytest.fixture
-def model(tmp_path: Path, rng: np.random.Generator) -> Path:
-    path = tmp_path / "m.onnx"
-    onnx.save(conv_bn(rng), path)
-    return path
-
-
-@pytest.fixture
 def external(tmp_path: Path, rng: np.random.Generator) -> Path:
     return save_external(conv_bn(rng), tmp_path / "e.onnx")
 
@@ -46,8 +39,8 @@ def test_report_never_replaces_an_input_or_the_output(report: str, tmp_path: Pat
     _refused(["fold", external, "-o", out, "--report", path], tmp_path, path, "would overwrite")
 
 
-def test_report_is_not_the_input_in_place_either(tmp_path: Path, model: Path) -> None:
-    _refused(["fold", model, "--in-place", "--report", model], tmp_path, model, "would overwrite")
+def test_report_is_not_the_input_in_place_either(tmp_path: Path, good: Path) -> None:
+    _refused(["fold", good, "--in-place", "--report", good], tmp_path, good, "would overwrite")
 
 
 def test_output_data_file_never_replaces_the_input_data(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -83,8 +76,8 @@ def test_an_existing_non_file_is_never_replaced(which: str, kind: str, tmp_path:
     ["bench", "{m}", "-o", "{d}/" + LONG, "--iterations", "1"],
     ["fold", "{m}", "-o", "{d}/" + LONG + "/o.onnx"],
 ], ids=["-o", "--report", "fold input", "inspect input", "verify input", "bench -o", "-o directory"])
-def test_name_too_long_is_one_line(args: list[str], tmp_path: Path, model: Path) -> None:
-    result = run([a.format(m=model, d=tmp_path) for a in args])
+def test_name_too_long_is_one_line(args: list[str], tmp_path: Path, good: Path) -> None:
+    result = run([a.format(m=good, d=tmp_path) for a in args])
     assert_user_error(result, LONG, "too long")
 
 
@@ -126,10 +119,10 @@ def test_directory_report_never_replaces_an_input_or_output(tmp_path: Path, rng:
         _refused(["fold", src, "-o", dst, "--report", report, "--jobs", "2"], tmp_path, report, "would overwrite")
 
 
-def test_api_checks_other_outputs_and_save_model_refuses_a_fifo(tmp_path: Path, model: Path) -> None:
+def test_api_checks_other_outputs_and_save_model_refuses_a_fifo(tmp_path: Path, good: Path) -> None:
     with pytest.raises(OutputPathError, match="would overwrite the input"):
-        foldnorm.fold_file(model, tmp_path / "o.onnx", other_outputs=[model])
+        foldnorm.fold_file(good, tmp_path / "o.onnx", other_outputs=[good])
     os.mkfifo(tmp_path / "pipe.onnx")
     with pytest.raises(OutputPathError, match="not a regular file"):
-        foldnorm.save_model(onnx.load(model), tmp_path / "pipe.onnx")
+        foldnorm.save_model(onnx.load(good), tmp_path / "pipe.onnx")
     assert not (tmp_path / "o.onnx").exists()
