@@ -1,5 +1,6 @@
 # `make run`: export, fold, verify and benchmark the built-in default model.
 # `make test`: ruff, mypy and the test suite. Both create .venv on first use.
+# `make test-fast`: ruff, mypy and the tests not marked slow (no zoo exports, no fresh-process README runs).
 # `make fuzz`: the long profiles of the fold property tests (FUZZ_EXAMPLES per test; summary in
 # benchmarks/results/fuzz.txt) and of the hostile-model fuzzer (HOSTILE_FUZZ_EXAMPLES; hostile_fuzz.txt).
 PYTHON ?= python3
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: venv run test fuzz clean
+.PHONY: venv run test test-fast fuzz clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
 
 FUZZ_EXAMPLES ?= 1000
 HOSTILE_FUZZ_EXAMPLES ?= 5000

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-from foldnorm.bench.backends.ort_cpu import OrtSession
+from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 from foldnorm.bench.environment import cpu_count, cpu_model
 from foldnorm.bench.timing import LatencyStats, Timed, time_interleaved
 from foldnorm.export.sources import resolve_source
@@ -29,12 +30,14 @@ RESULTS = Path(__file__).parent / "results" / "ort_spinning.md"
 
 def measure(paths: dict[str, str], feeds: dict, threads: int, spin: bool, interleaved: bool,
             min_time: float) -> dict[str, LatencyStats]:
-    sessions = {v: OrtSession(p, opt="disabled", threads=threads, spin=spin) for v, p in paths.items()}
-    timed = {v: Timed(partial(s.run_timed, s.prepare(feeds)), s.synchronize) for v, s in sessions.items()}
-    if interleaved:
-        stats, _ = time_interleaved(timed, warmup=5, min_time_s=min_time)
-        return stats
-    return {v: time_interleaved({v: t}, warmup=5, min_time_s=min_time)[0][v] for v, t in timed.items()}
+    options = OrtOptions(opt="disabled", threads=threads, spin=spin)
+    with ExitStack() as opened:
+        sessions = {v: opened.enter_context(OrtSession(p, options)) for v, p in paths.items()}
+        timed = {v: Timed(partial(s.run_timed, s.prepare(feeds)), s.synchronize) for v, s in sessions.items()}
+        if interleaved:
+            stats, _ = time_interleaved(timed, warmup=5, min_time_s=min_time)
+            return stats
+        return {v: time_interleaved({v: t}, warmup=5, min_time_s=min_time)[0][v] for v, t in timed.items()}
 
 
 def main() -> None:

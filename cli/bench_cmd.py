@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from foldnorm.bench.backends import BACKENDS
+from foldnorm.bench.backends.base import OPT_LEVELS, PRECISIONS
 from foldnorm.errors import OutputPathError, VerificationError
 from foldnorm.onnxgraph.inputs import Shape
 
@@ -16,7 +18,7 @@ from .bench_render import RENDERERS, names, write_outputs
 from .options import format_option, shape_option, threads_option
 from .render import info
 
-PRECISIONS = ("fp32", "fp16")
+L = TypeVar("L", bound=str)
 
 
 class Progress:
@@ -43,12 +45,12 @@ class Progress:
                 self.current = None
 
 
-def _levels(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+def _levels(value: str, allowed: tuple[L, ...], option: str) -> list[L]:
     levels = names([value])
     bad = [o for o in levels if o not in allowed]
     if bad or not levels:
         raise click.BadParameter(f"{','.join(bad) or value!r} is not in {', '.join(allowed)}", param_hint=option)
-    return levels
+    return [allowed[allowed.index(o)] for o in levels]
 
 
 def _check_output_dir(directory: Path, model: str | None) -> None:
@@ -111,7 +113,6 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
     Every row's accuracy is measured against the unfolded model on ONNX Runtime CPU with optimizations
     disabled; backends that cannot run here are listed with the reason and an install hint.
     """
-    from foldnorm.bench.backends.ort_cpu import OPT_LEVELS
     from foldnorm.bench.runner import benchmark
 
     levels = _levels(ort_opt, OPT_LEVELS, "--ort-opt")

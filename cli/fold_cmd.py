@@ -12,7 +12,7 @@ from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path
 from foldnorm.workflows import FoldFileResult, fold_file
 
-from .options import format_option, named_shapes_option
+from .options import format_option, named_shapes_option, rule_options
 from .render import emit_json, info, table, write_json
 
 
@@ -48,6 +48,7 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
               help="Compare folded and original on ONNX Runtime before writing.")
 @click.option("--standalone-bn", type=click.Choice(["keep", "affine"]), default="keep", show_default=True,
               help="A BN with nothing to fold into: keep it, or lower it to one Mul and one Add.")
+@rule_options
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the JSON report here (for a directory: one entry per model).")
 @click.option("--shape", "--input-shape", "shapes", multiple=True, callback=named_shapes_option,
@@ -58,15 +59,16 @@ def _render(result: FoldFileResult, fmt: str, report_path: Path | None) -> None:
               help="Seed of the verification's random inputs.")
 @format_option("text", "json")
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: str,
-         report_path: Path | None, shapes: dict[str, Shape], seed: int, fmt: str) -> None:
+         skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None, shapes: dict[str, Shape], seed: int,
+         fmt: str) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
-    from foldnorm.fold.rules import FoldOptions
+    from foldnorm.fold.options import FoldOptions
 
-    options = FoldOptions(standalone_bn=standalone_bn)  # type: ignore[arg-type]
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only)  # type: ignore[arg-type]
     output = output or (input_path if in_place else None)
     if output is None:
         raise click.UsageError("give the output with -o OUT.onnx (or --in-place to replace the input)")

@@ -8,7 +8,7 @@ import click
 
 from foldnorm.directory import DirectoryItem, fold_directory
 from foldnorm.errors import FoldnormError
-from foldnorm.fold.rules import FoldOptions
+from foldnorm.fold.options import FoldOptions
 from foldnorm.onnxgraph.inputs import Shape
 
 from .render import emit_json, info, write_json

@@ -86,3 +86,35 @@ def threads_option(ctx: click.Context, param: click.Parameter, value: int) -> in
     except InputSpecError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _rule_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: fold rule names, checked against the registry (an unknown name is a usage error)."""
+    from foldnorm.errors import UnknownRuleError
+    from foldnorm.fold.options import check_rule_names
+
+    try:
+        return check_rule_names(value, f"--{param.name}")
+    except UnknownRuleError as exc:
+        raise click.UsageError(str(exc), ctx=ctx) from None
+
+
+def _list_rules(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Eager click callback: print every fold rule's name and summary, then exit 0 (no IN needed)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from foldnorm.fold.rules import RULES
+
+    width = max(len(rule.name) for rule in RULES)
+    click.echo("\n".join(f"{rule.name:<{width}}  {rule.summary}" for rule in RULES))
+    ctx.exit(0)
+
+
+def rule_options(f: F) -> F:
+    """`--list-rules`, `--skip RULE` and `--only RULE` (both repeatable): which fold rules run."""
+    f = click.option("--only", multiple=True, metavar="RULE", callback=_rule_names,
+                     help="Run only this fold rule, turning the others off (repeatable).")(f)
+    f = click.option("--skip", multiple=True, metavar="RULE", callback=_rule_names,
+                     help="Turn this fold rule off (repeatable); the report names it where it would have run.")(f)
+    return click.option("--list-rules", is_flag=True, expose_value=False, is_eager=True, callback=_list_rules,
+                        help="List the fold rules (name and what each folds) and exit.")(f)

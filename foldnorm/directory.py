@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from foldnorm.errors import FoldnormError, OutputPathError
-from foldnorm.fold.rules import FoldOptions
+from foldnorm.fold.options import FoldOptions
 from foldnorm.interrupts import exit_status, raise_on_signals
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path, model_files

@@ -22,6 +22,10 @@ class InvalidModelError(FoldnormError):
     """The model loaded but is inconsistent (e.g. BN parameters of the wrong length)."""
 
 
+class UnknownRuleError(FoldnormError):
+    """A fold rule named in `skip` or `only` does not exist."""
+
+
 class OutputPathError(FoldnormError):
     """An output path cannot be written (missing directory, read-only, same as the input)."""
 

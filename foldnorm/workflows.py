@@ -10,8 +10,8 @@ from typing import Any
 
 from foldnorm.errors import VerificationError
 from foldnorm.fold.engine import fold_model
+from foldnorm.fold.options import FoldOptions
 from foldnorm.fold.report import FoldReport
-from foldnorm.fold.rules import FoldOptions
 from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model

@@ -12,9 +12,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.builders import parse
+from support.builders import conv_bn, parse
 from support.cli import assert_user_error, run, snapshot
-from support.hostile import conv_bn
 
 import foldnorm
 from foldnorm.errors import FoldnormError, OutputPathError
@@ -24,7 +23,7 @@ from foldnorm.onnxgraph import modelio
 @pytest.fixture
 def good(tmp_path: Path, rng: np.random.Generator) -> Path:
     path = tmp_path / "good.onnx"
-    onnx.save(conv_bn(rng), path)
+    onnx.save(conv_bn(rng, cin=3), path)
     return path
 
 
@@ -59,26 +58,29 @@ def _json(d: Path, good: Path, rng: np.random.Generator) -> Path:
 
 
 def _bn_wrong_length(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    onnx.save(conv_bn(rng, scale_len=5), d / "bn5.onnx")
+    model = conv_bn(rng, cin=3)  # made invalid after parsing: the checker would refuse it
+    scale = next(t for t in model.graph.initializer if t.name == "bn_scale")
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale)[:5], "bn_scale"))
+    onnx.save(model, d / "bn5.onnx")
     return d / "bn5.onnx"
 
 
 def _undefined_input(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     model.graph.node[0].input[1] = "nowhere"
     onnx.save(model, d / "undefined.onnx")
     return d / "undefined.onnx"
 
 
 def _missing_external_data(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    onnx.save(conv_bn(rng), d / "ext.onnx", save_as_external_data=True, location="ext.onnx.data",
+    onnx.save(conv_bn(rng, cin=3), d / "ext.onnx", save_as_external_data=True, location="ext.onnx.data",
               size_threshold=0)
     (d / "ext.onnx.data").unlink()
     return d / "ext.onnx"
 
 
 def _opset_99(d: Path, good: Path, rng: np.random.Generator) -> Path:
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     model.opset_import[0].version = 99
     onnx.save(model, d / "opset99.onnx")
     return d / "opset99.onnx"

@@ -27,6 +27,7 @@ def test_recipe_has_both_examples() -> None:
     assert "assert_equivalent" in python and "foldnorm verify" in shell and "pytest" in shell
 
 
+@pytest.mark.slow  # exports, folds and runs pytest in fresh processes
 def test_recipe_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     python, shell = recipe()

@@ -14,6 +14,8 @@ from support.builders import assert_close, op_count, run_ort  # noqa: E402
 
 from foldnorm import export_onnx, fold_model, load_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # exports a built-in PyTorch model
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:

@@ -23,6 +23,7 @@ def test_readme_has_examples() -> None:
     assert len(readme_commands()) >= 3
 
 
+@pytest.mark.slow  # every README command in a fresh process, benches included
 def test_readme_commands_run(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     bindir = Path(sys.executable).parent
@@ -42,6 +43,7 @@ def python_api_example() -> str:
     return code
 
 
+@pytest.mark.slow  # exports, folds and benchmarks in a fresh process
 def test_readme_python_api_example_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     done = subprocess.run([sys.executable, "-c", python_api_example()], cwd=tmp_path, capture_output=True, text=True,

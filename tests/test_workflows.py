@@ -10,7 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.builders import bn_inputs, bn_params, op_count, parse, run_ort
+from support.builders import conv_bn, op_count, run_ort
 
 import foldnorm
 from foldnorm.directory import fold_directory
@@ -19,17 +19,11 @@ from foldnorm.onnxgraph.external import has_weights_on_disk
 
 def conv_bn_ln(rng: np.random.Generator, channels: int = 16) -> onnx.ModelProto:
     """Conv -> BN -> LayerNorm with parameters big enough to go to external data."""
-    inits = {"W": rng.normal(0, 0.3, (channels, 8, 3, 3)).astype(np.float32), **bn_params("bn", channels, rng),
-             "ln_s": rng.uniform(0.5, 1.5, 512).astype(np.float32), "ln_b": rng.normal(0, 0.3, 512).astype(np.float32)}
-    return parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 8, 16, 32] x) => (float[N, {channels}, 512] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization (c, {bn_inputs("bn")})
-        r = Reshape (b, shape)
-        y = LayerNormalization <axis = -1> (r, ln_s, ln_b)
-    }}
-    """, {**inits, "shape": np.array([0, channels, 512], np.int64)})
+    inits = {"ln_s": rng.uniform(0.5, 1.5, 512).astype(np.float32), "ln_b": rng.normal(0, 0.3, 512).astype(np.float32),
+             "shape": np.array([0, channels, 512], np.int64)}
+    return conv_bn(rng, cin=8, cout=channels, spatial=(16, 32), w_scale=0.3, bn_out="b", inits=inits,
+                   tail=["r = Reshape (b, shape)", "y = LayerNormalization <axis = -1> (r, ln_s, ln_b)"],
+                   outputs=f"float[N, {channels}, 512] y")
 
 
 def save_external(model: onnx.ModelProto, path: Path) -> None:

@@ -10,17 +10,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from foldnorm.bench.backends import get_backend
-from foldnorm.bench.backends.base import Availability, Backend, RunOptions, Session, config_label
+from foldnorm.bench.backends.base import (
+    Availability,
+    Backend,
+    BenchInputs,
+    OptionsT,
+    OptLevel,
+    Precision,
+    RunOptions,
+    Session,
+)
 from foldnorm.bench.environment import check_threads, environment, load_note
-from foldnorm.bench.timing import LatencyStats, Timed, time_interleaved
+from foldnorm.bench.timing import LatencyStats, Timed, TimingOptions, time_interleaved
 from foldnorm.errors import BackendUnavailableError
 from foldnorm.export.exporter import Exporter
 from foldnorm.export.sources import ModelSource, resolve_source
@@ -31,12 +41,16 @@ from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger(__name__)
 
 VARIANTS = ("unfolded", "folded")
 NEEDS_MODULE = Availability(False, "needs a PyTorch model (a built-in name or package.module:attr), not an .onnx file")
 
 Progress = Callable[[str, "float | None"], None]
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 
 
 @dataclass
@@ -104,47 +118,45 @@ class BenchResult:
         }
 
 
-@dataclass(frozen=True)
-class TimingOptions:
-    """How long each configuration is timed."""
-
-    warmup: int = 5
-    min_time_s: float = 1.0
-    iterations: int | None = None
-
-
 def benchmark(
     model: str,
     *,
     backends: Sequence[str] = ("ort-cpu",),
-    ort_opt: Sequence[str] = ("disabled", "all"),
-    precisions: Sequence[str] = ("fp32", "fp16"),
-    threads: int = 0,
+    options: RunOptions | None = None,
+    timing: TimingOptions | None = None,
     batch_size: int = 1,
-    max_batch_size: int | None = None,
     input_shape: Shape | None = None,
-    warmup: int = 5,
-    min_time_s: float = 1.0,
-    iterations: int | None = None,
     seed: int = 0,
     exporter: Exporter = "dynamo",
     opset: int = 18,
-    cache_dir: Path | None = None,
     progress: Progress | None = None,
+    ort_opt: Sequence[OptLevel] | None = None,
+    precisions: Sequence[Precision] | None = None,
+    threads: int | None = None,
+    max_batch_size: int | None = None,
+    cache_dir: Path | None = None,
+    warmup: int | None = None,
+    min_time_s: float | None = None,
+    iterations: int | None = None,
 ) -> BenchResult:
     """Fold `model` (an .onnx path, built-in name or import spec) and time both variants on each backend.
 
-    `backends` are registry names or "all". Backends that cannot run here are listed in `unavailable`
-    with the reason and an install hint; asking only for unavailable backends raises
-    `BackendUnavailableError`. `precisions` apply to GPU backends (CPU rows are fp32).
+    `backends` are registry names or "all". `options` (what to run: optimization levels, precisions,
+    threads, TensorRT profile and cache) and `timing` (warm-up, minimum time, exact iterations) default to
+    `RunOptions()` and `TimingOptions()`; the keywords after `progress` are conveniences that replace single
+    fields of those objects (None: keep it). Backends that cannot run here are listed in `unavailable` with
+    the reason and an install hint; asking only for unavailable backends raises `BackendUnavailableError`.
+    `precisions` apply to GPU backends (CPU rows are fp32).
     """
     from foldnorm.bench.backends import BACKENDS
 
-    check_threads(threads)
+    options = _replaced(options or RunOptions(), ort_opt=ort_opt, precisions=precisions, threads=threads,
+                        max_batch_size=max_batch_size, cache_dir=cache_dir)
+    timing = _replaced(timing or TimingOptions(), warmup=warmup, min_time_s=min_time_s, iterations=iterations)
+    check_threads(options.threads)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
     chosen = [get_backend(n) for n in names]
     say: Progress = progress or (lambda _msg, _frac: None)
-    timing = TimingOptions(warmup, min_time_s, iterations)
     with temporary_directory() as tmp:
         work = Path(tmp)
         say(f"preparing {model}", None)
@@ -158,13 +170,11 @@ def benchmark(
         feeds = make_feeds(unfolded, batch_size, seed, shapes)
         from foldnorm.bench.backends.ort_cpu import OrtSession
 
-        reference = OrtSession(paths["unfolded"]).run(feeds)
-        options = RunOptions(tuple(ort_opt), threads, tuple(precisions))
-        # open-time options for the backends that need them (TensorRT: engine cache and shape profile)
-        extra = {"cache_dir": cache_dir, "max_batch_size": max_batch_size,
-                 "shapes": {k: tuple(v.shape) for k, v in feeds.items()},
-                 "dynamic_batch": {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
-                                   for s in input_specs(unfolded) if s.dims}}
+        with OrtSession(paths["unfolded"]) as session:
+            reference = session.run(feeds)
+        inputs = BenchInputs({k: tuple(v.shape) for k, v in feeds.items()},
+                             {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
+                              for s in input_specs(unfolded) if s.dims})
         targets: dict[str, dict[str, Any]] = {"onnx": paths}
         torch_report = None
         rows: list[BenchRow] = []
@@ -180,18 +190,23 @@ def benchmark(
             if backend.source == "module" and "module" not in targets:
                 say("folding the PyTorch module", None)
                 targets["module"], torch_report = _module_variants(source, feeds)
-            for cfg in backend.configs(options):
-                label = config_label(cfg)
+            for cfg in backend.configs(options, inputs):
                 try:
-                    rows.extend(_bench_config(backend, cfg, label, targets[backend.source], extra, feeds, reference,
-                                              batch_size, timing, say))
+                    rows.extend(_bench_config(backend, cfg, targets[backend.source], feeds, reference, batch_size,
+                                              timing, say))
                 except BackendUnavailableError as exc:
-                    unavailable[f"{backend.name} {label}"] = str(exc).removeprefix(f"{backend.name} ")
+                    unavailable[f"{backend.name} {cfg.label()}"] = str(exc).removeprefix(f"{backend.name} ")
         if not rows and unavailable:
             raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
         notes = [n for n in (load_note(),) if n]
         return BenchResult(source.label, batch_size, rows, folded.report, verify, unavailable, environment(),
                            notes, torch_report)
+
+
+def _replaced(base: DataclassT, **given: Any) -> DataclassT:
+    """`base` with the fields the caller gave as keywords (None: not given); sequences become tuples."""
+    changes = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
+    return replace(base, **changes)
 
 
 def _input_shapes(model: Any, shape: Shape | None, batch_size: int) -> dict[str, Shape] | None:
@@ -215,17 +230,18 @@ def _module_variants(source: ModelSource, feeds: Mapping[str, np.ndarray]) -> tu
     return {"unfolded": source.module.eval(), "folded": result.module}, result.report
 
 
-def _bench_config(backend: Backend, cfg: dict[str, Any], label: str, targets: Mapping[str, Any],
-                  extra: Mapping[str, Any], feeds: dict[str, np.ndarray], reference: list[np.ndarray],
-                  batch_size: int, timing: TimingOptions, say: Progress) -> list[BenchRow]:
+def _bench_config(backend: Backend[OptionsT], cfg: OptionsT, targets: Mapping[str, Any],
+                  feeds: dict[str, np.ndarray], reference: list[np.ndarray], batch_size: int, timing: TimingOptions,
+                  say: Progress) -> list[BenchRow]:
     """Open both variants, measure their accuracy, time them interleaved, and return one row per variant."""
+    label = cfg.label()
     sessions: dict[str, Session] = {}
     build_s: dict[str, float] = {}
-    try:
+    with ExitStack() as opened:
         for variant in VARIANTS:
             say(f"opening {backend.name} {label} {variant}", None)
             start = time.perf_counter()
-            sessions[variant] = backend.open(targets[variant], **cfg, **extra)
+            sessions[variant] = opened.enter_context(backend.open(targets[variant], cfg))
             build_s[variant] = time.perf_counter() - start
         accuracy = {v: _accuracy(reference, s.run(feeds)) for v, s in sessions.items()}
         prepared = {v: s.prepare(feeds) for v, s in sessions.items()}
@@ -238,10 +254,7 @@ def _bench_config(backend: Backend, cfg: dict[str, Any], label: str, targets: Ma
                                           max_iterations=exact, min_iterations=exact or 10,
                                           on_progress=lambda frac: say(title, frac))
         memory = {v: s.peak_memory_bytes() for v, s in sessions.items()}
-    finally:
-        for sess in sessions.values():
-            sess.close()
-    precision = str(cfg.get("precision", "fp32"))
+    precision = cfg.precision
     mem_mb = {v: None if m is None else m / 2**20 for v, m in memory.items()}
     rows = []
     for v in VARIANTS:

@@ -46,6 +46,16 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class TimingOptions:
+    """How long each configuration is timed: `warmup` untimed runs per variant, then at least `min_time_s`
+    seconds and 10 runs each, or exactly `iterations` runs when given."""
+
+    warmup: int = 5
+    min_time_s: float = 1.0
+    iterations: int | None = None
+
+
+@dataclass(frozen=True)
 class Timed:
     """One variant to time: `run` queues the work, `sync` waits for it (a no-op on CPU).
 

@@ -358,22 +358,23 @@ def _check_against_torch(module: torch.nn.Module, args: tuple[torch.Tensor, ...]
         return
     feed_names = [spec.name for spec in input_specs(model)]
     gen = torch.Generator().manual_seed(0)
-    for batch in batch_sizes:
-        inputs = tuple(_random_like(a, batch, gen) for a in args)
-        expected = _leaves(module(*inputs))
-        try:
-            got = session.run({n: _to_numpy(t) for n, t in zip(feed_names, inputs)})
-        except Exception as exc:  # ORT raises untyped errors for kernels it lacks
-            _check_failed(result, args, f"ONNX Runtime failed to run it ({_first_line(exc)})")
-            return
-        check = BatchCheck(batch, 0.0, 0.0, len(got) == len(expected))
-        for ref, cand in zip(expected, got):
-            ref_np = ref.float().numpy() if ref.dtype == torch.bfloat16 else ref.numpy()
-            max_abs, max_rel, bad, _ = measure_error(ref_np, np.asarray(cand, dtype=ref_np.dtype))
-            check.max_abs, check.max_rel = max(check.max_abs, max_abs), max(check.max_rel, max_rel)
-            check.ok = check.ok and bad == 0
-        result.checks.append(check)
-        log.info("export check at batch %d: max abs %.3g, max rel %.3g", batch, check.max_abs, check.max_rel)
+    with session:
+        for batch in batch_sizes:
+            inputs = tuple(_random_like(a, batch, gen) for a in args)
+            expected = _leaves(module(*inputs))
+            try:
+                got = session.run({n: _to_numpy(t) for n, t in zip(feed_names, inputs)})
+            except Exception as exc:  # ORT raises untyped errors for kernels it lacks
+                _check_failed(result, args, f"ONNX Runtime failed to run it ({_first_line(exc)})")
+                return
+            check = BatchCheck(batch, 0.0, 0.0, len(got) == len(expected))
+            for ref, cand in zip(expected, got):
+                ref_np = ref.float().numpy() if ref.dtype == torch.bfloat16 else ref.numpy()
+                max_abs, max_rel, bad, _ = measure_error(ref_np, np.asarray(cand, dtype=ref_np.dtype))
+                check.max_abs, check.max_rel = max(check.max_abs, max_abs), max(check.max_rel, max_rel)
+                check.ok = check.ok and bad == 0
+            result.checks.append(check)
+            log.info("export check at batch %d: max abs %.3g, max rel %.3g", batch, check.max_abs, check.max_rel)
     result.check_batch_sizes = list(batch_sizes)
     result.max_abs = max(c.max_abs for c in result.checks)
     result.max_rel = max(c.max_rel for c in result.checks)

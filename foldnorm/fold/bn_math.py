@@ -36,9 +36,9 @@ def batchnorm_affine(
 ) -> ChannelAffine:
     """The affine map of an inference BatchNorm, computed in float64."""
     g, b, m, v = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (gamma, beta, mean, var))
-    with np.errstate(divide="ignore", invalid="ignore"):  # non-finite results are refused by the caller
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite results: the caller refuses
         scale = g / np.sqrt(v + float(eps))
-    return ChannelAffine(scale, b - m * scale)
+        return ChannelAffine(scale, b - m * scale)
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,70 @@
-"""The fold engine: visit every normalization node, fold what can be folded, record why the rest stays.
+"""The fold engine: visit every normalization node, fold what the rules fold, record why the rest stays.
+
+The engine knows rules only through the registry (`foldnorm.fold.rules.RULES`) and the contract in
+`rules/base.py`. A BatchNormalization is offered to the "after" rules for the producer of its input, then to
+the "before" rules for the consumer of its output, then to the "alone" rules; a node a "subject" rule
+recognises (a per-channel Mul/Add/Sub/Div by a constant) to the "after" rules when it sits alone after an op
+they fold into, else to the "before" rules when an op they fold into reads it alone. Neighbour rules see only
+the kinds of subject they declare. The first plan is applied and every refusal's sentence goes into the
+record. A rule turned off by `FoldOptions.skip`/`only` is not asked; the record says it is off.
 
 Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
-the Conv, which then produces the second BN's input). Per-channel Mul/Add/Sub/Div with a constant are folded
-the same way when a linear producer precedes them. If/Loop/Scan bodies and model-local functions are folded
-too; weights from an enclosing graph are copied into the subgraph, never edited.
+the Conv, which then produces the second BN's input). If/Loop/Scan bodies and model-local functions are folded
+too; weights from an enclosing graph are copied into the subgraph, never edited. After each graph the engine
+checks its declared post-conditions (`POST_CONDITIONS`); a failure is a foldnorm bug and raises.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import onnx
 from onnx import helper
 
+from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
+from foldnorm.fold.options import FoldOptions
 from foldnorm.fold.report import FoldRecord, FoldReport
-from foldnorm.fold.rules import DEFAULT_PASSES, BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
-from foldnorm.fold.rules.affine_tail import affine_operand, affine_params
-from foldnorm.fold.rules.base import shape_readers
-from foldnorm.fold.rules.bn_affine import lower_to_affine
-from foldnorm.fold.rules.common import batchnorm_params
-from foldnorm.fold.rules.matmul_bn import bias_add_parts
+from foldnorm.fold.rules import (
+    RULES,
+    AloneRule,
+    ChannelParams,
+    NeighbourRule,
+    Plan,
+    Refusal,
+    Rule,
+    SubjectRule,
+    batchnorm_params,
+)
 from foldnorm.onnxgraph.constants import ConstantResolver
+from foldnorm.onnxgraph.edits import shape_readers
 from foldnorm.onnxgraph.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Rule)
+_SUBJECT = [r for r in RULES if isinstance(r, SubjectRule)]
+_AFTER = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "after"]
+_BEFORE = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "before"]
+_ALONE = [r for r in RULES if isinstance(r, AloneRule)]
+
+
+@dataclass(frozen=True)
+class PostCondition:
+    """A property every folded graph keeps: `check(snapshot before, snapshot after)` raises when it broke."""
+
+    snapshot: Callable[[GraphIndex, ConstantResolver], Any]
+    check: Callable[[Any, Any], None]
+
+
+#: What the engine checks after folding each graph: GroupNorm, LayerNorm and InstanceNorm (and the BNs that
+#: stand for them) keep their op, wiring, attributes and parameter bytes. (The tests add `onnx.checker`.)
+POST_CONDITIONS: tuple[PostCondition, ...] = (PostCondition(protected_fingerprints, check_protected),)
 
 
 @dataclass
@@ -43,7 +79,6 @@ def fold_model(
     source: ModelLike,
     *,
     options: FoldOptions | None = None,
-    passes: Sequence[BatchNormPass] = DEFAULT_PASSES,
     in_place: bool = False,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of `source` (a path or `ModelProto`; never modified).
@@ -61,9 +96,9 @@ def fold_model(
         model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
-    _fold_graph(model.graph, None, None, "main", opts, passes, report, model)
+    _fold_graph(model.graph, None, None, "main", opts, report, model)
     for function in model.functions:
-        _fold_function(function, opts, passes, report)
+        _fold_function(function, opts, report)
     if model.ir_version < 4:
         _initializers_to_constants(model.graph)
     return FoldResult(model, report)
@@ -83,41 +118,41 @@ def _fold_graph(
     outer_constants: ConstantResolver | None,
     path: str,
     options: FoldOptions,
-    passes: Sequence[BatchNormPass],
     report: FoldReport,
     model: onnx.ModelProto | None = None,
 ) -> None:
     index = GraphIndex(graph, outer_index, path)
     constants = ConstantResolver(index, outer_constants)
-    before = protected_fingerprints(index, constants)
+    before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
     for node in list(index.nodes):
         if index.is_removed(node):
             continue
         if is_onnx_op(node, "BatchNormalization"):
-            report.add(_visit_batchnorm(ctx, node, passes))
+            report.add(_visit_batchnorm(ctx, node))
         elif (info := classify(index, node, constants)) is not None:
             report.add(_record(node, info.kind, "kept", info.reason, path=path))
-        elif (record := _visit_affine(ctx, node, passes)) is not None:
+        elif (record := _visit_subject(ctx, node)) is not None:
             report.add(record)
     index.commit()
-    check_protected(before, protected_fingerprints(index, ConstantResolver(index, outer_constants)))
+    folded = ConstantResolver(index, outer_constants)
+    for condition, snapshot in before:
+        condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
         for a in node.attribute:
             subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
             for k, sub in enumerate(subs):
                 sub_path = f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else "")
-                _fold_graph(sub, index, constants, sub_path, options, passes, report)
+                _fold_graph(sub, index, constants, sub_path, options, report)
 
 
-def _fold_function(function: onnx.FunctionProto, options: FoldOptions, passes: Sequence[BatchNormPass],
-                   report: FoldReport) -> None:
+def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
     graph = helper.make_graph(list(function.node), function.name,
                               [helper.make_empty_tensor_value_info(n) for n in function.input],
                               [helper.make_empty_tensor_value_info(n) for n in function.output])
     folded_before = report.folded
-    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, passes, report)
+    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, report)
     if report.folded == folded_before:
         return
     del function.node[:]
@@ -158,82 +193,113 @@ def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path:
     )
 
 
-def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto, passes: Sequence[BatchNormPass]) -> FoldRecord:
+def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
     index = ctx.index
     path = index.path
     info = classify(index, bn, ctx.constants)
     if info is not None and info.protected:
         return _record(bn, info.kind, "kept", info.reason, path=path)
-    params = _opaque_reason(bn) or batchnorm_params(ctx, bn)
-    if isinstance(params, str):
-        return _record(bn, "batchnorm", "skipped", params, path=path)
+    try:
+        params = _batchnorm_params(ctx, bn)
+    except Refusal as refusal:
+        return _record(bn, "batchnorm", "skipped", refusal.reason, path=path)
     reasons: list[str] = []  # sentences from fold rules that applied but refused
     context: list[str] = []  # why no rule applied at all
-    producer = index.producer.get(bn.input[0])
-    plan = _fold_after(ctx, bn, producer, params, passes, reasons, context)
+    plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context, "batchnorm")
+    consumer = index.only_consumer(bn.output[0])
+    if plan is None and consumer is not None:
+        plan = _first_plan(ctx, bn, consumer, params, _neighbours(ctx, consumer, _BEFORE, "batchnorm"), reasons)
     if plan is not None:
         return _apply(ctx, bn, "batchnorm", plan)
-    consumer = index.only_consumer(bn.output[0])
-    if consumer is not None:
-        plan = _first_plan(ctx, bn, consumer, params, _passes_for(ctx, consumer, passes, "before"), reasons)
-        if plan is not None:
-            return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
         "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
-    if ctx.options.standalone_bn == "affine":
-        lowered = lower_to_affine(ctx, bn, params)
-        if isinstance(lowered, Plan):
-            lowered.note = f"{lowered.note} (not folded: {why})"
-            return _apply(ctx, bn, "batchnorm", lowered)
-        why = f"{why}; {lowered}"
-    return _record(bn, "batchnorm", "skipped" if reasons else "kept", why, path=path)
+    outcome = "skipped" if reasons else "kept"
+    for rule in _rules_for(ctx, bn, _ALONE):
+        off = ctx.options.turned_off(rule.name)
+        if off is not None:
+            why, outcome = f"{why}; {off}", "skipped"
+            continue
+        try:
+            plan = rule.check(ctx, bn, params)
+        except Refusal as refusal:
+            why = f"{why}; {refusal.reason}"
+            continue
+        plan.note = f"{plan.note} (not folded: {why})"
+        return _apply(ctx, bn, "batchnorm", plan)
+    return _record(bn, "batchnorm", outcome, why, path=path)
 
 
-def _visit_affine(ctx: FoldContext, node: onnx.NodeProto, passes: Sequence[BatchNormPass]) -> FoldRecord | None:
-    """Fold a per-channel Mul/Add/Sub/Div with a constant into the linear op before it (None: not a candidate)."""
-    operand = affine_operand(ctx, node)
-    if operand is None:
-        return None
-    data, constant, const_index = operand
-    producer = ctx.index.producer.get(data)
-    if producer is None or (node.op_type in ("Add", "Sub") and is_onnx_op(producer, "MatMul")):
-        return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
-    if not _passes_for(ctx, producer, passes, "after") or not _has_constant_weight(ctx, producer):
-        return None  # e.g. attention's MatMul(Q, K) / sqrt(d): nothing fixed to fold into, nothing to report
-    if ctx.index.only_consumer(producer.output[0]) is not node:
-        return None  # the producer's output is read elsewhere too (GELU's x * ... / sqrt(2)): not a tail
-    params = affine_params(node, constant, const_index)
-    if isinstance(params, str):
-        return _record(node, "affine", "skipped", params, path=ctx.index.path)
+def _batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
+    opaque = _opaque_reason(bn)
+    if opaque:
+        raise Refusal(opaque)
+    return batchnorm_params(ctx, bn)
+
+
+def _visit_subject(ctx: FoldContext, node: onnx.NodeProto) -> FoldRecord | None:
+    """Fold a node a subject rule recognises into the linear op before or after it (None: no rule's candidate)."""
+    for rule in _rules_for(ctx, node, _SUBJECT):
+        data = rule.operand(ctx, node)
+        if data is None:
+            continue
+        producer = ctx.index.producer.get(data)
+        # Not a tail: nothing fixed to fold into (attention's MatMul(Q, K) / sqrt(d)), or the producer's output
+        # is read elsewhere too (GELU's x * ... / sqrt(2)).
+        if producer is not None and _fixed_weights(ctx, producer, _AFTER, rule.kind) \
+                and ctx.index.only_consumer(producer.output[0]) is node:
+            return _fold_subject(ctx, rule, node, producer, "after")
+        consumer = ctx.index.only_consumer(node.output[0])
+        if consumer is not None and _fixed_weights(ctx, consumer, _BEFORE, rule.kind):
+            return _fold_subject(ctx, rule, node, consumer, "before")
+    return None
+
+
+def _fixed_weights(ctx: FoldContext, neighbour: onnx.NodeProto, rules: Sequence[NeighbourRule], kind: str) -> bool:
+    """Whether a rule of `rules` for subjects of `kind` could fold into `neighbour`'s constant weights."""
+    return any(r.has_fixed_weights(ctx, neighbour) for r in _neighbours(ctx, neighbour, rules, kind))
+
+
+def _fold_subject(ctx: FoldContext, rule: SubjectRule, node: onnx.NodeProto, neighbour: onnx.NodeProto,
+                  position: str) -> FoldRecord:
+    """Fold `node` into `neighbour`: the producer of its input ("after") or the consumer of its output."""
+    path = ctx.index.path
+    off = ctx.options.turned_off(rule.name)
+    if off is not None:
+        return _record(node, rule.kind, "skipped", off, path=path)
+    try:
+        params = rule.params(ctx, node)
+    except Refusal as refusal:
+        return _record(node, rule.kind, "skipped", refusal.reason, path=path)
     reasons: list[str] = []
-    plan = _fold_after(ctx, node, producer, params, passes, reasons, [])
+    if position == "after":
+        plan = _fold_after(ctx, node, neighbour, params, reasons, [], rule.kind)
+    else:
+        plan = _first_plan(ctx, node, neighbour, params, _neighbours(ctx, neighbour, _BEFORE, rule.kind), reasons)
     if plan is not None:
-        return _apply(ctx, node, "affine", plan)
-    return _record(node, "affine", "skipped", "; ".join(reasons), path=ctx.index.path)
+        return _apply(ctx, node, rule.kind, plan)
+    return _record(node, rule.kind, "skipped", "; ".join(reasons), path=path)
 
 
-def _has_constant_weight(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
-    if producer.op_type == "Add":  # a MatMul's bias Add: the weight is the MatMul's
-        parts = bias_add_parts(ctx, producer)
-        producer = parts[0] if parts is not None else producer
-    return len(producer.input) > 1 and ctx.constant(producer.input[1]) is not None
+def _rules_for(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[R]) -> list[R]:
+    """The rules of `rules` the options want whose op types and structure match `node` (turned off or not)."""
+    return [r for r in rules if is_onnx_op(node, *r.op_types) and r.wanted(ctx.options) and r.accepts(ctx, node)]
 
 
-def _passes_for(ctx: FoldContext, neighbour: onnx.NodeProto, passes: Sequence[BatchNormPass],
-                position: str) -> list[BatchNormPass]:
-    return [p for p in passes if p.position == position and is_onnx_op(neighbour, *p.op_types)
-            and p.accepts(ctx, neighbour)]
+def _neighbours(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[NeighbourRule],
+                kind: str) -> list[NeighbourRule]:
+    """The neighbour rules of `rules` for `node` (as `_rules_for`) that fold subjects of `kind`."""
+    return [r for r in _rules_for(ctx, node, rules) if kind in r.kinds]
 
 
 def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto | None, params: ChannelParams,
-                passes: Sequence[BatchNormPass], reasons: list[str], context: list[str]) -> Plan | None:
-    """Try the passes that fold `node` into the `producer` of its input."""
+                reasons: list[str], context: list[str], kind: str) -> Plan | None:
+    """Try the rules that fold `node` (a subject of `kind`) into the `producer` of its input."""
     index = ctx.index
     if producer is None:
         context.append("its input is a graph input" if index.is_graph_input(node.input[0])
                        else "its input is computed in an enclosing graph")
         return None
-    after = _passes_for(ctx, producer, passes, "after")
+    after = _neighbours(ctx, producer, _AFTER, kind)
     if not after:
         op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
         context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")
@@ -246,16 +312,20 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
 
 
 def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
-                candidates: Sequence[BatchNormPass], reasons: list[str]) -> Plan | None:
+                candidates: Sequence[NeighbourRule], reasons: list[str]) -> Plan | None:
     opaque = _opaque_reason(neighbour)
     if opaque and candidates:
         reasons.append(f"{neighbour.op_type} {node_label(neighbour)}: {opaque}")
         return None
-    for p in candidates:
-        verdict = p.check(ctx, node, neighbour, params)
-        if isinstance(verdict, Plan):
-            return verdict
-        reasons.append(verdict)
+    for rule in candidates:
+        off = ctx.options.turned_off(rule.name)
+        if off is not None:
+            reasons.append(off)
+            continue
+        try:
+            return rule.check(ctx, node, neighbour, params)
+        except Refusal as refusal:
+            reasons.append(refusal.reason)
     return None
 
 

@@ -84,13 +84,21 @@ def _squeeze(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
     return np.squeeze(args[0], axis=tuple(int(a) % args[0].ndim for a in axes))
 
 
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Div: integers divide exactly, truncating toward zero (as C does), not through float64."""
+    if not np.issubdtype(a.dtype, np.integer):
+        return np.divide(a, b)
+    quotient = np.floor_divide(a, b)
+    return quotient + ((quotient * b != a) & ((a < 0) != (b < 0)))
+
+
 _Eval = Callable[[onnx.NodeProto, list[np.ndarray]], np.ndarray]
 
 _ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
     "Add": np.add,
     "Sub": np.subtract,
     "Mul": np.multiply,
-    "Div": np.divide,
+    "Div": _divide,
     "Sqrt": np.sqrt,
     "Reciprocal": np.reciprocal,
     "Neg": np.negative,

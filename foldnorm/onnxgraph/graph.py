@@ -1,6 +1,6 @@
 """A mutable index over one ONNX graph: who produces and who consumes each value, and safe edits.
 
-The fold passes work on the protobuf directly (node metadata, doc strings, subgraphs and functions stay as
+The fold rules work on the protobuf directly (node metadata, doc strings, subgraphs and functions stay as
 they are). Structural edits are recorded here and applied once by `commit()`.
 """
 
@@ -261,7 +261,8 @@ class GraphIndex:
         return id(node) in self._removed_nodes
 
     def insert_before(self, anchor: onnx.NodeProto, new_nodes: Iterable[onnx.NodeProto]) -> None:
-        """Insert `new_nodes` just before `anchor` (applied at `commit`)."""
+        """Insert `new_nodes` just before `anchor` (applied at `commit`; `anchor` may itself be an inserted node,
+        and an inserted node removed again before the commit never reaches the graph)."""
         fresh = list(new_nodes)
         self._inserted.setdefault(id(anchor), []).extend(fresh)
         for node in fresh:
@@ -308,6 +309,12 @@ class GraphIndex:
             self.remove_node(node)
             pending.extend(inputs)
 
+    def _placed(self, node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+        """`node` preceded by the nodes inserted before it, and those by the nodes inserted before them."""
+        for new in self._inserted.get(id(node), ()):
+            yield from self._placed(new)
+        yield node
+
     def commit(self) -> None:
         """Apply recorded removals and insertions to the protobuf graph, then re-index it."""
         graph = self.graph
@@ -316,11 +323,7 @@ class GraphIndex:
                 if graph.initializer[i].name in self._removed_inits:
                     del graph.initializer[i]
         if self._removed_nodes or self._inserted:
-            ordered: list[onnx.NodeProto] = []
-            for node in self.nodes:
-                ordered.extend(self._inserted.get(id(node), ()))
-                if id(node) not in self._removed_nodes:
-                    ordered.append(node)
+            ordered = [n for node in self.nodes for n in self._placed(node) if id(n) not in self._removed_nodes]
             copies = [onnx.NodeProto() for _ in ordered]
             for dst, src in zip(copies, ordered):
                 dst.CopyFrom(src)

@@ -1,10 +1,13 @@
-"""A weightless skeleton of a model, for checks and shape inference that must not copy big tensors.
+"""Shapes without copying weights: a weightless skeleton for checks and shape inference, and the ranks and
+element types a graph proves.
 
 `onnx.checker` and shape inference serialize the whole model (hundreds of MB for a ResNet-50) before they
 look at it. On the skeleton every large tensor is replaced by a graph input of the same type and shape, so
-both see the same structure, types and shapes at a fraction of the cost. `infer_ranks` uses it to prove the
-rank of values exporters did not record (the legacy torch exporter often records none), which some folds
-need (MatMul + BN).
+both see the same structure, types and shapes at a fraction of the cost. `infer_shapes` uses it to prove the
+ranks and dims of values exporters did not record (the legacy torch exporter often records none), which some
+folds need (MatMul + BN, Concat + BN). `ShapeProver` answers "what rank (dtype, length of an axis) does
+this value have" from recorded shapes, producers that keep their input's rank (dtype), and, last, that
+inference.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import logging
 
 import onnx
 from onnx import helper
+
+from foldnorm.onnxgraph.constants import ConstantResolver
+from foldnorm.onnxgraph.graph import GraphIndex, is_onnx_op
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +48,97 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """The rank of every value of the main graph that shape inference can determine (empty on failure)."""
+def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """The shape of every value of the main graph that shape inference can determine (empty on failure);
+    a dim it cannot size is None."""
     try:
         inferred = onnx.shape_inference.infer_shapes(weightless_copy(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         log.debug("shape inference failed: %s", exc)
         return {}
-    ranks: dict[str, int] = {}
+    shapes: dict[str, list[int | None]] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         t = vi.type
         if t.HasField("tensor_type") and t.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(t.tensor_type.shape.dim)
-    return ranks
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
+    return shapes
+
+
+# Ops whose output has the rank of their first input (used to prove ranks without shape inference).
+_RANK_PRESERVING = {
+    "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Identity", "Neg", "Abs", "Exp",
+    "Log", "Sqrt", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Mish", "Softplus", "Elu", "Selu", "Cast",
+    "InstanceNormalization", "LayerNormalization", "GroupNormalization", "Dropout", "Softmax", "PRelu",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Concat", "Resize", "Pad",
+}
+# Ops whose output has the dtype of their first input.
+_DTYPE_PRESERVING = (_RANK_PRESERVING - {"Cast"}) | {
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Reshape", "Flatten", "Transpose",
+    "Squeeze", "Unsqueeze", "Slice", "Split", "Expand", "Tile", "ReduceMean",
+}
+
+
+class ShapeProver:
+    """The rank and element type of a graph's values, where the graph proves them.
+
+    A recorded shape or type is used first; otherwise the value's producer is followed through ops that
+    keep the rank (or dtype) of their first input, and, for the main graph of `model`, shape inference on a
+    weightless copy is the last resort (run once, on first need).
+    """
+
+    def __init__(self, index: GraphIndex, constants: ConstantResolver, model: onnx.ModelProto | None = None) -> None:
+        self.index = index
+        self.constants = constants
+        self.model = model
+        self._inferred: dict[str, list[int | None]] | None = None
+
+    def rank(self, name: str, depth: int = 0) -> int | None:
+        """The rank of value `name` when the graph proves it (recorded shape, or a rank-preserving producer)."""
+        shape = self.index.shape(name)
+        if shape is not None:
+            return len(shape)
+        producer = self.index.producer.get(name)
+        if producer is None or depth > 32 or producer.domain not in ("", "ai.onnx"):
+            return self._inferred_rank(name)
+        op = producer.op_type
+        if op in ("Conv", "ConvTranspose") and len(producer.input) > 1:
+            weight = self.index.shape(producer.input[1])
+            if weight is None:
+                known = self.constants.value(producer.input[1])
+                weight = list(known.shape) if known is not None else None
+            return len(weight) if weight is not None else None
+        if op == "Gemm":
+            return 2
+        if op in _RANK_PRESERVING and producer.input:
+            return self.rank(producer.input[0], depth + 1)
+        return self._inferred_rank(name)
+
+    def dim(self, name: str, axis: int) -> int | None:
+        """The static length of axis `axis` (negative: from the back) of `name`: recorded, else inferred."""
+        for dims in (self.index.shape(name), self._inferred_shape(name)):
+            length = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
+            if isinstance(length, int):
+                return length
+        return None
+
+    def _inferred_rank(self, name: str) -> int | None:
+        dims = self._inferred_shape(name)
+        return None if dims is None else len(dims)
+
+    def _inferred_shape(self, name: str) -> list[int | None] | None:
+        if self.model is None:
+            return None
+        if self._inferred is None:
+            self._inferred = infer_shapes(self.model)
+        return self._inferred.get(name)
+
+    def elem_type(self, name: str, depth: int = 0) -> int | None:
+        """The ONNX element type of `name`: recorded, or that of the data input of a dtype-preserving producer."""
+        elem = self.index.elem_type(name)
+        if elem is not None:
+            return elem
+        producer = self.index.producer.get(name)
+        if (producer is None or depth > 64 or not is_onnx_op(producer, *_DTYPE_PRESERVING)
+                or not producer.input):
+            return None
+        return self.elem_type(producer.input[0], depth + 1)

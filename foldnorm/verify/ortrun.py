@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,6 +22,9 @@ from foldnorm.errors import BackendUnavailableError, FoldnormError, InputSpecErr
 from foldnorm.onnxgraph.external import has_weights_on_disk
 from foldnorm.onnxgraph.graph import subgraphs
 from foldnorm.onnxgraph.modelio import ModelLike, needs_external_data
+
+if TYPE_CHECKING:
+    from foldnorm.bench.backends.ort_cpu import OrtSession
 
 _T = onnx.TensorProto
 THROUGH_FLOAT = frozenset({_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2, _T.FLOAT8E5M2FNUZ,
@@ -103,7 +107,7 @@ def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, na
     return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
 
-def _open(source: str | bytes, model: onnx.ModelProto, label: str) -> object:
+def _open(source: str | bytes, model: onnx.ModelProto, label: str) -> OrtSession:
     from foldnorm.bench.backends.ort_cpu import OrtSession
 
     try:
@@ -128,13 +132,13 @@ def outputs(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str,
             draws: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
     """The outputs of `model` (`source`: its file, or the model itself) for each feed of `draws`, in turn."""
     edged = cast_at_edges(model)
-    session = _open(_session_source(source if edged is None else edged, edged or model, workdir, role), model, label)
     widened = {vi.name for vi in model.graph.input if _elem_type(vi) in THROUGH_FLOAT}
-    try:
+    opened = _session_source(source if edged is None else edged, edged or model, workdir, role)
+    with _open(opened, model, label) as session:
         for feeds in draws:
             fed = {k: v.astype(np.float32) if k in widened else v for k, v in feeds.items()}
             try:
-                result = session.run(fed)  # type: ignore[attr-defined]
+                result = session.run(fed)
             except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
                 if not type(exc).__module__.startswith("onnxruntime"):
                     raise
@@ -142,5 +146,3 @@ def outputs(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str,
                                      f"({first_line(exc)}); give shapes the model accepts (--shape "
                                      "NAME:1x3x224x224)") from None
             yield result
-    finally:
-        session.close()  # type: ignore[attr-defined]

@@ -11,9 +11,12 @@ import pytest
 from support.bench_models import conv_bn_onnx
 from support.builders import run_ort
 
-from foldnorm.bench.backends import BACKENDS, get_backend
+from foldnorm.bench.backends import BACKENDS, BenchInputs, RunOptions, get_backend
 from foldnorm.bench.backends.fp16 import to_float16
-from foldnorm.bench.backends.trt import engine_key, shape_profiles
+from foldnorm.bench.backends.ort_cpu import OrtOptions
+from foldnorm.bench.backends.ort_gpu import OrtGpuOptions
+from foldnorm.bench.backends.torch_eager import TorchOptions
+from foldnorm.bench.backends.trt import TrtOptions, engine_key, shape_profiles
 from foldnorm.bench.runner import benchmark
 from foldnorm.bench.timing import Timed, time_interleaved
 from foldnorm.errors import InputSpecError
@@ -62,6 +65,29 @@ def test_registry_and_unknown_name() -> None:
         assert status.ok or status.message().startswith("unavailable: ")
     with pytest.raises(InputSpecError, match="choose from"):
         get_backend("onnxruntime")
+
+
+def test_configs_are_typed_open_options(tmp_path: Path) -> None:
+    options = RunOptions(ort_opt=("all",), threads=2, precisions=("fp16",), max_batch_size=8, cache_dir=tmp_path)
+    inputs = BenchInputs({"x": (2, 3, 8, 8)}, {"x": True})
+    assert get_backend("ort-cpu").configs(options, inputs) == [OrtOptions(opt="all", threads=2)]
+    assert get_backend("ort-cuda").configs(options, inputs) == [OrtGpuOptions(opt="all")]
+    assert get_backend("ort-trt").configs(options, inputs) == [OrtGpuOptions(precision="fp16", cache_dir=tmp_path)]
+    assert get_backend("tensorrt").configs(options, inputs) == [
+        TrtOptions(precision="fp16", shapes={"x": (2, 3, 8, 8)}, dynamic_batch={"x": True}, max_batch_size=8,
+                   cache_dir=tmp_path)]
+    torch_cpu = get_backend("torch").configs(options, inputs)[0]
+    assert (torch_cpu.device, torch_cpu.precision, torch_cpu.threads) == ("cpu", "fp32", 2)
+
+
+def test_option_labels_are_the_config_column() -> None:
+    assert OrtOptions(opt="all", threads=2).label() == "opt=all,threads=2"
+    assert OrtOptions(opt="disabled", spin=True).label() == "opt=disabled"
+    assert TorchOptions(device="cpu", threads=1).label() == "device=cpu,threads=1"
+    assert TorchOptions(device="cuda", precision="fp16").label() == "device=cuda"
+    assert OrtGpuOptions(opt="all").label() == "opt=all"
+    assert OrtGpuOptions(precision="fp16").label() == ""
+    assert TrtOptions(precision="fp16", shapes={"x": (1, 3)}, max_batch_size=8).label() == ""
 
 
 def _needs(name: str) -> None:

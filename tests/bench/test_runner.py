@@ -12,19 +12,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.bench_models import conv_bn_onnx
 
+from foldnorm.bench import RunOptions, TimingOptions
 from foldnorm.bench.runner import benchmark
 from foldnorm.errors import BackendUnavailableError
 
 FAST = ["--warmup", "1", "--iterations", "3"]
-
-
-@pytest.fixture
-def model_path(tmp_path: Path, rng: np.random.Generator) -> str:
-    path = tmp_path / "m.onnx"
-    onnx.save(conv_bn_onnx(rng), path)
-    return str(path)
 
 
 def test_benchmark_ort_cpu_rows(model_path: str) -> None:
@@ -40,6 +33,13 @@ def test_benchmark_ort_cpu_rows(model_path: str) -> None:
     assert result.batchnorm_folded == 1 and result.verify.ok
     assert result.environment["cpu"] and result.environment["onnxruntime"]
     assert Path(model_path).read_bytes() == before
+
+
+def test_option_objects_with_a_keyword_override(model_path: str) -> None:
+    result = benchmark(model_path, options=RunOptions(ort_opt=("all",)), timing=TimingOptions(warmup=0, iterations=5),
+                       iterations=2)  # the keyword replaces that one field of `timing`
+    assert [(r.config, r.variant, r.latency.iterations) for r in result.rows] == [
+        ("opt=all", "unfolded", 2), ("opt=all", "folded", 2)]
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "text"])
@@ -98,6 +98,7 @@ def test_all_runs_what_is_available_and_lists_the_rest(model_path: str) -> None:
         assert result.unavailable[name].startswith("unavailable:") and "install:" in result.unavailable[name]
 
 
+@pytest.mark.slow  # exports and benchmarks a PyTorch model
 def test_torch_backend_on_cpu_from_an_import_spec() -> None:
     pytest.importorskip("torch")
     result = benchmark("support.bench_models:tiny", backends=["ort-cpu", "torch"], ort_opt=["disabled"],
@@ -139,17 +140,10 @@ def test_progress_is_plain_lines_otherwise(capsys: pytest.CaptureFixture) -> Non
 
 
 def test_onnx_file_with_dynamic_dims_takes_a_shape(tmp_path: Path, rng: np.random.Generator) -> None:
-    from support.builders import bn_inputs, bn_params, parse
+    from support.builders import conv_bn
 
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
     path = tmp_path / "seq.onnx"
-    onnx.save(parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, T] x) => (float[N, 6, T] y) {{
-        c = Conv <pads = [1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, inits), path)
+    onnx.save(conv_bn(rng, spatial=("T",)), path)
     refused = CliRunner().invoke(cli, ["bench", str(path), *FAST])
     assert refused.exit_code == 1 and "--shape x:1x4x8" in refused.stderr
     result = CliRunner().invoke(cli, ["bench", str(path), *FAST, "--shape", "x:1x4x8", "--format", "json"])

@@ -9,23 +9,16 @@ import numpy as np
 import onnx
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import bn_inputs, bn_params, conv_bn
 
 
 def write_model(rng: np.random.Generator, path: Path) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("a", 6, rng),
-             **bn_params("b", 6, rng), "ln_s": rng.normal(1, 0.3, 6).astype(np.float32),
+    """Conv -> BN `h` (folds) -> Relu -> BN `i` (nothing linear before it) -> InstanceNorm `y`."""
+    inits = {**bn_params("b", 6, rng), "ln_s": rng.normal(1, 0.3, 6).astype(np.float32),
              "ln_b": rng.normal(0, 0.3, 6).astype(np.float32)}
-    onnx.save_model(parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        h = BatchNormalization (c, {bn_inputs("a")})
-        r = Relu (h)
-        i = BatchNormalization (r, {bn_inputs("b")})
-        y = InstanceNormalization (i, ln_s, ln_b)
-    }}
-    """, inits), str(path))
+    onnx.save_model(conv_bn(rng, spatial=(6, 6), bn_out="h", inits=inits, tail=[
+        "r = Relu (h)", f"i = BatchNormalization (r, {bn_inputs('b')})", "y = InstanceNormalization (i, ln_s, ln_b)",
+    ]), str(path))
 
 
 def test_inspect_lists_verdicts_and_writes_nothing(rng: np.random.Generator, tmp_path: Path) -> None:

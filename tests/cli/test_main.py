@@ -10,20 +10,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from foldnorm.cli.main import cli
-from support.builders import bn_inputs, bn_params, op_count, parse
+from support.builders import conv_bn, op_count
 
 
 @pytest.fixture
 def conv_bn_file(tmp_path: Path, rng: np.random.Generator) -> Path:
-    inits = {"W": rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 3, 16, 16] x) => (float[N, 6, 16, 16] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization (c, {bn_inputs("bn")})
-        y = Relu (b)
-    }}
-    """, inits)
+    model = conv_bn(rng, cin=3, spatial=(16, 16), bn_out="b", tail=["y = Relu (b)"])
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
     return path
@@ -104,14 +96,7 @@ def test_bench_onnx_file_json(conv_bn_file: Path) -> None:
 
 
 def test_fold_verification_takes_shapes_of_dynamic_dims(tmp_path: Path, rng: np.random.Generator) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, T] x) => (float[N, 6, T] y) {{
-        c = Conv <pads = [1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, inits)
+    model = conv_bn(rng, spatial=("T",))
     path, out = tmp_path / "seq.onnx", tmp_path / "folded.onnx"
     onnx.save(model, path)
     refused = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out)])

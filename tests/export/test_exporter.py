@@ -219,6 +219,7 @@ def test_cli_train_ok_exports(tmp_path: Path) -> None:
     assert "running statistics" in res.stderr
 
 
+@pytest.mark.slow  # a fresh process imports torch and exports
 def test_stderr_shows_only_progress_lines(tmp_path: Path) -> None:
     """A fresh process (torch's first-import warnings included): stderr holds our lines, nothing from torch."""
     proc = subprocess.run(

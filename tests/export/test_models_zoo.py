@@ -18,6 +18,8 @@ from torch import nn
 from foldnorm import compare_models, export_onnx, fold_model
 from foldnorm.export.exporter import ExportResult, count_norms
 
+pytestmark = pytest.mark.slow  # exports real PyTorch models
+
 
 @dataclass(frozen=True)
 class Expect:

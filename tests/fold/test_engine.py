@@ -1,24 +1,133 @@
-"""Where parameters come from and where BNs live: routed constants, shared weights, subgraphs, functions,
-and what the fold must preserve (names, metadata, external data, idempotence)."""
+"""The engine: where parameters come from and where BNs live (routed constants, shared weights, subgraphs,
+functions), the refusals no single rule owns (fan-out, training mode, BN parameters, nothing linear before),
+its post-condition, and what the fold must preserve (names, metadata, external data, idempotence)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
-from foldnorm.cli.main import cli
-from support.builders import assert_close, bn_inputs, bn_params, parse, run_ort
-from support.fold_helpers import assert_folds
+from support.builders import assert_close, bn_inputs, bn_params, conv_bn, op_count, parse, run_ort, x_feed
+from support.fold_helpers import assert_folds, assert_refused, checked_fold
 
 from foldnorm import FoldOptions, fold_model, load_model, save_model
+from foldnorm.errors import InvalidModelError, InvariantViolation
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.engine import POST_CONDITIONS
+from foldnorm.fold.normalizations import check_protected
+from foldnorm.fold.rules import ChannelParams, Plan
+from foldnorm.fold.rules.conv_bn import ConvBatchNorm
+from foldnorm.onnxgraph.graph import set_attr
 
 
-def x_feed(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+def test_conv_output_read_twice_is_skipped(rng: np.random.Generator) -> None:
+    model = conv_bn(rng, tail=["z = Relu (c)"], outputs="float[N, 6, 8, 8] y, float[N, 6, 8, 8] z")
+    result = assert_refused(model, "also read by 1 other node")
+    assert len(result.report.records) == 1
+
+
+def test_producer_output_that_is_a_graph_output_is_skipped(rng: np.random.Generator) -> None:
+    model = conv_bn(rng, spatial=(6, 6), outputs="float[N, 6, 6, 6] y, float[N, 6, 6, 6] c")
+    assert_refused(model, "is also a graph output")
+
+
+def test_relu_between_is_not_folded(rng: np.random.Generator) -> None:
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        r = Relu (c)
+        y = BatchNormalization (r, {bn_inputs("bn")})
+    }}
+    """, inits)
+    result = assert_refused(model, "Relu", outcome="kept")
+    assert len(result.report.records) == 1
+
+
+def test_training_mode_is_skipped(rng: np.random.Generator) -> None:
+    model = conv_bn(rng, bn_out="y, rm, rv", bn_attrs="<training_mode = 1>")
+    result = checked_fold(model)
+    assert op_count(result.model, "BatchNormalization") == 1
+    assert "training_mode=1" in result.report.records[0].reason
+
+
+def test_params_as_graph_input_are_skipped(rng: np.random.Generator) -> None:
+    result = checked_fold(conv_bn(rng, graph_inputs="float[6] bn_scale"))
+    assert op_count(result.model, "BatchNormalization") == 1
+    assert "graph input" in result.report.records[0].reason
+
+
+def test_zero_variance_with_zero_eps_is_skipped(rng: np.random.Generator) -> None:
+    p = bn_params("bn", 6, rng)
+    p["bn_var"][2] = 0.0
+    assert_refused(conv_bn(rng, spatial=(6, 6), bn_attrs="<epsilon = 0.0>", params=p), "not finite")
+
+
+def test_batchnorm7_spatial0_is_skipped(rng: np.random.Generator) -> None:
+    assert_refused(conv_bn(rng, spatial=(6, 6), bn_attrs="<spatial = 0>", opset=7), "spatial=0")
+
+
+def test_bn_param_length_mismatch_is_a_user_error(rng: np.random.Generator) -> None:
+    model = conv_bn(rng, bias=True)
+    for t in model.graph.initializer:
+        if t.name == "bn_scale":
+            t.CopyFrom(onnx.numpy_helper.from_array(np.ones(5, np.float32), "bn_scale"))
+    with pytest.raises(InvalidModelError, match="different lengths"):
+        fold_model(model)
+
+
+def test_opset6_model_given_as_a_modelproto_is_a_user_error(rng: np.random.Generator) -> None:
+    # BatchNormalization-6 defaults to is_test=0 (training): the API refuses it as a path is refused.
+    model = conv_bn(rng, spatial=(6, 6))
+    model.opset_import[0].version = 6
+    with pytest.raises(InvalidModelError, match="opset 6 is not supported"):
+        fold_model(model)
+
+
+def ln_tail_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv -> BN -> InstanceNorm -> LayerNorm: one BN to fold, two protected norms."""
+    inits = {"ln_s": rng.normal(1, 0.3, 8).astype(np.float32), "ln_b": rng.normal(0, 0.3, 8).astype(np.float32),
+             "in_s": rng.normal(1, 0.3, 6).astype(np.float32), "in_b": rng.normal(0, 0.3, 6).astype(np.float32)}
+    return conv_bn(rng, bn_out="b", inits=inits, tail=[
+        "i = InstanceNormalization (b, in_s, in_b)", "y = LayerNormalization <axis = -1> (i, ln_s, ln_b)"])
+
+
+def test_protected_norms_are_kept_intact(rng: np.random.Generator) -> None:
+    model = ln_tail_model(rng)
+    x = x_feed(rng, hw=8)
+    result = checked_fold(model)
+    kinds = {(r.kind, r.outcome) for r in result.report.records}
+    assert kinds == {("batchnorm", "folded"), ("instancenorm", "kept"), ("layernorm", "kept")}
+    before = {n.op_type: n for n in model.graph.node}
+    after = {n.op_type: n for n in result.model.graph.node}
+    for op in ("InstanceNormalization", "LayerNormalization"):
+        assert after[op] == before[op]
+    assert_close(run_ort(model, x), run_ort(result.model, x))
+
+
+def test_a_rule_that_alters_a_protected_norm_trips_the_post_condition(rng: np.random.Generator,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A deliberately broken conv-bn that also edits the LayerNorm: the engine's declared post-condition catches it.
+    assert [c.check for c in POST_CONDITIONS] == [check_protected]
+    honest = ConvBatchNorm.check
+
+    def broken(self: ConvBatchNorm, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
+               params: ChannelParams) -> Plan:
+        plan = honest(self, ctx, bn, conv, params)
+        layernorm = next(n for n in ctx.index.nodes if n.op_type == "LayerNormalization")
+
+        def apply() -> None:
+            plan.apply()
+            set_attr(layernorm, "epsilon", 0.5)
+
+        return Plan(plan.target, apply, plan.note)
+
+    monkeypatch.setattr(ConvBatchNorm, "check", broken)
+    with pytest.raises(InvariantViolation, match="protected normalization nodes were altered"):
+        fold_model(ln_tail_model(rng))
 
 
 def test_params_routed_through_identity_constant_and_expand(rng: np.random.Generator) -> None:
@@ -112,29 +221,24 @@ def test_bn_inside_model_local_function(rng: np.random.Generator) -> None:
     }}
     """)
     x = x_feed(rng)
-    result = fold_model(model)
+    result = checked_fold(model)
     (record,) = result.report.records
     assert (record.outcome, record.graph) == ("folded", "function local.Block")
     assert not any(n.op_type == "BatchNormalization" for n in result.model.functions[0].node)
-    onnx.checker.check_model(result.model, full_check=True)
     assert_close(run_ort(model, x), run_ort(result.model, x))
 
 
 def test_names_metadata_and_doc_strings_are_preserved(rng: np.random.Generator) -> None:
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18, "com.example" : 1], producer_name: "unit", model_version: 7>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)})
+    model = conv_bn(rng, spatial=(6, 6))
+    model.opset_import.add(domain="com.example", version=1)
+    model.producer_name, model.model_version = "unit", 7
     model.doc_string = "model doc"
     model.graph.doc_string = "graph doc"
     onnx.helper.set_model_props(model, {"author": "me"})
     conv = model.graph.node[0]
     conv.doc_string = "conv doc"
     conv.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'layer1', 'layer1.conv']")
-    result = fold_model(model)
+    result = checked_fold(model)
     out = result.model
     assert (out.doc_string, out.graph.doc_string, out.producer_name, out.model_version) == \
         ("model doc", "graph doc", "unit", 7)
@@ -145,30 +249,17 @@ def test_names_metadata_and_doc_strings_are_preserved(rng: np.random.Generator) 
 
 
 def test_fold_twice_changes_nothing_on_a_mixed_model(rng: np.random.Generator) -> None:
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y, float[N, 6, 6, 6] z) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("a")})
-        r = Relu (y)
-        z = BatchNormalization (r, {bn_inputs("b")})
-    }}
-    """, {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("a", 6, rng),
-          **bn_params("b", 6, rng)})
-    once = fold_model(model)
-    twice = fold_model(once.model)
+    model = conv_bn(rng, spatial=(6, 6), inits=bn_params("b", 6, rng),
+                    tail=["r = Relu (y)", f"z = BatchNormalization (r, {bn_inputs('b')})"],
+                    outputs="float[N, 6, 6, 6] y, float[N, 6, 6, 6] z")
+    once = checked_fold(model)
+    twice = checked_fold(once.model)
     assert twice.model.SerializeToString() == once.model.SerializeToString()
     assert [r.outcome for r in twice.report.records] == ["kept"]
 
 
 def test_external_data_is_read_and_written(rng: np.random.Generator, tmp_path: Path) -> None:
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 64, 6, 6] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, {"W": rng.normal(0, 0.5, (64, 4, 3, 3)).astype(np.float32), **bn_params("bn", 64, rng)})
+    model = conv_bn(rng, cout=64, spatial=(6, 6))
     x = x_feed(rng)
     expected = run_ort(model, x)
     src = tmp_path / "in.onnx"
@@ -197,24 +288,6 @@ def test_bn_in_loop_body_folds(rng: np.random.Generator) -> None:
     """, {"W": rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, rng)})
     result = assert_folds(model, {**x_feed(rng), "trips": np.array(2, np.int64)})
     assert result.report.records[0].graph == "main/y.body"
-
-
-def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) -> None:
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
-        r = Relu (x)
-        y = BatchNormalization (r, {bn_inputs("bn")})
-    }}
-    """, bn_params("bn", 4, rng))
-    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
-    onnx.save_model(model, str(src))
-    result = CliRunner().invoke(cli, ["fold", str(src), "-o", str(out), "--standalone-bn", "affine",
-                                      "--format", "json"])
-    assert result.exit_code == 0, result.output
-    (record,) = json.loads(result.stdout)["report"]["records"]
-    assert record["outcome"] == "folded" and "Mul + Add" in record["reason"]
-    assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Relu", "Mul", "Add"]
 
 
 def test_new_tensors_in_a_subgraph_never_shadow_outer_names(rng: np.random.Generator) -> None:
@@ -257,7 +330,7 @@ def test_function_attribute_references_make_nodes_opaque(rng: np.random.Generato
     x = x_feed(rng)
     for ref, nodes in cases.items():
         model = _function_model(f"{body}\n{nodes}", "eps = 0.5, k = 3.0, g = 2", "eps, k, g")
-        result = fold_model(model)
+        result = checked_fold(model)
         assert not any(r.outcome == "folded" for r in result.report.records), ref
         assert all(ref in r.reason for r in result.report.records if r.kind == "batchnorm"), ref
         assert_close(run_ort(model, x), run_ort(result.model, x))
@@ -298,7 +371,7 @@ def test_custom_domain_op_with_a_standard_name_is_not_folded_into(
     }}
     """, inits)
     feeds = {"x": rng.normal(0, 1, x_shape).astype(np.float32)}
-    result = fold_model(model)
+    result = checked_fold(model)
     main = [r for r in result.report.records if r.graph == "main"]
     assert [r.outcome for r in main] == ["kept"] * len(main), result.report.to_json()
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
@@ -320,9 +393,8 @@ def test_ir3_model_gets_constant_nodes_not_initializers(rng: np.random.Generator
     }}
     """)
     feeds = {"x": rng.normal(0, 1, [int(d) for d in x_shape.split(",")]).astype(np.float32)}
-    result = fold_model(model, options=FoldOptions(standalone_bn="affine"))
+    result = checked_fold(model, FoldOptions(standalone_bn="affine"))
     assert [r.outcome for r in result.report.records] == ["folded"]
-    onnx.checker.check_model(result.model, full_check=True)
     assert [i.name for i in result.model.graph.input] == ["x"]
     assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
 
@@ -351,16 +423,9 @@ def test_dynamo_affine_free_bn_with_params_from_the_conv_output_shape(rng: np.ra
 
 @pytest.mark.parametrize("scopes", ["5", "[1, 2]", "['', None]", "(("])
 def test_malformed_name_scope_metadata_gives_no_module_path(rng: np.random.Generator, scopes: str) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 1, 1)).astype(np.float32), **bn_params("bn", 6, rng)}
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
-        c = Conv (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, inits)
+    model = conv_bn(rng, spatial=(6, 6))
     model.graph.node[1].metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes)
-    (record,) = fold_model(model).report.records
+    (record,) = checked_fold(model).report.records
     assert (record.outcome, record.module) == ("folded", None)
 
 
@@ -378,6 +443,6 @@ def test_constant_expression_numpy_cannot_evaluate_is_not_a_constant(rng: np.ran
     """)
     for name, shape in {"W": (6, 4, 1, 1), "k6": (6, 1, 1), "k4": (4, 1, 1)}.items():
         model.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), name))
-    result = fold_model(model)
+    result = fold_model(model)  # the model is invalid on purpose: no checker here
     assert result.report.records == []
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()

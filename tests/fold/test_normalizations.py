@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
-from support.builders import assert_close, bn_inputs, bn_params, parse, run_ort
+from support.builders import assert_close, bn_inputs, bn_params, conv_bn, parse, run_ort
 
 from foldnorm import fold_model
 
@@ -38,20 +38,10 @@ def assert_intact(model: onnx.ModelProto, feeds: dict[str, np.ndarray], kinds: s
 @pytest.mark.parametrize("opset", [18, 21])
 def test_group_normalization_is_kept(rng: np.random.Generator, opset: int) -> None:
     n = 4 if opset >= 21 else 2  # opset 18 takes per-group scale/bias, 21 per-channel
-    inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, rng),
-             **affine(rng, n, "gn")}
-    text = f"""
-    <ir_version: {10 if opset >= 21 else 8}, opset_import: ["" : {opset}]>
-    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization (c, {bn_inputs("bn")})
-        y = GroupNormalization <num_groups = 2, epsilon = 0.001> (b, gn_s, gn_b)
-    }}
-    """
     # GroupNormalization-18 is deprecated, so the checker refuses opset-18 models that use it; ORT runs them.
-    model = parse(text, inits) if opset >= 21 else onnx.parser.parse_model(text)
-    if opset < 21:
-        model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
+    model = conv_bn(rng, cout=4, spatial=(6, 6), bn_out="b", inits=affine(rng, n, "gn"), opset=opset,
+                    ir_version=10 if opset >= 21 else 8, check=opset >= 21,
+                    tail=["y = GroupNormalization <num_groups = 2, epsilon = 0.001> (b, gn_s, gn_b)"])
     x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
     assert_intact(model, x, {("batchnorm", "folded"), ("groupnorm", "kept")}, check=opset >= 21)
 
@@ -80,17 +70,8 @@ def test_lowered_group_norm_is_kept(rng: np.random.Generator) -> None:
 
 
 def test_layer_and_instance_norm_are_kept(rng: np.random.Generator) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng),
-             **affine(rng, 6, "in"), **affine(rng, 6, "ln")}
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 6, 6] x) => (float[N, 6, 6, 6] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization (c, {bn_inputs("bn")})
-        i = InstanceNormalization (b, in_s, in_b)
-        y = LayerNormalization <axis = -1> (i, ln_s, ln_b)
-    }}
-    """, inits)
+    tail = ["i = InstanceNormalization (b, in_s, in_b)", "y = LayerNormalization <axis = -1> (i, ln_s, ln_b)"]
+    model = conv_bn(rng, spatial=(6, 6), bn_out="b", inits={**affine(rng, 6, "in"), **affine(rng, 6, "ln")}, tail=tail)
     x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
     assert_intact(model, x, {("batchnorm", "folded"), ("instancenorm", "kept"), ("layernorm", "kept")})
 

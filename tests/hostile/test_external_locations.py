@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from support.builders import conv_bn
 from support.cli import assert_user_error, run, snapshot
-from support.hostile import conv_bn, external_entry, save_external, tensor
+from support.hostile import external_entry, save_external, tensor
 
 import foldnorm
 from foldnorm.errors import InvalidModelError
@@ -21,7 +22,7 @@ def _escaping(tmp_path: Path, rng: np.random.Generator, how: str) -> tuple[Path,
     """A model in tmp_path/m whose weight W points out of m/ (`how`); returns the model and its location."""
     (tmp_path / "m").mkdir()
     (tmp_path / "secret.bin").write_bytes(SECRET)
-    path = save_external(conv_bn(rng), tmp_path / "m" / "model.onnx")
+    path = save_external(conv_bn(rng, cin=3), tmp_path / "m" / "model.onnx")
     location = {
         "dotdot": "../secret.bin",
         "absolute": str(tmp_path / "secret.bin"),
@@ -56,7 +57,7 @@ def test_cli_refuses_a_location_outside_the_model_directory(how: str, command: s
                                                             rng: np.random.Generator) -> None:
     model, location = _escaping(tmp_path, rng, how)
     good = tmp_path / "good.onnx"
-    onnx.save(conv_bn(rng), good)
+    onnx.save(conv_bn(rng, cin=3), good)
     out = tmp_path / "out.onnx"
     before = snapshot(tmp_path)
     result = run([a.format(m=model, out=out, good=good) for a in COMMANDS[command]])
@@ -78,7 +79,7 @@ def test_api_raises_invalid_model_error(how: str, tmp_path: Path, rng: np.random
 
 def test_data_in_a_subdirectory_or_behind_an_inner_symlink_is_fine(tmp_path: Path, rng: np.random.Generator) -> None:
     """Locations that stay inside the directory still work: a subdirectory, a symlink to a file beside it."""
-    original = conv_bn(rng)
+    original = conv_bn(rng, cin=3)
     path = tmp_path / "model.onnx"
     (tmp_path / "weights").mkdir()
     onnx.save(original, path, save_as_external_data=True, location="weights/model.data", size_threshold=0)

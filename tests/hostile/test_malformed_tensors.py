@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from support.builders import conv_bn
 from support.cli import assert_user_error, run, snapshot
-from support.hostile import conv_bn, external_entry, save_external, tensor
+from support.hostile import external_entry, save_external, tensor
 
 import foldnorm
 from foldnorm.errors import FoldnormError, InvalidModelError
@@ -61,10 +62,10 @@ def _model(tmp_path: Path, rng: np.random.Generator, case: str) -> Path:
     external, mutate, _ = CASES[case]
     path = tmp_path / "bad.onnx"
     if external:
-        save_external(conv_bn(rng), path)
+        save_external(conv_bn(rng, cin=3), path)
         model = onnx.load(path, load_external_data=False)
     else:
-        model = conv_bn(rng)
+        model = conv_bn(rng, cin=3)
     mutate(model)
     onnx.save(model, path)
     return path
@@ -93,7 +94,7 @@ def test_api_raises_the_error_family(case: str, tmp_path: Path, rng: np.random.G
 
 def test_in_memory_model_with_bad_tensor_is_invalid(rng: np.random.Generator) -> None:
     """A ModelProto from the caller: its raw bytes are checked when the fold reads the tensor."""
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     tensor(model, "bn_var").raw_data = bytes(16)
     with pytest.raises(InvalidModelError, match="'bn_var': its data does not fit its type and dims"):
         foldnorm.fold_model(model)
@@ -102,7 +103,7 @@ def test_in_memory_model_with_bad_tensor_is_invalid(rng: np.random.Generator) ->
 def test_data_file_truncated_while_it_is_read(tmp_path: Path, rng: np.random.Generator,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The data file passes the size check, then shrinks before the fold reads the weights."""
-    path = save_external(conv_bn(rng), tmp_path / "model.onnx")
+    path = save_external(conv_bn(rng, cin=3), tmp_path / "model.onnx")
     data = tmp_path / "model.onnx.data"
     real_check = modelio._check_model
 

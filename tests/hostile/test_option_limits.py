@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import bn_inputs, bn_params, conv_bn, parse
 from support.cli import assert_user_error, run
-from support.hostile import conv_bn, tensor
+from support.hostile import tensor
 
 import foldnorm
 from foldnorm.errors import FoldnormError, InputSpecError
@@ -19,7 +19,7 @@ from foldnorm.verify import compare
 
 @pytest.fixture
 def broken(tmp_path: Path, rng: np.random.Generator) -> Path:
-    model = conv_bn(rng)
+    model = conv_bn(rng, cin=3)
     weight = tensor(model, "W")
     weight.raw_data = bytes(len(weight.raw_data))
     path = tmp_path / "broken.onnx"

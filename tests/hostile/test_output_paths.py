@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from support.builders import conv_bn
 from support.cli import assert_user_error, run, snapshot
-from support.hostile import conv_bn, save_external
+from support.hostile import save_external
 
 import foldnorm
 from foldnorm.errors import OutputPathError
@@ -20,7 +21,7 @@ LONG = "x" * 300
 
 @pytest.fixture
 def external(tmp_path: Path, rng: np.random.Generator) -> Path:
-    return save_external(conv_bn(rng), tmp_path / "e.onnx")
+    return save_external(conv_bn(rng, cin=3), tmp_path / "e.onnx")
 
 
 def _refused(args: list[str], tmp_path: Path, named: Path | str, needle: str) -> None:
@@ -45,7 +46,7 @@ def test_report_is_not_the_input_in_place_either(tmp_path: Path, good: Path) -> 
 
 def test_output_data_file_never_replaces_the_input_data(tmp_path: Path, rng: np.random.Generator) -> None:
     """a.onnx keeps its weights in b.onnx.data; `-o b.onnx` would write b.onnx.data over them."""
-    onnx.save(conv_bn(rng), tmp_path / "a.onnx", save_as_external_data=True, location="b.onnx.data",
+    onnx.save(conv_bn(rng, cin=3), tmp_path / "a.onnx", save_as_external_data=True, location="b.onnx.data",
               size_threshold=0)
     _refused(["fold", tmp_path / "a.onnx", "-o", tmp_path / "b.onnx"], tmp_path, tmp_path / "b.onnx.data",
              "would overwrite the input's data file")
@@ -98,10 +99,10 @@ def test_bench_files_never_replace_the_model_or_a_non_file(blocker: str, tmp_pat
         os.mkfifo(results / "bench.json")
         named = results / "bench.json"
         model = results / "m.onnx"
-        onnx.save(conv_bn(rng), model)
+        onnx.save(conv_bn(rng, cin=3), model)
     else:
         model = results / "m.onnx"
-        onnx.save(conv_bn(rng), model, save_as_external_data=True, location="bench.txt", size_threshold=0)
+        onnx.save(conv_bn(rng, cin=3), model, save_as_external_data=True, location="bench.txt", size_threshold=0)
         named = results / "bench.txt"
     before = snapshot(tmp_path)
     result = run(["bench", str(model), "-o", str(results), "--iterations", "1", "--warmup", "0"])
@@ -114,7 +115,7 @@ def test_directory_report_never_replaces_an_input_or_output(tmp_path: Path, rng:
     src, dst = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     dst.mkdir()
-    onnx.save(conv_bn(rng), src / "a.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
+    onnx.save(conv_bn(rng, cin=3), src / "a.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
     for report in (src / "a.onnx", dst / "a.onnx", src / "w.bin", dst / "a.onnx.data"):
         _refused(["fold", src, "-o", dst, "--report", report, "--jobs", "2"], tmp_path, report, "would overwrite")
 

@@ -5,23 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import conv_bn
 
 
 def conv_bn_onnx(rng: np.random.Generator, tail: bool = False) -> onnx.ModelProto:
     """Conv + BN with random statistics; `tail` adds a Constant-fed Add and a Relu after the BN."""
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    rest = """b = BatchNormalization <epsilon = 0.001> (c, {bn})
-        one = Constant <value = float {{1.0}}> ()
-        s = Add (b, one)
-        y = Relu (s)""" if tail else "y = BatchNormalization <epsilon = 0.001> (c, {bn})"
-    return parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        {rest.format(bn=bn_inputs("bn"))}
-    }}
-    """, inits)
+    if not tail:
+        return conv_bn(rng, bn_attrs="<epsilon = 0.001>")
+    return conv_bn(rng, bn_attrs="<epsilon = 0.001>", bn_out="b", tail=[
+        "one = Constant <value = float {1.0}> ()", "s = Add (b, one)", "y = Relu (s)"])
 
 
 def tiny() -> object:

@@ -2,19 +2,63 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 import onnx.parser
 from onnx import numpy_helper
 
+_NP_TYPES: dict[str, type] = {"float": np.float32, "float16": np.float16}  # ONNX text type -> numpy
 
-def parse(text: str, initializers: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
-    """Parse ONNX text and attach initializers; the result passes the full checker."""
+
+def parse(text: str, initializers: dict[str, np.ndarray] | None = None, *, check: bool = True) -> onnx.ModelProto:
+    """Parse ONNX text and attach initializers; the result passes the full checker (unless `check=False`)."""
     model = onnx.parser.parse_model(text)
     for name, array in (initializers or {}).items():
         model.graph.initializer.append(numpy_helper.from_array(array, name))
-    onnx.checker.check_model(model, full_check=True)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def conv_bn(rng: np.random.Generator, *, cin: int = 4, cout: int = 6, spatial: Sequence[int | str] = (8, 8),
+            group: int = 1, bias: bool = False, dtype: str = "float", param_dtype: type | None = None,
+            w_scale: float = 0.5, bn_attrs: str = "", params: dict[str, np.ndarray] | None = None,
+            bn_out: str = "y", tail: Sequence[str] = (), outputs: str | None = None, graph_inputs: str = "",
+            inits: dict[str, np.ndarray] | None = None, opset: int = 18, ir_version: int = 8,
+            check: bool = True) -> onnx.ModelProto:
+    """Conv `c` (kernel 3, pads 1; weight `W`, bias `B` when `bias`) -> BatchNormalization `bn_out` (`float`/`float16`).
+
+    The BN's parameters are random (`bn_params("bn", ...)`, or `params`), in `param_dtype` (default: `dtype`'s).
+    `tail` holds nodes (ONNX text lines) after the BN, `inits` their initializers; `outputs` replaces the graph's
+    outputs (default `y`, shaped like the input with `cout` channels); `graph_inputs` adds inputs (`float[6, 4, 3, 3]
+    W` makes the weight one: its initializer is dropped). `check=False` skips the checker (deprecated ops).
+    """
+    np_dtype = _NP_TYPES[dtype]
+    arrays = {"W": rng.normal(0, w_scale, (cout, cin // group, *[3] * len(spatial))).astype(np_dtype),
+              **(params or bn_params("bn", cout, rng, param_dtype or np_dtype))}
+    args = "x, W"
+    if bias:
+        arrays["B"] = rng.normal(0, 0.5, cout).astype(np_dtype)
+        args += ", B"
+    arrays.update(inits or {})
+    for name in re.findall(r"\]\s*(\w+)", graph_inputs):
+        arrays.pop(name, None)
+    dims = ", ".join(map(str, spatial))
+    inputs = ", ".join([f"{dtype}[N, {cin}, {dims}] x", *([graph_inputs] if graph_inputs else [])])
+    outputs = outputs or f"{dtype}[N, {cout}, {dims}] y"
+    nodes = "\n".join(tail)
+    attrs = f"pads = {[1] * 2 * len(spatial)}" + (f", group = {group}" if group != 1 else "")
+    return parse(f"""
+    <ir_version: {ir_version}, opset_import: ["" : {opset}]>
+    g ({inputs}) => ({outputs}) {{
+        c = Conv <{attrs}> ({args})
+        {bn_out} = BatchNormalization {bn_attrs} (c, {bn_inputs("bn")})
+        {nodes}
+    }}
+    """, arrays, check=check)
 
 
 def bn_params(prefix: str, channels: int, rng: np.random.Generator, dtype: type = np.float32) -> dict[str, np.ndarray]:
@@ -32,11 +76,17 @@ def bn_inputs(prefix: str) -> str:
     return f"{prefix}_scale, {prefix}_bias, {prefix}_mean, {prefix}_var"
 
 
+def x_feed(rng: np.random.Generator, c: int = 4, hw: int = 6, dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Random N(0, 1) values for the input `x` of shape [2, c, hw, hw]."""
+    return {"x": rng.normal(0, 1, (2, c, hw, hw)).astype(dtype)}
+
+
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run with ONNX Runtime on CPU, all graph optimizations disabled (the library's own `OrtSession`)."""
     from foldnorm.bench.backends.ort_cpu import OrtSession
 
-    return OrtSession(model.SerializeToString(), opt="disabled").run(feeds)
+    with OrtSession(model.SerializeToString()) as session:
+        return session.run(feeds)
 
 
 def assert_close(expected: list[np.ndarray], got: list[np.ndarray], rtol: float = 1e-5) -> None:

@@ -1,4 +1,6 @@
-"""Assertions shared by the fold-pattern tests: a positive fold and an honest refusal."""
+"""Assertions shared by the fold-rule tests: a checked fold, a positive fold, an honest refusal, a rule turned off.
+
+Every folded model of these helpers passes `onnx.checker.check_model(full_check=True)`."""
 
 from __future__ import annotations
 
@@ -20,6 +22,13 @@ def count_ops(graph: onnx.GraphProto, op: str) -> int:
     return total
 
 
+def checked_fold(model: onnx.ModelProto, options: FoldOptions | None = None) -> FoldResult:
+    """`fold_model`, then the full ONNX checker on the folded model (the tests' post-condition of every fold)."""
+    result = fold_model(model, options=options)
+    onnx.checker.check_model(result.model, full_check=True)
+    return result
+
+
 def assert_folds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: float = 1e-5,
                  kind: str = "batchnorm", gone: str = "BatchNormalization", folded: int = 1,
                  options: FoldOptions | None = None) -> FoldResult:
@@ -29,7 +38,7 @@ def assert_folds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: 
     """
     expected = run_ort(model, feeds)
     before = model.SerializeToString()
-    result = fold_model(model, options=options)
+    result = checked_fold(model, options)
     assert model.SerializeToString() == before, "the input model must not be modified"
     out = result.model
     if gone == "BatchNormalization":
@@ -39,7 +48,6 @@ def assert_folds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: 
     records = [r for r in result.report.records if r.kind == kind and r.outcome == "folded"]
     assert len(records) == folded, result.report.to_json()
     assert all(r.target and r.reason for r in records)
-    onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
     assert [i.name for i in out.graph.input] == [i.name for i in model.graph.input]
     assert_close(expected, run_ort(out, feeds), rtol=rtol)
@@ -49,9 +57,29 @@ def assert_folds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: 
 def assert_refused(model: onnx.ModelProto, reason: str, *, outcome: str = "skipped",
                    options: FoldOptions | None = None) -> FoldResult:
     """Fold `model`: nothing changes, and a record with `outcome` explains why (contains `reason`)."""
-    result = fold_model(model, options=options)
+    result = checked_fold(model, options)
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
     hits = [r for r in result.report.records if r.outcome == outcome and reason in r.reason]
     assert hits, result.report.to_json()
     assert not any(r.outcome == "folded" for r in result.report.records)
     return result
+
+
+def assert_not_reported(model: onnx.ModelProto, options: FoldOptions | None = None) -> FoldResult:
+    """Fold `model`: no record at all (nothing there is a normalization or a candidate) and nothing changes."""
+    result = checked_fold(model, options)
+    assert result.report.records == [], result.report.to_json()
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+    return result
+
+
+def assert_turned_off(model: onnx.ModelProto, rule: str, *, kind: str = "batchnorm",
+                      options: FoldOptions | None = None) -> FoldResult:
+    """`model` folds with the defaults (and `options`); with `rule` skipped, a `kind` record names the rule instead.
+
+    Nothing else may fold in `model`: with the rule off the graph must stay as it is.
+    """
+    base = options or FoldOptions()
+    assert any(r.kind == kind and r.outcome == "folded" for r in checked_fold(model, base).report.records)
+    off = FoldOptions(standalone_bn=base.standalone_bn, skip=(rule,))
+    return assert_refused(model, f"rule {rule} is turned off (--skip {rule})", options=off)

@@ -10,24 +10,6 @@ import onnx
 from support.builders import bn_inputs, bn_params, parse
 
 
-def conv_bn(rng: np.random.Generator, scale_len: int = 6) -> onnx.ModelProto:
-    """Conv (3 -> 6 channels, 3x3, padded) -> BatchNormalization; `scale_len` < 6 makes it invalid."""
-    inits = {"W": rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng)}
-    inits["bn_scale"] = inits["bn_scale"][:scale_len]
-    text = f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, 3, 8, 8] x) => (float[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """
-    if scale_len == 6:
-        return parse(text, inits)
-    model = onnx.parser.parse_model(text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
-    return model
-
-
 def bias_bomb(rng: np.random.Generator, elements: int, op: str = "ConstantOfShape") -> onnx.ModelProto:
     """Conv -> BN whose conv bias is a ConstantOfShape/Expand of `elements`, its size hidden behind a Mul."""
     inits = {"W": rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng),

@@ -11,25 +11,19 @@ import pytest
 from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
 from onnx import numpy_helper
-from support.builders import bn_inputs, bn_params, parse
+from support.builders import conv_bn, parse
 
 import foldnorm
 from foldnorm.errors import InputSpecError, ModelMismatchError
 from foldnorm.testing import assert_equivalent
 
 
-def conv_bn_ln(rng: np.random.Generator, dims: str = "N, 4, 8, 8", out_dims: str = "N, 6, 8, 8") -> onnx.ModelProto:
+def conv_bn_ln(rng: np.random.Generator, spatial: tuple[int | str, ...] = (8, 8),
+               out_dims: str = "N, 6, 8, 8") -> onnx.ModelProto:
     """Conv -> BN -> LayerNorm (protected) -> output."""
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **bn_params("bn", 6, rng),
-             "ln_s": rng.uniform(0.5, 1.5, 8).astype(np.float32), "ln_b": rng.normal(0, 0.3, 8).astype(np.float32)}
-    return parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[{dims}] x) => (float[{out_dims}] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        b = BatchNormalization (c, {bn_inputs("bn")})
-        y = LayerNormalization <axis = -1> (b, ln_s, ln_b)
-    }}
-    """, inits)
+    inits = {"ln_s": rng.uniform(0.5, 1.5, 8).astype(np.float32), "ln_b": rng.normal(0, 0.3, 8).astype(np.float32)}
+    return conv_bn(rng, spatial=spatial, bn_out="b", inits=inits, outputs=f"float[{out_dims}] y",
+                   tail=["y = LayerNormalization <axis = -1> (b, ln_s, ln_b)"])
 
 
 def set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> onnx.ModelProto:
@@ -138,7 +132,7 @@ def test_changed_layernorm_is_reported(pair: tuple[Path, Path]) -> None:
 
 
 def test_interface_mismatch_is_exit_1(pair: tuple[Path, Path], tmp_path: Path, rng: np.random.Generator) -> None:
-    other = conv_bn_ln(rng, dims="N, 4, 8, 16", out_dims="N, 6, 8, 16")
+    other = conv_bn_ln(rng, spatial=(8, 16), out_dims="N, 6, 8, 16")
     onnx.save(other, tmp_path / "other.onnx")
     result = run("verify", str(pair[0]), str(tmp_path / "other.onnx"))
     assert result.exit_code == 1
@@ -151,7 +145,7 @@ def test_interface_mismatch_is_exit_1(pair: tuple[Path, Path], tmp_path: Path, r
 
 
 def test_dynamic_dims_need_shape(tmp_path: Path, rng: np.random.Generator) -> None:
-    model = conv_bn_ln(rng, dims="N, 4, H, 8", out_dims="N, 6, H, 8")
+    model = conv_bn_ln(rng, spatial=("H", 8), out_dims="N, 6, H, 8")
     onnx.save(model, tmp_path / "dyn.onnx")
     folded = foldnorm.fold_model(model).model
     onnx.save(folded, tmp_path / "dyn_f.onnx")
@@ -200,14 +194,7 @@ def test_integer_bool_and_fp16_inputs(tmp_path: Path, rng: np.random.Generator) 
 
 
 def test_fp16_conv_bn_fold_verifies_with_fp16_tolerance(tmp_path: Path, rng: np.random.Generator) -> None:
-    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float16), **bn_params("bn", 6, rng, np.float16)}
-    model = parse(f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float16[N, 4, 8, 8] x) => (float16[N, 6, 8, 8] y) {{
-        c = Conv <pads = [1, 1, 1, 1]> (x, W)
-        y = BatchNormalization (c, {bn_inputs("bn")})
-    }}
-    """, inits)
+    model = conv_bn(rng, dtype="float16")
     result = assert_equivalent(model, foldnorm.fold_model(model).model)
     assert result.outputs[0].dtype == "float16" and result.outputs[0].rtol == 1e-2
 

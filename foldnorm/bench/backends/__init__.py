@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from foldnorm.bench.backends.base import Availability, Backend, RunOptions, Session
+from typing import Any
+
+from foldnorm.bench.backends.base import Availability, Backend, BenchInputs, OpenOptions, RunOptions, Session
 from foldnorm.bench.backends.ort_cpu import OrtCpuBackend
 from foldnorm.bench.backends.ort_gpu import OrtGpuBackend
 from foldnorm.bench.backends.torch_eager import TorchBackend
 from foldnorm.bench.backends.trt import TensorRTBackend
 from foldnorm.errors import InputSpecError
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
+BACKENDS: dict[str, Backend[Any]] = {b.name: b for b in (
     OrtCpuBackend(),
     OrtGpuBackend("ort-cuda", "CUDAExecutionProvider", "ONNX Runtime, CUDA execution provider"),
     OrtGpuBackend("ort-trt", "TensorrtExecutionProvider", "ONNX Runtime, TensorRT execution provider"),
@@ -18,7 +20,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str) -> Backend[Any]:
     """The backend registered as `name`."""
     try:
         return BACKENDS[name]
@@ -26,4 +28,4 @@ def get_backend(name: str) -> Backend:
         raise InputSpecError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)} or all") from None
 
 
-__all__ = ["BACKENDS", "Availability", "Backend", "RunOptions", "Session", "get_backend"]
+__all__ = ["BACKENDS", "Availability", "Backend", "BenchInputs", "OpenOptions", "RunOptions", "Session", "get_backend"]

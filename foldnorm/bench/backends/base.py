@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
 import numpy as np
 
@@ -34,48 +37,103 @@ class Availability:
             raise BackendUnavailableError(f"{backend} {self.message()}")
 
 
+OptLevel = Literal["disabled", "basic", "extended", "all"]
+Precision = Literal["fp32", "fp16"]
+OPT_LEVELS: tuple[OptLevel, ...] = get_args(OptLevel)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """What the user asked for; each backend turns the parts it understands into configurations."""
+    """What the user asked for; each backend turns the parts it understands into configurations.
 
-    ort_opt: tuple[str, ...] = ("disabled", "all")
+    `threads` (0: the runtime's default) applies to CPU backends, `precisions` to GPU backends;
+    `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT.
+    """
+
+    ort_opt: tuple[OptLevel, ...] = ("disabled", "all")
     threads: int = 0
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[Precision, ...] = ("fp32", "fp16")
+    max_batch_size: int | None = None
+    cache_dir: Path | None = None
 
 
-class Session(Protocol):
-    """A loaded model, ready to run."""
+@dataclass(frozen=True)
+class BenchInputs:
+    """The inputs every configuration runs on: the shape of each input and whether its batch axis is dynamic."""
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run once; return the outputs in graph order as host arrays."""
-        ...
+    shapes: Mapping[str, tuple[int, ...]]
+    dynamic_batch: Mapping[str, bool]
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Any:
-        """Move feeds to where `run_timed` wants them (the device), once."""
-        ...
 
-    def run_timed(self, prepared: Any) -> None:
-        """Queue one run on feeds from `prepare`, leaving results where they are (for timing)."""
-        ...
+@dataclass(frozen=True, kw_only=True)
+class OpenOptions:
+    """What one configuration opens a model with. Each backend family extends it with its own typed fields and
+    names in `label_fields` those that tell its configurations apart (shown as `config`, e.g. `opt=all`)."""
 
-    def synchronize(self) -> None:
-        """Wait for queued device work to finish (a no-op on CPU)."""
-        ...
+    precision: Precision = "fp32"
+    label_fields: ClassVar[tuple[str, ...]] = ()
 
-    def device_timer(self) -> Callable[[], float] | None:
-        """A function returning the device time (s) of the last `run_timed`, or None to use wall time."""
-        ...
+    def label(self) -> str:
+        """`opt=all,threads=2`: the label fields that are set (zero, None and empty values left out)."""
+        values = ((name, getattr(self, name)) for name in self.label_fields)
+        return ",".join(f"{name}={value}" for name, value in values if value not in (0, None, ""))
 
-    def peak_memory_bytes(self) -> int | None:
-        """Peak memory this session used where the runtime can tell, else None."""
-        ...
+
+SessionT = TypeVar("SessionT", bound="Session")
+
+
+class Session(ABC):
+    """A loaded model, ready to run; a context manager that closes it (`with backend.open(...) as session:`)."""
+
+    closed: bool = False
+
+    def __enter__(self: SessionT) -> SessionT:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     def close(self) -> None:
-        """Release the session's resources."""
-        ...
+        """Release the session's resources; closing twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free what the runtime holds (called once, by `close`)."""
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; return the outputs in graph order as host arrays."""
+
+    @abstractmethod
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Move feeds to where `run_timed` wants them (the device), once."""
+
+    @abstractmethod
+    def run_timed(self, prepared: Any) -> None:
+        """Queue one run on feeds from `prepare`, leaving results where they are (for timing)."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on CPU)."""
+
+    @abstractmethod
+    def device_timer(self) -> Callable[[], float] | None:
+        """A function returning the device time (s) of the last `run_timed`, or None to use wall time."""
+
+    @abstractmethod
+    def peak_memory_bytes(self) -> int | None:
+        """Peak memory this session used where the runtime can tell, else None."""
 
 
-class Backend(Protocol):
+OptionsT = TypeVar("OptionsT", bound=OpenOptions)
+
+
+class Backend(Protocol[OptionsT]):
     """A runtime that opens models: ONNX files (`source="onnx"`) or PyTorch modules (`source="module"`)."""
 
     name: str
@@ -86,17 +144,17 @@ class Backend(Protocol):
         """Whether this backend can run here; never raises for a missing package or device."""
         ...
 
-    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
-        """The configurations to time (each one is passed to `open` as keyword options)."""
+    def configs(self, options: RunOptions, inputs: BenchInputs) -> list[OptionsT]:
+        """The configurations to time, each one the options `open` takes."""
         ...
 
-    def open(self, model: Any, **options: Any) -> Session:
+    def open(self, model: Any, options: OptionsT) -> Session:
         """Load `model` (a path for `source="onnx"`, an `nn.Module` for `source="module"`); return a session."""
         ...
 
 
-class HostSession:
-    """Defaults for sessions that run on the host: feeds as they are, wall-clock timing, no memory figure."""
+class HostSession(Session):
+    """A session that runs on the host: feeds as they are, wall-clock timing, no memory figure."""
 
     def prepare(self, feeds: Mapping[str, np.ndarray]) -> Any:
         """Host feeds need no preparation."""
@@ -112,8 +170,3 @@ class HostSession:
     def peak_memory_bytes(self) -> int | None:
         """Not measurable per session on the host."""
         return None
-
-
-def config_label(config: Mapping[str, Any]) -> str:
-    """`opt=all,threads=2` from a configuration (zero/empty values and the precision, its own column, left out)."""
-    return ",".join(f"{k}={v}" for k, v in config.items() if k != "precision" and v not in (0, None, ""))

@@ -9,18 +9,37 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from foldnorm.bench.backends.base import Availability, HostSession, RunOptions, Source
+from foldnorm.bench.backends.base import (
+    OPT_LEVELS,
+    Availability,
+    BenchInputs,
+    HostSession,
+    OpenOptions,
+    OptLevel,
+    RunOptions,
+    Source,
+)
 from foldnorm.errors import FoldnormError, first_line
 
-OPT_LEVELS = ("disabled", "basic", "extended", "all")
 ORT_INSTALL_HINT = "pip install 'foldnorm[ort]'"
 
 
-def session_options(opt: str = "disabled", threads: int = 0, spin: bool = False) -> Any:
+@dataclass(frozen=True, kw_only=True)
+class OrtOptions(OpenOptions):
+    """An ONNX Runtime CPU session: optimization level, intra-op threads (0: ORT's default), worker spinning."""
+
+    opt: OptLevel = "disabled"
+    threads: int = 0
+    spin: bool = False
+    label_fields: ClassVar[tuple[str, ...]] = ("opt", "threads")
+
+
+def session_options(options: OrtOptions) -> Any:
     """`onnxruntime.SessionOptions` for an optimization level, a thread count (0: ORT's default) and spinning."""
     import onnxruntime as ort
 
@@ -30,26 +49,26 @@ def session_options(opt: str = "disabled", threads: int = 0, spin: bool = False)
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
-    if opt not in levels:
-        raise FoldnormError(f"unknown ONNX Runtime optimization level {opt!r}; use one of {OPT_LEVELS}")
+    if options.opt not in levels:
+        raise FoldnormError(f"unknown ONNX Runtime optimization level {options.opt!r}; use one of {OPT_LEVELS}")
     so = ort.SessionOptions()
-    so.graph_optimization_level = levels[opt]
+    so.graph_optimization_level = levels[options.opt]
     so.log_severity_level = 4  # errors reach the caller as exceptions; ORT would also print them
-    if threads:
-        so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     return so
 
 
 class OrtSession(HostSession):
     """An `onnxruntime.InferenceSession` behind the `Session` contract (CPU unless `providers` say otherwise)."""
 
-    def __init__(self, model: str | bytes, opt: str = "disabled", threads: int = 0, spin: bool = False,
+    def __init__(self, model: str | bytes, options: OrtOptions | None = None,
                  providers: Sequence[Any] = ("CPUExecutionProvider",)) -> None:
         import onnxruntime as ort
 
         try:
-            self._session = ort.InferenceSession(model, session_options(opt, threads, spin),
+            self._session = ort.InferenceSession(model, session_options(options or OrtOptions()),
                                                  providers=list(providers))
         except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
             where = model if isinstance(model, str) else "model"
@@ -67,7 +86,7 @@ class OrtSession(HostSession):
         """Run once, discarding outputs."""
         self._session.run(None, prepared)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the ORT session."""
         del self._session
 
@@ -85,12 +104,11 @@ class OrtCpuBackend:
             return Availability(False, "onnxruntime is not installed", ORT_INSTALL_HINT)
         return Availability(True)
 
-    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
+    def configs(self, options: RunOptions, inputs: BenchInputs) -> list[OrtOptions]:
         """One configuration per requested optimization level."""
-        return [{"opt": o, "threads": options.threads} for o in options.ort_opt]
+        return [OrtOptions(opt=o, threads=options.threads) for o in options.ort_opt]
 
-    def open(self, model: Any, **options: Any) -> OrtSession:
-        """Open the file `model` with `opt` (disabled|basic|extended|all), `threads` (0: default), `spin`."""
+    def open(self, model: Any, options: OrtOptions) -> OrtSession:
+        """Open the file `model` with `options`."""
         self.availability().require(self.name)
-        return OrtSession(str(model), opt=options.get("opt", "disabled"), threads=int(options.get("threads", 0)),
-                          spin=bool(options.get("spin", False)))
+        return OrtSession(str(model), options)

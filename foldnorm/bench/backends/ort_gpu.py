@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from foldnorm.bench.backends.base import Availability, RunOptions, Source
-from foldnorm.bench.backends.ort_cpu import OrtSession
+from foldnorm.bench.backends.base import Availability, BenchInputs, OpenOptions, OptLevel, RunOptions, Source
+from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 from foldnorm.errors import BackendUnavailableError
 
 GPU_INSTALL_HINT = "pip install 'foldnorm[gpu]' (instead of foldnorm[ort]) on a machine with an NVIDIA GPU and CUDA"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrtGpuOptions(OpenOptions):
+    """An ONNX Runtime session on a GPU provider: optimization level (None: `disabled` on CUDA, `all` on the
+    TensorRT provider), and where the TensorRT provider caches its engines (None: no cache)."""
+
+    opt: OptLevel | None = None
+    cache_dir: Path | None = None
+    label_fields: ClassVar[tuple[str, ...]] = ("opt",)
 
 
 class OrtGpuSession(OrtSession):
@@ -57,11 +68,11 @@ class OrtGpuBackend:
             return Availability(False, f"this onnxruntime build has no {self.provider}", GPU_INSTALL_HINT)
         return Availability(True)
 
-    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
+    def configs(self, options: RunOptions, inputs: BenchInputs) -> list[OrtGpuOptions]:
         """CUDA: one configuration per ORT optimization level; TensorRT: one per precision."""
         if self.provider == "TensorrtExecutionProvider":
-            return [{"precision": p} for p in options.precisions]
-        return [{"opt": o} for o in options.ort_opt]
+            return [OrtGpuOptions(precision=p, cache_dir=options.cache_dir) for p in options.precisions]
+        return [OrtGpuOptions(opt=o) for o in options.ort_opt]
 
     def provider_chain(self, precision: str = "fp32", cache_dir: Path | None = None) -> list[Any]:
         """The providers to ask for: this one first (with its options), then CUDA/CPU for unsupported nodes."""
@@ -75,12 +86,12 @@ class OrtGpuBackend:
             return [(self.provider, trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
         return [self.provider, "CPUExecutionProvider"]
 
-    def open(self, model: Any, **options: Any) -> OrtGpuSession:
+    def open(self, model: Any, options: OrtGpuOptions) -> OrtGpuSession:
         """Open `model` on the provider; BackendUnavailableError when ORT fell back to another provider."""
         self.availability().require(self.name)
-        chain = self.provider_chain(options.get("precision", "fp32"), options.get("cache_dir"))
-        opt = options.get("opt", "disabled" if self.provider == "CUDAExecutionProvider" else "all")
-        session = OrtGpuSession(str(model), opt=opt, providers=chain)
+        chain = self.provider_chain(options.precision, options.cache_dir)
+        opt = options.opt or ("disabled" if self.provider == "CUDAExecutionProvider" else "all")
+        session = OrtGpuSession(str(model), OrtOptions(opt=opt), providers=chain)
         if not session.providers or session.providers[0] != self.provider:
             got = ", ".join(session.providers) or "none"
             session.close()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from foldnorm.bench.backends.base import Availability, RunOptions, Source
+from foldnorm.bench.backends.base import Availability, BenchInputs, OpenOptions, RunOptions, Session, Source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,17 +22,26 @@ if TYPE_CHECKING:
 TORCH_INSTALL_HINT = "pip install 'foldnorm[torch]' (CPU machines: with -c constraints-cpu.txt)"
 
 
-class TorchSession:
+@dataclass(frozen=True, kw_only=True)
+class TorchOptions(OpenOptions):
+    """A PyTorch module on a device, with the CPU's intra-op threads (0: torch's default)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = 0
+    label_fields: ClassVar[tuple[str, ...]] = ("device", "threads")
+
+
+class TorchSession(Session):
     """A module on one device and dtype, run under `torch.inference_mode`."""
 
-    def __init__(self, module: nn.Module, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
+    def __init__(self, module: nn.Module, options: TorchOptions) -> None:
         import torch
 
         self._torch = torch
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        if threads and self.device.type == "cpu":
-            torch.set_num_threads(threads)
+        self.device = torch.device(options.device)
+        self.dtype = torch.float16 if options.precision == "fp16" else torch.float32
+        if options.threads and self.device.type == "cpu":
+            torch.set_num_threads(options.threads)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.module = copy.deepcopy(module).eval().to(self.device, self.dtype)
@@ -86,7 +96,7 @@ class TorchSession:
             return None
         return int(self._torch.cuda.max_memory_allocated(self.device))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the module."""
         del self.module
 
@@ -113,15 +123,14 @@ class TorchBackend:
             return Availability(False, "torch is not installed", TORCH_INSTALL_HINT)
         return Availability(True)
 
-    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
+    def configs(self, options: RunOptions, inputs: BenchInputs) -> list[TorchOptions]:
         """fp32 on the CPU; on CUDA every requested precision."""
-        configs: list[dict[str, Any]] = [{"device": "cpu", "precision": "fp32", "threads": options.threads}]
+        configs = [TorchOptions(device="cpu", threads=options.threads)]
         if cuda_available():
-            configs += [{"device": "cuda", "precision": p} for p in options.precisions]
+            configs += [TorchOptions(device="cuda", precision=p) for p in options.precisions]
         return configs
 
-    def open(self, model: Any, **options: Any) -> TorchSession:
-        """Wrap the module `model` on `device` (cpu|cuda) in `precision` (fp32|fp16)."""
+    def open(self, model: Any, options: TorchOptions) -> TorchSession:
+        """Wrap the module `model` on `options.device` in `options.precision`."""
         self.availability().require(self.name)
-        return TorchSession(model, device=options.get("device", "cpu"), precision=options.get("precision", "fp32"),
-                            threads=int(options.get("threads", 0)))
+        return TorchSession(model, options)

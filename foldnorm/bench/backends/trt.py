@@ -16,13 +16,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from foldnorm.bench.backends.base import Availability, RunOptions, Source
+from foldnorm.bench.backends.base import Availability, BenchInputs, OpenOptions, RunOptions, Session, Source
 from foldnorm.bench.backends.torch_eager import TORCH_INSTALL_HINT, cuda_available
 from foldnorm.errors import BackendUnavailableError
 
@@ -32,6 +33,18 @@ TRT_INSTALL_HINT = "pip install 'foldnorm[gpu]' on a machine with an NVIDIA GPU 
 WORKSPACE_BYTES = 4 << 30
 BUILD_TIMEOUT_S = 1800
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "foldnorm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrtOptions(OpenOptions):
+    """A TensorRT engine: the input shapes it runs, which inputs have a dynamic batch axis, the largest batch
+    of its profile (None: the benchmarked one) and the engine cache directory (None: ~/.cache/foldnorm)."""
+
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dynamic_batch: Mapping[str, bool] = field(default_factory=dict)
+    max_batch_size: int | None = None
+    cache_dir: Path | None = None
+
 
 _PROBE = "import tensorrt as t; b = t.Builder(t.Logger(t.Logger.ERROR)); print(t.__version__)"
 
@@ -116,7 +129,7 @@ def build_engine_file(onnx_path: str, precision: str, profiles: dict[str, list[l
     return engine, False
 
 
-class TrtSession:
+class TrtSession(Session):
     """A deserialized engine with one execution context, fed with torch CUDA tensors."""
 
     def __init__(self, engine_path: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -186,7 +199,7 @@ class TrtSession:
             else engine.device_memory_size  # TensorRT 11 removed device_memory_size
         return int(engine_mem) + int(self._torch.cuda.max_memory_allocated())
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Release the context, engine and buffers."""
         del self._context, self._engine, self._out
 
@@ -209,16 +222,17 @@ class TensorRTBackend:
         ok, detail = _probe()
         return Availability(True) if ok else Availability(False, detail, TRT_INSTALL_HINT)
 
-    def configs(self, options: RunOptions) -> list[dict[str, Any]]:
-        """One engine per requested precision."""
-        return [{"precision": p} for p in options.precisions]
+    def configs(self, options: RunOptions, inputs: BenchInputs) -> list[TrtOptions]:
+        """One engine per requested precision, for the benchmarked input shapes."""
+        return [TrtOptions(precision=p, shapes=inputs.shapes, dynamic_batch=inputs.dynamic_batch,
+                           max_batch_size=options.max_batch_size, cache_dir=options.cache_dir)
+                for p in options.precisions]
 
-    def open(self, model: Any, **options: Any) -> TrtSession:
-        """Build (or reuse) the engine for the file `model` and load it for `shapes` (input name -> shape)."""
+    def open(self, model: Any, options: TrtOptions) -> TrtSession:
+        """Build (or reuse) the engine for the file `model` and load it for `options.shapes`."""
         self.availability().require(self.name)
-        shapes: Mapping[str, tuple[int, ...]] = options["shapes"]
-        profiles = shape_profiles(shapes, options.get("dynamic_batch", {}), int(options.get("max_batch_size") or 0))
-        engine, cached = build_engine_file(str(model), options.get("precision", "fp32"), profiles,
-                                           Path(options.get("cache_dir") or DEFAULT_CACHE_DIR))
+        profiles = shape_profiles(options.shapes, options.dynamic_batch, options.max_batch_size or 0)
+        engine, cached = build_engine_file(str(model), options.precision, profiles,
+                                           options.cache_dir or DEFAULT_CACHE_DIR)
         log.info("tensorrt engine %s (%s)", engine.name, "from cache" if cached else "built")
-        return TrtSession(engine, shapes)
+        return TrtSession(engine, options.shapes)

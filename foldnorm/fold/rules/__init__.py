@@ -1,27 +1,46 @@
-"""The fold passes. `DEFAULT_PASSES` is the one list the engine runs, in order of preference."""
+"""The fold rules. `RULES` is the one registry the engine runs, in order of preference.
 
-from foldnorm.fold.rules.base import BatchNormPass, ChannelParams, FoldContext, FoldOptions, Plan
+A new rule is one file here (a subclass of a rule class in `base.py`) and one line in `RULES`.
+"""
+
+from foldnorm.fold.rules.affine_conv import AffineConv
+from foldnorm.fold.rules.affine_tail import AffineTail
+from foldnorm.fold.rules.base import AloneRule, ChannelParams, NeighbourRule, Plan, Refusal, Rule, SubjectRule
+from foldnorm.fold.rules.bn_affine import BatchNormAffine
 from foldnorm.fold.rules.bn_bn import BatchNormChain
 from foldnorm.fold.rules.bn_conv import BatchNormConv
+from foldnorm.fold.rules.bn_linear import BatchNormLinear
+from foldnorm.fold.rules.common import batchnorm_params
+from foldnorm.fold.rules.concat_bn import ConcatBatchNorm
 from foldnorm.fold.rules.conv_bn import ConvBatchNorm
 from foldnorm.fold.rules.conv_transpose_bn import ConvTransposeBatchNorm
 from foldnorm.fold.rules.gemm_bn import GemmBatchNorm
 from foldnorm.fold.rules.matmul_bn import MatMulBatchNorm
+from foldnorm.fold.rules.reshape_bn import ReshapeBatchNorm
 
-DEFAULT_PASSES: tuple[BatchNormPass, ...] = (
+RULES: tuple[Rule, ...] = (
     ConvBatchNorm(),
     ConvTransposeBatchNorm(),
     GemmBatchNorm(),
     MatMulBatchNorm(),
+    ReshapeBatchNorm(),
+    ConcatBatchNorm(),
     BatchNormChain(),
     BatchNormConv(),
+    BatchNormLinear(),
+    AffineConv(),
+    AffineTail(),
+    BatchNormAffine(),
 )
 
 __all__ = [
-    "DEFAULT_PASSES",
-    "BatchNormPass",
+    "RULES",
+    "AloneRule",
     "ChannelParams",
-    "FoldContext",
-    "FoldOptions",
+    "NeighbourRule",
     "Plan",
+    "Refusal",
+    "Rule",
+    "SubjectRule",
+    "batchnorm_params",
 ]

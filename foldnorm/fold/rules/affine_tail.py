@@ -1,10 +1,13 @@
-"""Per-channel Mul/Add/Sub/Div with a constant, seen as the affine map the fold passes take.
+"""A Mul/Add/Sub/Div by a constant after a linear op, seen as the per-channel affine map the "after" rules fold.
 
     x * c → (c, 0)     x + c, c + x → (1, c)     x - c → (1, -c)     c - x → (-1, c)     x / c → (1/c, 0)
 
-Hand-written and frozen BatchNorms and exported affine tails look like this. The constant must vary along
-one axis at most (the channel axis, checked by the pass against its producer); a constant that varies along
-several axes, or whose only varying axis is not the producer's channel axis, is not a per-channel map.
+Hand-written and frozen BatchNorms and exported affine tails look like this. The node is a candidate only
+when it sits alone after an op with constant weights that an "after" rule folds into, or (else) when an op
+with constant weights that a "before" rule folds into reads it alone (`affine-conv`); attention's
+`MatMul(Q, K) / sqrt(d)` or the pieces of a written-out GELU are neither, and get no record. An Add right after
+a MatMul is that MatMul's bias, not a tail. The constant must vary along one axis at most (the channel axis,
+checked by the rule that folds it); a constant that varies along several axes is not a per-channel map.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import numpy as np
 import onnx
 
 from foldnorm.fold.bn_math import ChannelAffine
-from foldnorm.fold.rules.base import ChannelParams, FoldContext, is_float
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.rules.base import ChannelParams, Refusal, SubjectRule, is_float
+from foldnorm.onnxgraph.graph import is_onnx_op
 
-AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
-
-def affine_operand(ctx: FoldContext, node: onnx.NodeProto) -> tuple[str, np.ndarray, int] | None:
+def _constant_operand(ctx: FoldContext, node: onnx.NodeProto) -> tuple[str, np.ndarray, int] | None:
     """For a Mul/Add/Sub/Div with exactly one constant float operand: (data input, constant, its index)."""
-    if node.op_type not in AFFINE_OPS or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+    if len(node.input) != 2:
         return None
     values = [ctx.constant(name) for name in node.input]
     if (values[0] is None) == (values[1] is None):
@@ -32,23 +35,44 @@ def affine_operand(ctx: FoldContext, node: onnx.NodeProto) -> tuple[str, np.ndar
     return node.input[1 - k], constant, k
 
 
-def affine_params(node: onnx.NodeProto, constant: np.ndarray, const_index: int) -> ChannelParams | str:
-    """The per-channel map of `node` whose constant operand is `constant` (input `const_index`)."""
-    varying = [i for i, d in enumerate(constant.shape) if d != 1]
-    if len(varying) > 1:
-        return f"its constant of shape {list(constant.shape)} varies along several axes, not one channel axis"
-    c = np.asarray(constant, dtype=np.float64).reshape(-1)
-    one, zero = np.ones_like(c), np.zeros_like(c)
-    op = node.op_type
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale, shift = {
-            "Mul": (c, zero),
-            "Add": (one, c),
-            "Sub": (one, -c) if const_index == 1 else (-one, c),
-            "Div": (1.0 / c, zero),
-        }[op]
-    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
-        return "its constant gives a scale or shift that is not finite (a division by zero?)"
-    axis = varying[0] - constant.ndim if varying else None
-    return ChannelParams(ChannelAffine(scale, shift), constant.dtype, axis=axis, const_rank=constant.ndim,
-                         source=node.name, strict=False)
+class AffineTail(SubjectRule):
+    """A per-channel Mul/Add/Sub/Div by a constant after a linear op, folded like a BatchNorm."""
+
+    name = "affine-tail"
+    summary = "linear op -> Mul/Add/Sub/Div by a per-channel constant: folded as a BN would be"
+    op_types = ("Mul", "Add", "Sub", "Div")
+    kind = "affine"
+
+    def operand(self, ctx: FoldContext, node: onnx.NodeProto) -> str | None:
+        """The data input of a Mul/Add/Sub/Div by one constant float, unless it is a MatMul's bias Add/Sub."""
+        found = _constant_operand(ctx, node)
+        if found is None:
+            return None
+        producer = ctx.index.producer.get(found[0])
+        if producer is not None and node.op_type in ("Add", "Sub") and is_onnx_op(producer, "MatMul"):
+            return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
+        return found[0]
+
+    def params(self, ctx: FoldContext, node: onnx.NodeProto) -> ChannelParams:
+        """The per-channel map of `node`; raises `Refusal` when its constant is not per-channel."""
+        found = _constant_operand(ctx, node)
+        assert found is not None, "params() is asked only for a node operand() accepted"
+        _, constant, const_index = found
+        varying = [i for i, d in enumerate(constant.shape) if d != 1]
+        if len(varying) > 1:
+            raise Refusal(f"its constant of shape {list(constant.shape)} varies along several axes, "
+                          "not one channel axis")
+        c = np.asarray(constant, dtype=np.float64).reshape(-1)
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale, shift = {
+                "Mul": (c, zero),
+                "Add": (one, c),
+                "Sub": (one, -c) if const_index == 1 else (-one, c),
+                "Div": (1.0 / c, zero),
+            }[node.op_type]
+        if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
+            raise Refusal("its constant gives a scale or shift that is not finite (a division by zero?)")
+        axis = varying[0] - constant.ndim if varying else None
+        return ChannelParams(ChannelAffine(scale, shift), constant.dtype, axis=axis, const_rank=constant.ndim,
+                             source=node.name, strict=False)

@@ -1,46 +1,57 @@
-"""The pass contract and the shared context passes work in.
+"""The rule contract: what a fold rule declares, what it is handed, and how it says no.
 
-A pass is asked `check(ctx, bn, neighbour, params)`: it returns a `Plan` (everything computed, nothing
-changed yet) or a reason sentence for leaving the node alone. `plan.apply()` then performs the rewrite.
-Refusing is not an error: the engine records a `skipped` entry with the sentence.
+Every rule is one class in one file of this package, listed once in the registry (`RULES` in
+`__init__.py`); the engine knows rules only from there. A rule declares its `name` (what `skip`/`only`
+and `--list-rules` show), a one-line `summary`, its `position` and the `op_types` it looks at:
 
-The node being folded is a BatchNormalization or a per-channel Mul/Add/Sub/Div with a constant; either
-way the engine hands the pass its affine map as `ChannelParams`.
+- "subject": recognises a node to fold besides BatchNormalization (a per-channel Mul by a constant ...) and
+  gives its affine map; `op_types` are the node's;
+- "after": folds the subject into the neighbour that produces the subject's input (Conv → BN);
+- "before": folds it into the neighbour that consumes the subject's output (BN → Conv);
+- "alone": rewrites a subject that has no neighbour to fold into (tried last); `op_types` are the subject's.
+
+A neighbour rule also declares the `kinds` of subject it folds (BatchNorms, a subject rule's nodes, or both).
+`check(...)` returns a `Plan` (everything computed, nothing changed yet) or raises `Refusal(reason)`;
+`plan.apply()` then rewrites the graph. Refusing is not an error: the engine records a `skipped` entry with
+the sentence. The subject's map reaches a rule as `ChannelParams`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import onnx
 
 from foldnorm.errors import InvalidModelError
 from foldnorm.fold.bn_math import ChannelAffine
-from foldnorm.onnxgraph.constants import ConstantResolver
-from foldnorm.onnxgraph.graph import GraphIndex, attr, is_onnx_op, node_label
+from foldnorm.fold.context import FoldContext
+from foldnorm.onnxgraph.graph import attr
 
-# Ops whose output has the rank of their first input (used to prove ranks without shape inference).
-_RANK_PRESERVING = {
-    "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Identity", "Neg", "Abs", "Exp",
-    "Log", "Sqrt", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Mish", "Softplus", "Elu", "Selu", "Cast",
-    "InstanceNormalization", "LayerNormalization", "GroupNormalization", "Dropout", "Softmax", "PRelu",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Concat", "Resize", "Pad",
-}
-# Ops whose output has the dtype of their first input.
-_DTYPE_PRESERVING = (_RANK_PRESERVING - {"Cast"}) | {
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Reshape", "Flatten", "Transpose",
-    "Squeeze", "Unsqueeze", "Slice", "Split", "Expand", "Tile", "ReduceMean",
-}
+if TYPE_CHECKING:  # the options module reads the registry, which imports the rules
+    from foldnorm.fold.options import FoldOptions
+
+Position = Literal["subject", "after", "before", "alone"]
 
 
-@dataclass(frozen=True)
-class FoldOptions:
-    """User-facing switches of the fold engine."""
+class Refusal(Exception):
+    """Raised by a rule that leaves a node alone; `reason` is the sentence the report records."""
 
-    standalone_bn: Literal["keep", "affine"] = "keep"
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Plan:
+    """A checked fold, ready to apply: `apply()` performs the rewrite."""
+
+    target: onnx.NodeProto
+    apply: Callable[[], None]
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,15 +76,16 @@ class ChannelParams:
         """Channel count of the map (1 for a scalar map)."""
         return self.affine.channels
 
-    def on_axis(self, rank: int | None, channel_axis: int, channels: int) -> ChannelAffine | str:
-        """The map as `channels` entries when it acts on `channel_axis` of a rank-`rank` tensor, else why not.
+    def on_axis(self, rank: int | None, channel_axis: int, channels: int) -> ChannelAffine:
+        """The map as `channels` entries when it acts on `channel_axis` of a rank-`rank` tensor.
 
         `channel_axis` may be negative (MatMul's last axis); `rank=None` means the rank is unknown.
+        Raises `Refusal` when the map acts elsewhere or cannot be proved to act there.
         """
         if rank is not None and self.const_rank > rank:
-            return f"the constant has rank {self.const_rank}, more than the tensor's rank {rank}"
+            raise Refusal(f"the constant has rank {self.const_rank}, more than the tensor's rank {rank}")
         if rank is None and self.const_rank > 1:
-            return "the tensor's rank is unknown, so broadcasting the constant cannot be proved harmless"
+            raise Refusal("the tensor's rank is unknown, so broadcasting the constant cannot be proved harmless")
         if self.axis is None:
             affine = self.affine
             return ChannelAffine(np.broadcast_to(affine.scale, (channels,)).copy(),
@@ -88,159 +100,78 @@ class ChannelParams:
             where = f"axis {self.axis}" if rank is None else f"axis {self.axis % rank} of {rank}"
             target = f"axis {channel_axis}" if rank is None else f"axis {channel_axis % rank}"
             proof = "" if rank is not None else " (the rank is unknown, so this cannot be proved)"
-            return f"it acts on {where}, not on the producer's output-channel {target}{proof}"
+            raise Refusal(f"it acts on {where}, not on the producer's output-channel {target}{proof}")
         if self.channels != channels:
             if self.strict:
                 raise InvalidModelError(
                     f"BatchNormalization {self.source} has {self.channels} parameters but the op it meets has "
                     f"{channels} channels on that axis; fix the model (re-export it) before folding."
                 )
-            return f"it has {self.channels} channels but the producer has {channels} output channels"
+            raise Refusal(f"it has {self.channels} channels but the producer has {channels} output channels")
         return self.affine
 
 
+class Rule:
+    """What every fold rule declares. Subclass `SubjectRule`, `NeighbourRule` or `AloneRule`, not this."""
 
-@dataclass
-class Plan:
-    """A checked fold, ready to apply: `apply()` performs the rewrite."""
+    #: the rule's name for `skip`/`only` and `--list-rules` (its file name with dashes).
+    name: ClassVar[str]
+    #: one line for `--list-rules`: what it folds into what.
+    summary: ClassVar[str]
+    position: ClassVar[Position]
+    #: op types of the node the rule looks at (the neighbour; for "subject" and "alone" rules the subject).
+    op_types: ClassVar[tuple[str, ...]]
 
-    target: onnx.NodeProto
-    apply: Callable[[], None]
-    note: str = ""
+    def wanted(self, options: FoldOptions) -> bool:
+        """Whether the options ask for this rule at all (`skip`/`only` aside); most rules always run."""
+        return True
 
-
-@dataclass
-class FoldContext:
-    """One graph being folded: its index, constant resolver and options."""
-
-    index: GraphIndex
-    constants: ConstantResolver
-    options: FoldOptions = field(default_factory=FoldOptions)
-    #: sentences the last `apply()` wants in its record (e.g. a shared weight was duplicated).
-    notes: list[str] = field(default_factory=list)
-    #: the model whose main graph this is, for shape inference when a rank is not recorded (None: subgraph).
-    model: onnx.ModelProto | None = None
-    _ranks: dict[str, int] | None = None
-
-    def constant(self, name: str) -> np.ndarray | None:
-        """The constant value of `name`, or None."""
-        return self.constants.value(name)
-
-    def rank(self, name: str, depth: int = 0) -> int | None:
-        """The rank of value `name` when the graph proves it (recorded shape, or a rank-preserving producer)."""
-        shape = self.index.shape(name)
-        if shape is not None:
-            return len(shape)
-        producer = self.index.producer.get(name)
-        if producer is None or depth > 32 or producer.domain not in ("", "ai.onnx"):
-            return self._inferred_rank(name)
-        op = producer.op_type
-        if op in ("Conv", "ConvTranspose") and len(producer.input) > 1:
-            weight = self.index.shape(producer.input[1])
-            if weight is None:
-                known = self.constants.value(producer.input[1])
-                weight = list(known.shape) if known is not None else None
-            return len(weight) if weight is not None else None
-        if op == "Gemm":
-            return 2
-        if op in _RANK_PRESERVING and producer.input:
-            return self.rank(producer.input[0], depth + 1)
-        return self._inferred_rank(name)
-
-    def _inferred_rank(self, name: str) -> int | None:
-        if self.model is None:
-            return None
-        if self._ranks is None:
-            from foldnorm.onnxgraph.shapes import infer_ranks
-
-            self._ranks = infer_ranks(self.model)
-        return self._ranks.get(name)
-
-    def elem_type(self, name: str, depth: int = 0) -> int | None:
-        """The ONNX element type of `name`: recorded, or that of the data input of a dtype-preserving producer."""
-        elem = self.index.elem_type(name)
-        if elem is not None:
-            return elem
-        producer = self.index.producer.get(name)
-        if (producer is None or depth > 64 or not is_onnx_op(producer, *_DTYPE_PRESERVING)
-                or not producer.input):
-            return None
-        return self.elem_type(producer.input[0], depth + 1)
-
-    def set_param(self, node: onnx.NodeProto, input_index: int, array: np.ndarray, suffix: str) -> str:
-        """Give `node` input `input_index` the constant `array`.
-
-        A local initializer read only by `node` is overwritten in place; anything shared, routed through
-        Identity/Constant nodes or from an enclosing scope is left alone and a new initializer is added
-        (a shared tensor is never edited: the record says it was duplicated).
-        Returns the name of the tensor now feeding the input.
-        """
-        index = self.index
-        old = node.input[input_index] if input_index < len(node.input) else ""
-        if old and index.local_initializer(old) is not None and index.uses(old) == 1:
-            index.overwrite_initializer(old, array)
-            self.constants.forget(old)
-            return old
-        base = f"{node_label(node)}.{suffix}".replace("/", ".").strip(".")
-        name = index.add_initializer(base, array)
-        index.set_input(node, input_index, name)
-        if old:
-            chain = self._source_chain(old)
-            outer = chain[-1] not in index.initializers and chain[-1] not in index.producer
-            index.remove_if_dead([old])
-            if any(index.uses(n) for n in chain):
-                self.notes.append(f"{suffix} {chain[-1]!r} is shared with other nodes: folded into a copy "
-                                  f"{name!r}, the shared tensor is unchanged")
-            elif outer:
-                self.notes.append(f"{suffix} {chain[-1]!r} comes from an enclosing graph: folded into a "
-                                  f"copy {name!r}")
-        return name
-
-    def _source_chain(self, name: str) -> list[str]:
-        """`name` and the values it is routed from through single-input nodes (Identity, Cast ...)."""
-        chain = [name]
-        producer = self.index.producer.get(name)
-        while producer is not None and len([i for i in producer.input if i]) == 1 and len(chain) < 32:
-            chain.append(producer.input[0])
-            producer = self.index.producer.get(producer.input[0])
-        return chain
-
-    def absorb(self, node: onnx.NodeProto, producer: onnx.NodeProto) -> None:
-        """Remove `node`, letting `producer` write its output name (so downstream names never change)."""
-        index = self.index
-        old_out = producer.output[0]
-        out = node.output[0]
-        params = [i for i in node.input if i and i != old_out]
-        index.remove_node(node)
-        index.set_output(producer, 0, out)
-        for reader in shape_readers(index, old_out):  # the folded output has the same shape
-            index.set_input(reader, list(reader.input).index(old_out), out)
-        index.remove_if_dead([old_out, *params])
-
-    def append_bias(self, node: onnx.NodeProto, producer: onnx.NodeProto, bias: np.ndarray) -> None:
-        """Replace `node` by `Add(producer output, bias)` writing node's output (same name and metadata)."""
-        index = self.index
-        bias_name = index.add_initializer(f"{node_label(node)}.bias".replace("/", ".").strip("."), bias)
-        add = onnx.helper.make_node("Add", [producer.output[0], bias_name], [node.output[0]], name=node.name)
-        add.metadata_props.extend(node.metadata_props)
-        params = list(node.input[1:])
-        index.insert_before(node, [add])
-        index.remove_node(node)
-        index.remove_if_dead(params)
-
-    def bypass(self, node: onnx.NodeProto, consumer: onnx.NodeProto) -> None:
-        """Remove `node`, feeding its input straight to `consumer` (which reads node's output as input 0)."""
-        index = self.index
-        old_out = node.output[0]
-        params = list(node.input[1:])
-        index.remove_node(node)
-        index.set_input(consumer, 0, node.input[0])
-        index.remove_if_dead([old_out, *params])
+    def accepts(self, ctx: FoldContext, node: onnx.NodeProto) -> bool:
+        """Whether `node` (of one of `op_types`) has the structure the rule works on (cheap; no reasons)."""
+        return True
 
 
-def shape_readers(index: GraphIndex, name: str) -> list[onnx.NodeProto]:
-    """The `Shape` nodes reading `name`: they read only its shape, which a fold never changes."""
-    return [n for n in index.consumers.get(name, ()) if is_onnx_op(n, "Shape") and n.input[0] == name]
+class SubjectRule(Rule, ABC):
+    """Recognises a node to fold and gives its affine map; "after" rules then fold it into its producer."""
+
+    position: ClassVar[Position] = "subject"
+    #: the `kind` of the node's record in the report.
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def operand(self, ctx: FoldContext, node: onnx.NodeProto) -> str | None:
+        """The data input of `node` when `node` is a candidate, else None (no record at all)."""
+
+    @abstractmethod
+    def params(self, ctx: FoldContext, node: onnx.NodeProto) -> ChannelParams:
+        """The affine map of a candidate `node`; raises `Refusal` when it is no per-channel map."""
+
+
+class NeighbourRule(Rule, ABC):
+    """Folds a subject into one neighbour: the producer of its input ("after") or the consumer of its output."""
+
+    position: ClassVar[Position] = "after"
+    #: the subjects it folds, by the `kind` of their record: "batchnorm", or a subject rule's kind ("affine").
+    kinds: ClassVar[tuple[str, ...]] = ("batchnorm", "affine")
+
+    def has_fixed_weights(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
+        """Whether `neighbour` has constant weights (input 1) a per-channel map could fold into."""
+        return len(neighbour.input) > 1 and ctx.constant(neighbour.input[1]) is not None
+
+    @abstractmethod
+    def check(self, ctx: FoldContext, subject: onnx.NodeProto, neighbour: onnx.NodeProto,
+              params: ChannelParams) -> Plan:
+        """A plan folding `subject` into `neighbour`; raises `Refusal` with the reason when it cannot."""
+
+
+class AloneRule(Rule, ABC):
+    """Rewrites a subject that no neighbour took (tried last)."""
+
+    position: ClassVar[Position] = "alone"
+
+    @abstractmethod
+    def check(self, ctx: FoldContext, subject: onnx.NodeProto, params: ChannelParams) -> Plan:
+        """A plan rewriting `subject` on its own; raises `Refusal` with the reason when it cannot."""
 
 
 def is_float(array: np.ndarray) -> bool:
@@ -251,30 +182,3 @@ def is_float(array: np.ndarray) -> bool:
 def group_of(node: onnx.NodeProto) -> int:
     """The `group` attribute of a (transposed) convolution."""
     return int(attr(node, "group", 1))
-
-
-class AnyNeighbour:
-    """Mixin for passes that take every neighbour of their `op_types` (refusals come from `check`)."""
-
-    def accepts(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
-        """Every node of the pass's op types qualifies."""
-        return True
-
-
-class BatchNormPass(Protocol):
-    """Folds a per-channel affine node (a BatchNorm, or a Mul/Add/Sub/Div chain) into one neighbour."""
-
-    name: str
-    #: "after": the neighbour produces the node's input; "before": the neighbour consumes its output.
-    position: Literal["after", "before"]
-    #: op types of the neighbour this pass handles.
-    op_types: tuple[str, ...]
-
-    def accepts(self, ctx: FoldContext, neighbour: onnx.NodeProto) -> bool:
-        """Whether `neighbour` has the structure this pass folds into (cheap; no reasons)."""
-        ...
-
-    def check(self, ctx: FoldContext, bn: onnx.NodeProto, neighbour: onnx.NodeProto,
-              params: ChannelParams) -> Plan | str:
-        """Return a plan for folding `bn` into `neighbour`, or a sentence saying why not."""
-        ...

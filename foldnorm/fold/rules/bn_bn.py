@@ -8,40 +8,38 @@ and BN2 disappears. (A BN after a Conv is folded into the Conv first, so Conv â†
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import onnx
 
 from foldnorm.fold.bn_math import ChannelAffine, emit
+from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import classify
-from foldnorm.fold.rules.base import ChannelParams, FoldContext, Plan
+from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal
 from foldnorm.fold.rules.common import batchnorm_params
+from foldnorm.onnxgraph.edits import absorb
 from foldnorm.onnxgraph.graph import attr, node_label
 
 
-class BatchNormChain:
+class BatchNormChain(NeighbourRule):
     """Fold a BatchNormalization into the foldable BatchNormalization that produces its input."""
 
     name = "bn-bn"
-    position: Literal["after", "before"] = "after"
-    op_types: tuple[str, ...] = ("BatchNormalization",)
+    summary = "BN -> BN with nothing linear before: merged into the first BN"
+    op_types = ("BatchNormalization",)
 
     def accepts(self, ctx: FoldContext, first: onnx.NodeProto) -> bool:
         """A BatchNormalization in the default domain that is not a protected stand-in."""
         info = classify(ctx.index, first, ctx.constants)
         return info is not None and not info.protected
 
-    def check(self, ctx: FoldContext, bn: onnx.NodeProto, first: onnx.NodeProto,
-              params: ChannelParams) -> Plan | str:
-        """Compute the merged parameters of `first`, or say why `bn` must stay."""
+    def check(self, ctx: FoldContext, bn: onnx.NodeProto, first: onnx.NodeProto, params: ChannelParams) -> Plan:
+        """Compute the merged parameters of `first`, or raise `Refusal` saying why `bn` must stay."""
         label = f"BatchNormalization {node_label(first)}"
-        inner = batchnorm_params(ctx, first)
-        if isinstance(inner, str):
-            return f"{label} before it cannot be merged: {inner}"
-        outer = params.on_axis(ctx.rank(first.output[0]), 1, inner.channels)
-        if isinstance(outer, str):
-            return outer
+        try:
+            inner = batchnorm_params(ctx, first)
+        except Refusal as refusal:
+            raise Refusal(f"{label} before it cannot be merged: {refusal.reason}") from None
+        outer = params.on_axis(ctx.shapes.rank(first.output[0]), 1, inner.channels)
         merged: ChannelAffine = inner.affine.then(outer)
         eps = float(attr(first, "epsilon", 1e-5))
         values = []
@@ -49,13 +47,13 @@ class BatchNormChain:
                             ("mean", np.zeros(inner.channels)), ("var", np.ones(inner.channels))):
             rounded, problem = emit(array, inner.param_dtype)
             if rounded is None:
-                return f"not merged into {label}: {role} {problem}"
+                raise Refusal(f"not merged into {label}: {role} {problem}")
             values.append(rounded)
 
         def apply() -> None:
             for k, (suffix, array) in enumerate(zip(("scale", "bias", "mean", "var"), values), start=1):
                 ctx.set_param(first, k, np.ascontiguousarray(array), suffix)
-            ctx.absorb(bn, first)
+            absorb(ctx.index, bn, first)
 
         why = ("two BatchNorms in a row" if bn.op_type == "BatchNormalization"
                else f"a per-channel {bn.op_type} after it")

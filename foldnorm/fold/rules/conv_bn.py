@@ -9,31 +9,24 @@ the same way.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import onnx
 
 from foldnorm.fold.bn_math import fold_bias, scale_output_channels
-from foldnorm.fold.rules.base import AnyNeighbour, ChannelParams, FoldContext, Plan
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan
 from foldnorm.fold.rules.common import constant_weights, rewrite_plan
 
 
-class ConvBatchNorm(AnyNeighbour):
+class ConvBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the Conv that produces its input."""
 
     name = "conv-bn"
-    position: Literal["after", "before"] = "after"
-    op_types: tuple[str, ...] = ("Conv",)
+    summary = "Conv -> BN: into the Conv's weight and bias"
+    op_types = ("Conv",)
 
-    def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto,
-              params: ChannelParams) -> Plan | str:
-        """Compute the folded Conv weights, or say why the BN must stay."""
-        loaded = constant_weights(ctx, conv)
-        if isinstance(loaded, str):
-            return loaded
-        weight, bias = loaded
+    def check(self, ctx: FoldContext, bn: onnx.NodeProto, conv: onnx.NodeProto, params: ChannelParams) -> Plan:
+        """Compute the folded Conv weights, or raise `Refusal` saying why the BN must stay."""
+        weight, bias = constant_weights(ctx, conv)
         affine = params.on_axis(weight.ndim, 1, weight.shape[0])
-        if isinstance(affine, str):
-            return affine
         scaled = scale_output_channels(weight, affine, axis=0)  # output channel o is weight row o
         return rewrite_plan(ctx, bn, conv, (scaled, weight.dtype, 0), (fold_bias(bias, affine), 2))

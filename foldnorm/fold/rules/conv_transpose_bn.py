@@ -8,34 +8,27 @@ applied per group (scaling axis 1 alone is right only for g = 1). `b' = s * b + 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import onnx
 
 from foldnorm.fold.bn_math import fold_conv_transpose
-from foldnorm.fold.rules.base import AnyNeighbour, ChannelParams, FoldContext, Plan, group_of
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, group_of
 from foldnorm.fold.rules.common import constant_weights, rewrite_plan
 
 
-class ConvTransposeBatchNorm(AnyNeighbour):
+class ConvTransposeBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the ConvTranspose that produces its input."""
 
-    name = "convtranspose-bn"
-    position: Literal["after", "before"] = "after"
-    op_types: tuple[str, ...] = ("ConvTranspose",)
+    name = "conv-transpose-bn"
+    summary = "ConvTranspose -> BN: into per-group weight columns and the bias"
+    op_types = ("ConvTranspose",)
 
-    def check(self, ctx: FoldContext, bn: onnx.NodeProto, convt: onnx.NodeProto,
-              params: ChannelParams) -> Plan | str:
-        """Compute the folded ConvTranspose weights, or say why the BN must stay."""
-        loaded = constant_weights(ctx, convt)
-        if isinstance(loaded, str):
-            return loaded
-        weight, bias = loaded
+    def check(self, ctx: FoldContext, bn: onnx.NodeProto, convt: onnx.NodeProto, params: ChannelParams) -> Plan:
+        """Compute the folded ConvTranspose weights, or raise `Refusal` saying why the BN must stay."""
+        weight, bias = constant_weights(ctx, convt)
         group = group_of(convt)
         channels = weight.shape[1] * group
         affine = params.on_axis(weight.ndim, 1, channels)
-        if isinstance(affine, str):
-            return affine
         w64, b64 = fold_conv_transpose(weight, bias, affine, group)
         # Checked for under/overflow per output channel: [g, I/g, O/g, k...] viewed as [O, I/g, k...].
         per_out = w64.reshape(group, weight.shape[0] // group, weight.shape[1], -1).transpose(0, 2, 1, 3)

@@ -9,37 +9,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import onnx
 
 from foldnorm.fold.bn_math import fold_bias, scale_output_channels
-from foldnorm.fold.rules.base import AnyNeighbour, ChannelParams, FoldContext, Plan
+from foldnorm.fold.context import FoldContext
+from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal
 from foldnorm.fold.rules.common import constant_weights, rewrite_plan
 from foldnorm.onnxgraph.graph import attr, set_attr
 
 
-class GemmBatchNorm(AnyNeighbour):
+class GemmBatchNorm(NeighbourRule):
     """Fold a BatchNormalization into the Gemm that produces its input."""
 
     name = "gemm-bn"
-    position: Literal["after", "before"] = "after"
-    op_types: tuple[str, ...] = ("Gemm",)
+    summary = "Gemm -> BN: into B and C (beta becomes 1)"
+    op_types = ("Gemm",)
 
-    def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto,
-              params: ChannelParams) -> Plan | str:
-        """Compute the folded Gemm weight and bias, or say why the BN must stay."""
-        loaded = constant_weights(ctx, gemm)
-        if isinstance(loaded, str):
-            return loaded
-        weight, bias = loaded
+    def check(self, ctx: FoldContext, bn: onnx.NodeProto, gemm: onnx.NodeProto, params: ChannelParams) -> Plan:
+        """Compute the folded Gemm weight and bias, or raise `Refusal` saying why the BN must stay."""
+        weight, bias = constant_weights(ctx, gemm)
         if weight.ndim != 2:
-            return f"the Gemm weight has rank {weight.ndim}, not 2"
+            raise Refusal(f"the Gemm weight has rank {weight.ndim}, not 2")
         axis = 0 if attr(gemm, "transB", 0) else 1
         channels = weight.shape[axis]
         affine = params.on_axis(2, 1, channels)
-        if isinstance(affine, str):
-            return affine
         beta = float(attr(gemm, "beta", 1.0))
         scaled = scale_output_channels(weight, affine, axis=axis)
         b64 = fold_bias(bias if beta != 0 else None, affine, beta)

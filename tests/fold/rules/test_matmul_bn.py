@@ -1,4 +1,5 @@
-"""BatchNorm after ConvTranspose, Gemm and MatMul (+ bias Add): folds and the cases that must not fold."""
+"""matmul-bn: BatchNormalization (or a per-column affine) after MatMul (+ bias Add) whose output is provably
+rank 2 (or, for a last-axis constant, any rank); the cases that must not fold."""
 
 from __future__ import annotations
 
@@ -6,81 +7,15 @@ import numpy as np
 import onnx
 import pytest
 from support.builders import bn_inputs, bn_params, parse
-from support.fold_helpers import assert_folds, assert_refused
+from support.fold_helpers import assert_folds, assert_refused, assert_turned_off
 
 
-def dims(prefix: str, rank: int) -> str:
-    return ", ".join(f"{prefix}{k}" for k in range(rank))
-
-
-def convt_bn_model(rng: np.random.Generator, rank: int, group: int, cin: int, cout: int, bias: bool,
-                   stride: int = 2) -> onnx.ModelProto:
-    kernel = [3] * rank
-    inits = {"W": rng.normal(0, 0.5, (cin, cout // group, *kernel)).astype(np.float32),
-             **bn_params("bn", cout, rng)}
-    args = "x, W"
-    if bias:
-        inits["B"] = rng.normal(0, 0.5, cout).astype(np.float32)
-        args += ", B"
-    pads = [1] * (2 * rank)
-    text = f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[N, {cin}, {dims("s", rank)}] x) => (float[N, {cout}, {dims("o", rank)}] y) {{
-        c = ConvTranspose <group = {group}, strides = {[stride] * rank}, pads = {pads},
-                           output_padding = {[1] * rank}> ({args})
-        y = BatchNormalization <epsilon = 0.01> (c, {bn_inputs("bn")})
-    }}
-    """
-    return parse(text, inits)
-
-
-@pytest.mark.parametrize(("rank", "group", "cin", "cout", "bias"), [
-    (1, 1, 3, 5, True), (2, 1, 4, 6, False), (2, 2, 4, 6, True), (2, 4, 8, 4, False), (3, 3, 6, 9, True),
-])
-def test_convtranspose_bn_folds(rng: np.random.Generator, rank: int, group: int, cin: int, cout: int,
-                                bias: bool) -> None:
-    model = convt_bn_model(rng, rank, group, cin, cout, bias)
-    x = {"x": rng.normal(0, 1, (2, cin, *([5] * rank))).astype(np.float32)}
-    result = assert_folds(model, x)
-    assert result.report.records[0].target is not None
-
-
-def gemm_bn_model(rng: np.random.Generator, *, trans_a: int, trans_b: int, alpha: float, beta: float,
-                  c_shape: tuple[int, ...] | None, m: int = 3, k: int = 5, n: int = 4) -> onnx.ModelProto:
-    inits = {"B": rng.normal(0, 0.5, (n, k) if trans_b else (k, n)).astype(np.float32),
-             **bn_params("bn", n, rng)}
-    args = "a, B"
-    if c_shape is not None:
-        inits["C"] = rng.normal(0, 0.5, c_shape).astype(np.float32)
-        args += ", C"
-    a_shape = f"{k}, {m}" if trans_a else f"{m}, {k}"
-    text = f"""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[{a_shape}] a) => (float[{m}, {n}] y) {{
-        c = Gemm <transA = {trans_a}, transB = {trans_b}, alpha = {alpha}, beta = {beta}> ({args})
-        y = BatchNormalization <epsilon = 0.001> (c, {bn_inputs("bn")})
-    }}
-    """
-    return parse(text, inits)
-
-
-@pytest.mark.parametrize(("trans_a", "trans_b", "alpha", "beta", "c_shape"), [
-    (0, 0, 1.0, 1.0, None), (0, 1, 0.5, 2.0, ()), (1, 0, 1.5, 0.7, (4,)), (1, 1, 2.0, -1.0, (1, 4)),
-    (0, 1, 1.0, 0.5, (3, 4)), (0, 0, 0.8, 0.0, (4,)), (1, 0, 1.0, 1.5, (3, 1)),
-])
-def test_gemm_bn_folds(rng: np.random.Generator, trans_a: int, trans_b: int, alpha: float, beta: float,
-                       c_shape: tuple[int, ...] | None) -> None:
-    model = gemm_bn_model(rng, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, c_shape=c_shape)
-    a = {"a": rng.normal(0, 1, (5, 3) if trans_a else (3, 5)).astype(np.float32)}
-    assert_folds(model, a)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_matmul_rank2_bn_folds(rng: np.random.Generator, bias: bool) -> None:
+def matmul_bias_bn_model(rng: np.random.Generator, bias: bool = True) -> onnx.ModelProto:
+    """MatMul -> Add of a constant bias (an Identity when not `bias`) -> BN, on a rank-2 input."""
     inits = {"W": rng.normal(0, 0.5, (5, 4)).astype(np.float32), "b": rng.normal(0, 0.5, 4).astype(np.float32),
              **bn_params("bn", 4, rng)}
     add = "h = Add (m, b)" if bias else "h = Identity (m)"
-    model = parse(f"""
+    return parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[N, 5] x) => (float[N, 4] y) {{
         m = MatMul (x, W)
@@ -88,6 +23,11 @@ def test_matmul_rank2_bn_folds(rng: np.random.Generator, bias: bool) -> None:
         y = BatchNormalization (h, {bn_inputs("bn")})
     }}
     """, inits if bias else {k: v for k, v in inits.items() if k != "b"})
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_rank2_bn_folds(rng: np.random.Generator, bias: bool) -> None:
+    model = matmul_bias_bn_model(rng, bias)
     x = {"x": rng.normal(0, 1, (3, 5)).astype(np.float32)}
     if bias:
         result = assert_folds(model, x)
@@ -177,3 +117,7 @@ def test_bias_that_widens_a_one_column_matmul_is_skipped_not_an_error(rng: np.ra
     }}
     """, inits)
     assert_refused(model, "widens the 1 output column(s) of MatMul m to 4")
+
+
+def test_skip_matmul_bn_keeps_the_bn_and_says_so(rng: np.random.Generator) -> None:
+    assert_turned_off(matmul_bias_bn_model(rng), "matmul-bn")
