@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 
 FUZZ_EXAMPLES ?= 1000
 HOSTILE_FUZZ_EXAMPLES ?= 5000
+RULE_PROPERTIES := tests/fold/rules/test_rep_branches.py::test_random_blocks_merge_or_refuse_with_a_reason
 
 # $(call fuzz_run,SUMMARY FILE,EXAMPLES,TESTS): the long hypothesis profile of TESTS, its statistics in SUMMARY FILE.
 define fuzz_run
@@ -47,7 +48,7 @@ define fuzz_run
 endef
 
 fuzz: $(STAMP)
-	$(call fuzz_run,benchmarks/results/fuzz.txt,$(FUZZ_EXAMPLES),tests/fold/test_properties.py)
+	$(call fuzz_run,benchmarks/results/fuzz.txt,$(FUZZ_EXAMPLES),tests/fold/test_properties.py $(RULE_PROPERTIES))
 	$(call fuzz_run,benchmarks/results/hostile_fuzz.txt,$(HOSTILE_FUZZ_EXAMPLES),tests/hostile/test_fuzz.py)
 
 clean:

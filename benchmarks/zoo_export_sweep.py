@@ -25,10 +25,11 @@ import torch
 from foldnorm.models import REGISTRY, get_spec
 
 from foldnorm import FoldnormError, compare_models, export_onnx, fold_model
-from foldnorm.export.exporter import count_norms
+from foldnorm.export import ExportDtype, Exporter
+from foldnorm.fold.normalizations import survey
 
 
-def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) -> tuple[str, str, str]:
+def one_case(name: str, exporter: Exporter, opset: int, dtype: ExportDtype, workdir: Path) -> tuple[str, str, str]:
     """(BN count, folded count, verdict) for one export of one zoo model."""
     spec = get_spec(name)
     module = spec.build()
@@ -37,12 +38,12 @@ def one_case(name: str, exporter: str, opset: int, dtype: str, workdir: Path) ->
     if exporter == "legacy" and name == "stylenet-in":
         shape = (2, *shape[1:])
     try:
-        export_onnx(module, [torch.randn(shape)], path, exporter=exporter, opset=opset,  # type: ignore[arg-type]
+        export_onnx(module, [torch.randn(shape)], path, exporter=exporter, opset=opset,
                     dtype=dtype, dynamic_batch=not (exporter == "legacy" and name == "stylenet-in"))
     except Exception as exc:
         return "-", "-", f"no export: {str(exc).splitlines()[0][:70]}"
     original = onnx.load(str(path))
-    bn_count = count_norms(original)[0]
+    bn_count = survey(original).batchnorm
     try:
         result = fold_model(original)
     except FoldnormError as exc:

@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import TypeVar
 
 import click
 
 from foldnorm.bench.backends import BACKENDS
-from foldnorm.bench.backends.base import OPT_LEVELS, PRECISIONS
+from foldnorm.bench.backends.base import OPT_LEVELS, PRECISIONS, OptLevel, Precision
 from foldnorm.errors import OutputPathError, VerificationError
+from foldnorm.export.exporter import Exporter
 from foldnorm.onnxgraph.inputs import Shape
 
-from .bench_render import RENDERERS, names, write_outputs
-from .options import format_option, shape_option, threads_option
-from .render import info
-
-L = TypeVar("L", bound=str)
-
-
-class Progress:
-    """Progress on stderr: a redrawn bar when stderr is a terminal, one line per step otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.current: str | None = None
-
-    def __call__(self, message: str, fraction: float | None) -> None:
-        """Show `message` (with a bar for timing loops)."""
-        if fraction is None or message != self.current:
-            if self.tty and self.current is not None:
-                click.echo("", err=True)
-            self.current = message
-            if fraction is None or not self.tty:
-                info(message)
-                return
-        if self.tty and fraction is not None:
-            filled = int(fraction * 20)
-            click.echo(f"\r{message} [{'#' * filled}{' ' * (20 - filled)}] {fraction:4.0%}", err=True, nl=False)
-            if fraction >= 1.0:
-                click.echo("", err=True)
-                self.current = None
-
-
-def _levels(value: str, allowed: tuple[L, ...], option: str) -> list[L]:
-    levels = names([value])
-    bad = [o for o in levels if o not in allowed]
-    if bad or not levels:
-        raise click.BadParameter(f"{','.join(bad) or value!r} is not in {', '.join(allowed)}", param_hint=option)
-    return [allowed[allowed.index(o)] for o in levels]
+from .options import comma_choices, exporter_option, format_option, input_shape_option, seed_option, threads_option
+from .render.bench import RENDERERS, BenchFormat, Progress, write_outputs
+from .render.common import info
 
 
 def _check_output_dir(directory: Path, model: str | None) -> None:
@@ -76,37 +41,34 @@ def _check_output_dir(directory: Path, model: str | None) -> None:
 @click.option("--backend", "backends", multiple=True, default=["ort-cpu"], show_default=True,
               type=click.Choice([*BACKENDS, "all"]),
               help="Backend to time (repeatable); `all` runs every available one and lists the rest.")
-@click.option("--ort-opt", default="disabled,all", show_default=True,
+@click.option("--ort-opt", default="disabled,all", show_default=True, callback=comma_choices(OPT_LEVELS),
               help="ONNX Runtime optimization levels to time, comma-separated (disabled|basic|extended|all).")
-@click.option("--precision", default="fp32,fp16", show_default=True,
+@click.option("--precision", default="fp32,fp16", show_default=True, callback=comma_choices(PRECISIONS),
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
-@click.option("--threads", type=int, callback=threads_option, default=0,
-              help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
+@threads_option("CPU intra-op threads for ort-cpu and torch (0: the runtime's default; at most 4x the CPUs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the timed runs (throughput is samples/s at this size).")
 @click.option("--max-batch-size", type=click.IntRange(min=1),
               help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: --batch-size).")
-@click.option("--input-shape", "--shape", "input_shape", callback=shape_option,
-              help="Input shape, e.g. 1x3x224x224: a PyTorch model is exported with it (default: a built-in "
-                   "model's own); for a one-input .onnx file it sizes dynamic dims.")
+@input_shape_option("Input shape, e.g. 1x3x224x224: a PyTorch model is exported with it (default: a built-in "
+                    "model's own); for a one-input .onnx file it sizes dynamic dims.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per variant before timing.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds each variant is timed at least.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Exact number of timed runs per variant.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
-              help="How a PyTorch model is exported first (as in `foldnorm export`).")
+@seed_option()
+@exporter_option("How a PyTorch model is exported first (as in `foldnorm export`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where TensorRT engines and timing caches are kept (default: ~/.cache/foldnorm).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also save bench.txt, bench.json (with raw samples), bench.csv and bench.md in this directory.")
 @click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
-@format_option("text", "json", "csv", "markdown")
-def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision: str, threads: int,
-          batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int, min_time: float,
-          iterations: int | None, seed: int, exporter: str, cache_dir: Path | None, output_dir: Path | None, plot: bool,
-          fmt: str) -> None:
+@format_option(BenchFormat)
+def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel], precision: list[Precision],
+          threads: int, batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int,
+          min_time: float, iterations: int | None, seed: int, exporter: Exporter, cache_dir: Path | None,
+          output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
     MODEL is a built-in name (see `foldnorm models`), an import spec package.module:attr, or a .onnx file.
@@ -115,8 +77,6 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
     """
     from foldnorm.bench.runner import benchmark
 
-    levels = _levels(ort_opt, OPT_LEVELS, "--ort-opt")
-    precisions = _levels(precision, PRECISIONS, "--precision")
     if plot and output_dir is None:
         raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
                                  param_hint="--plot")
@@ -133,9 +93,9 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: str, precision:
         from foldnorm.models import DEFAULT_MODEL
 
         model = DEFAULT_MODEL
-    result = benchmark(model, backends=backends, ort_opt=levels, precisions=precisions, threads=threads,
+    result = benchmark(model, backends=backends, ort_opt=ort_opt, precisions=precision, threads=threads,
                        batch_size=batch_size, max_batch_size=max_batch_size, input_shape=input_shape,
-                       warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,  # type: ignore[arg-type]
+                       warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,
                        cache_dir=cache_dir, progress=Progress())
     click.echo(RENDERERS[fmt](result))
     if output_dir is not None:

@@ -7,31 +7,31 @@ from pathlib import Path
 import click
 
 from foldnorm.errors import VerificationError
+from foldnorm.export.exporter import ExportDtype, Exporter
 from foldnorm.onnxgraph.inputs import Shape
 
-from .options import format_option, shape_list_option
-from .render import emit_json, info, table
+from .options import choice, exporter_option, format_option, input_shapes_option
+from .render.common import Format, info
+from .render.export import render_export
 
 
 @click.command(short_help="PyTorch model -> ONNX with every BatchNorm kept.")
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--input-shape", "--shape", "input_shapes", multiple=True, callback=shape_list_option,
-              help="Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "
-                   "(default: the built-in model's own).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True, help="Convert the module and inputs first (bfloat16 exports are not checked: "
-                                      "ONNX Runtime CPU lacks the kernels).")
+@input_shapes_option("Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "
+                     "(default: the built-in model's own).")
+@click.option("--dtype", type=choice(ExportDtype), default="float32", show_default=True,
+              help="Convert the module and inputs first (bfloat16 exports are not checked: ONNX Runtime CPU lacks "
+                   "the kernels).")
 @click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True,
               help="ONNX opset (GroupNormalization as one node needs 21).")
-@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
-              help="torch.onnx exporter (legacy: the TorchScript one).")
+@exporter_option("torch.onnx exporter (legacy: the TorchScript one).")
 @click.option("--static", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
 @click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the model.")
 @click.option("--train-ok", is_flag=True, help="Export a module left in train mode (BN uses running stats).")
-@format_option("text", "json")
-def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]], dtype: str, opset: int,
-           exporter: str, static: bool, external_data: bool, train_ok: bool, fmt: str) -> None:
+@format_option(Format)
+def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]], dtype: ExportDtype, opset: int,
+           exporter: Exporter, static: bool, external_data: bool, train_ok: bool, fmt: Format) -> None:
     """Export MODEL (a built-in name or package.module:attr) to ONNX with every BatchNorm still present.
 
     The export is checked against the PyTorch module on ONNX Runtime (optimizations disabled) at two batch
@@ -53,19 +53,9 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
     info(f"exporting {label} ({exporter}, opset {opset}, {dtype}) with input {described}")
     gen = torch.Generator().manual_seed(0)
     result = export_onnx(module, [torch.randn(s, generator=gen) for s in shapes], output, input_names=names,
-                         opset=opset, exporter=exporter,  # type: ignore[arg-type]
-                         dynamic_batch=not static, train_ok=train_ok, dtype=dtype, external_data=external_data)
-    if fmt == "json":
-        emit_json(result.to_dict())
-    else:
-        if result.requested_opset is not None and result.requested_opset != result.opset:
-            info(f"note: torch wrote opset {result.opset}, not the requested {result.requested_opset}")
-        if result.train_mode:
-            info("note: the module was in train mode; BatchNorm was exported with its running statistics")
-        if result.checks:
-            click.echo(table(["batch", "max abs", "max rel", "ok"],
-                             [[c.batch_size, c.max_abs, c.max_rel, "yes" if c.ok else "NO"] for c in result.checks]))
-        click.echo(result.summary())
+                         opset=opset, exporter=exporter, dynamic_batch=not static, train_ok=train_ok, dtype=dtype,
+                         external_data=external_data)
+    render_export(result, fmt)
     if not result.ok:
         reason = result.check_note or f"max rel error {result.max_rel:.3g}"
         raise VerificationError(f"the exported ONNX model does not match {label} in PyTorch ({reason}); "

@@ -1,20 +1,94 @@
-"""Shared click options and value parsers (malformed values are usage errors, exit 2)."""
+"""Shared click options: one decorator per option that several commands take, and the value parsers behind
+them (malformed values are usage errors, exit 2). Choices come from the library's Literal types, typed once."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 
 from foldnorm.errors import InputSpecError
+from foldnorm.export.exporter import Exporter
+from foldnorm.fold.options import StandaloneBN
 from foldnorm.onnxgraph.inputs import Shape, parse_named_shape
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def shape_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Shape | None:
+def choice(literal: Any) -> click.Choice:
+    """A `click.Choice` of the values of a `Literal` type."""
+    return click.Choice(get_args(literal))
+
+
+def format_option(formats: Any) -> Callable[[F], F]:
+    """`--format` with the values of the `Literal` type `formats` (the first is the default)."""
+    return click.option("--format", "fmt", type=choice(formats), default=get_args(formats)[0], show_default=True,
+                        help="Output format on stdout.")
+
+
+def seed_option(help: str = "Seed of the random inputs.") -> Callable[[F], F]:
+    """`--seed N` (default 0) for the seeded random inputs of a check or a benchmark."""
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help)
+
+
+def standalone_bn_option(help: str) -> Callable[[F], F]:
+    """`--standalone-bn keep|affine`: what becomes of a BatchNorm with nothing to fold into."""
+    return click.option("--standalone-bn", type=choice(StandaloneBN), default="keep", show_default=True, help=help)
+
+
+def exporter_option(help: str) -> Callable[[F], F]:
+    """`--exporter dynamo|legacy`: which torch.onnx exporter writes the unfolded model."""
+    return click.option("--exporter", type=choice(Exporter), default="dynamo", show_default=True, help=help)
+
+
+def tolerance_options(f: F) -> F:
+    """`--rtol` and `--atol`: override the per-dtype tolerances of the comparison."""
+    f = click.option("--atol", type=click.FloatRange(min=0), callback=_tolerance,
+                     help="Absolute tolerance (default per dtype: fp32 1e-6, fp16 1e-3, bf16 1e-2, fp64 1e-12, "
+                          "integers 0).")(f)
+    return click.option("--rtol", type=click.FloatRange(min=0), callback=_tolerance,
+                        help="Relative tolerance, times the reference output's max |value| (default per dtype: "
+                             "fp32 1e-4, fp16 1e-2, bf16 5e-2, fp64 1e-9, integers 0).")(f)
+
+
+def batch_sizes_option(help: str, default: str = "1,2") -> Callable[[F], F]:
+    """`--batch-sizes 1,4`: positive batch sizes, comma-separated."""
+    return click.option("--batch-sizes", callback=_batch_sizes, default=default, show_default=True, help=help)
+
+
+def input_shape_option(help: str) -> Callable[[F], F]:
+    """`--input-shape/--shape 1x3x224x224`, once (a `NAME:` prefix is allowed and ignored)."""
+    return click.option("--input-shape", "--shape", "input_shape", callback=_shape, help=help)
+
+
+def input_shapes_option(help: str) -> Callable[[F], F]:
+    """`--input-shape/--shape [NAME:]1x3x224x224`, repeatable: one per input, named on all of them or on none."""
+    return click.option("--input-shape", "--shape", "input_shapes", multiple=True, callback=_shape_list, help=help)
+
+
+def named_shapes_option(help: str) -> Callable[[F], F]:
+    """`--shape/--input-shape NAME:1x3x224x224`, repeatable: the sizes of named inputs' dynamic dims."""
+    return click.option("--shape", "--input-shape", "shapes", multiple=True, callback=_named_shapes,
+                        metavar="NAME:1x3x224x224", help=help)
+
+
+def comma_choices(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    """Click callback: comma-separated values, each one of `allowed` (the list in the order given)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise click.BadParameter(f"{','.join(bad) or value!r} is not in {', '.join(allowed)}",
+                                     param_hint=param.opts[0])
+        return values
+
+    return parse
+
+
+def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Shape | None:
     """Click callback: parse `1x3x224x224` (a `NAME:` prefix, as in the other commands, is allowed)."""
     if value is None:
         return None
@@ -24,13 +98,7 @@ def shape_option(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(str(exc)) from None
 
 
-def format_option(*choices: str) -> Callable[[F], F]:
-    """`--format` with the given choices (the first is the default)."""
-    return click.option("--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True,
-                        help="Output format on stdout.")
-
-
-def batch_sizes_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
     """Click callback: parse `1,4` into positive batch sizes."""
     if value is None:
         return None
@@ -43,7 +111,7 @@ def batch_sizes_option(ctx: click.Context, param: click.Parameter, value: str | 
     return sizes
 
 
-def named_shapes_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Shape]:
+def _named_shapes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Shape]:
     """Click callback: parse repeated `NAME:1x3x224x224` into `{name: shape}`."""
     shapes: dict[str, Shape] = {}
     for text in value:
@@ -57,8 +125,8 @@ def named_shapes_option(ctx: click.Context, param: click.Parameter, value: tuple
     return shapes
 
 
-def shape_list_option(ctx: click.Context, param: click.Parameter,
-                      values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
+def _shape_list(ctx: click.Context, param: click.Parameter,
+                values: tuple[str, ...]) -> list[tuple[str | None, Shape]]:
     """Click callback: `1x3x224x224` or `NAME:1x3x224x224`, repeated; names on all of them or on none."""
     try:
         parsed = [parse_named_shape(v) for v in values]
@@ -70,14 +138,20 @@ def shape_list_option(ctx: click.Context, param: click.Parameter,
     return parsed
 
 
-def tolerance_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """Click callback: a tolerance is a finite number >= 0 (NaN would make every comparison pass)."""
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: a tolerance is finite (FloatRange lets NaN and infinity through; NaN would make every
+    comparison pass)."""
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise click.BadParameter(f"{value} is not a finite number >= 0; give e.g. 1e-4")
     return value
 
 
-def threads_option(ctx: click.Context, param: click.Parameter, value: int) -> int:
+def threads_option(help: str) -> Callable[[F], F]:
+    """`--threads N`: 0 (the runtime's default) up to 4x the CPUs this process may use."""
+    return click.option("--threads", type=click.IntRange(min=0), default=0, callback=_threads, help=help)
+
+
+def _threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
     """Click callback: 0 (the runtime's default) up to 4x the CPUs this process may use."""
     from foldnorm.bench.environment import check_threads
 
@@ -118,3 +192,10 @@ def rule_options(f: F) -> F:
                      help="Turn this fold rule off (repeatable); the report names it where it would have run.")(f)
     return click.option("--list-rules", is_flag=True, expose_value=False, is_eager=True, callback=_list_rules,
                         help="List the fold rules (name and what each folds) and exit.")(f)
+
+
+def requantize_option(f: F) -> F:
+    """`--requantize`: let folds into quantized (QDQ) weights that cannot stay exact requantize them."""
+    return click.option("--requantize", is_flag=True,
+                        help="Quantized (QDQ) weights that cannot take a fold exactly are requantized (the report "
+                             "gives the error) instead of refused.")(f)

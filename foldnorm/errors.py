@@ -7,6 +7,11 @@ traceback. `first_line` quotes a foreign exception inside such a sentence.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from foldnorm.workflows import FoldFileResult
+
 
 class FoldnormError(Exception):
     """A problem with the user's input or environment, not a bug in foldnorm."""
@@ -47,9 +52,17 @@ class ExportError(FoldnormError):
 
 
 class VerificationError(FoldnormError):
-    """Two graphs that must compute the same function do not."""
+    """Two graphs that must compute the same function do not.
+
+    `result` is what the failed check measured, when the library has it to give: `fold_file` passes its
+    `FoldFileResult` (the fold report and the verification) so that a caller can still show them.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, result: FoldFileResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class InvariantViolation(AssertionError):

@@ -105,7 +105,5 @@ def _check_distinct(input_path: str | os.PathLike, output_path: str | os.PathLik
 
 def _raise_if_different(result: FoldFileResult) -> None:
     if result.verify is not None and not result.verify.ok:
-        err = VerificationError(f"the folded model differs from {result.input}: {result.verify.summary()}; "
-                                "nothing was written (please report this model)")
-        err.result = result  # type: ignore[attr-defined]
-        raise err
+        raise VerificationError(f"the folded model differs from {result.input}: {result.verify.summary()}; "
+                                "nothing was written (please report this model)", result)

@@ -18,18 +18,19 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import onnx
 
 from foldnorm.errors import ExportError, FoldnormError, InputSpecError, first_line
 from foldnorm.export.cleanup import clean_export
-from foldnorm.fold.normalizations import LAYERNORM_OPS
+from foldnorm.fold.normalizations import survey
 from foldnorm.onnxgraph.inputs import input_specs
 from foldnorm.onnxgraph.modelio import check_output_path, needs_external_data, save_model
 from foldnorm.verify.compare import measure_error
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Exporter = Literal["dynamo", "legacy"]
-DTYPES = ("float32", "float16", "bfloat16")
+ExportDtype = Literal["float32", "float16", "bfloat16"]
 
 # Loggers that print warnings we cannot act on during an export (torchvision absent, deprecations).
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch._export", "onnxscript")
@@ -96,16 +97,6 @@ class ExportResult:
                 f"{self.batchnorm} BatchNorm, {prot}; {check}")
 
 
-def count_norms(model: onnx.ModelProto) -> tuple[int, dict[str, int]]:
-    """BatchNormalization count and GroupNorm/LayerNorm/InstanceNorm counts of a model's main graph."""
-    ops = [n.op_type for n in model.graph.node]
-    return ops.count("BatchNormalization"), {
-        "GroupNormalization": ops.count("GroupNormalization"),
-        "LayerNormalization": sum(ops.count(o) for o in LAYERNORM_OPS),
-        "InstanceNormalization": ops.count("InstanceNormalization"),
-    }
-
-
 @contextlib.contextmanager
 def _stdout_fd_to_devnull() -> Iterator[None]:
     """Point file descriptor 1 at /dev/null: the legacy exporter's C++ log writes TorchScript graphs there."""
@@ -152,7 +143,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     train_ok: bool = False,
     check_batch_sizes: Sequence[int] = (1, 2),
-    dtype: str | None = None,
+    dtype: ExportDtype | None = None,
     external_data: bool | None = None,
 ) -> ExportResult:
     """Export `module` to `path` as ONNX with every BatchNorm still present, then check it against torch.
@@ -167,10 +158,10 @@ def export_onnx(
     import torch
 
     out = check_output_path(path)
-    if exporter not in ("dynamo", "legacy"):
-        raise InputSpecError(f"unknown exporter {exporter!r}; use 'dynamo' or 'legacy'")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputSpecError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if exporter not in get_args(Exporter):
+        raise InputSpecError(f"unknown exporter {exporter!r}; use {' or '.join(map(repr, get_args(Exporter)))}")
+    if dtype is not None and dtype not in get_args(ExportDtype):
+        raise InputSpecError(f"unsupported dtype {dtype!r}; use one of {', '.join(get_args(ExportDtype))}")
     was_training = module.training
     if was_training and not train_ok:
         raise ExportError("the module is in train mode; call module.eval() first "
@@ -231,9 +222,9 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
         entry.key, entry.value = key, value
     saved_external = bool(external_data) or (external_data is None and needs_external_data(model))
     save_model(model, out, external_data=saved_external)
-    bn, protected = count_norms(model)
+    norms = survey(model)
     result = ExportResult(
-        str(out), exporter, opset, bn, protected, dtype=settings["foldnorm.dtype"],
+        str(out), exporter, opset, norms.batchnorm, norms.by_op(), dtype=settings["foldnorm.dtype"],
         inputs={n: list(a.shape) for n, a in zip(names, args)}, outputs=[o.name for o in model.graph.output],
         dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=train_mode,
         cleanup=cleanup.to_dict(), requested_opset=requested,
@@ -312,14 +303,15 @@ def _export_legacy(module: torch.nn.Module, args: tuple[torch.Tensor, ...], name
                    output_names: list[str], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
     import torch
 
-    buffer = io.BytesIO()
     axes = {n: {0: "batch"} for n in [*names, *output_names]} if dynamic_batch else None
-    torch.onnx.export(
-        module, args, buffer,  # type: ignore[arg-type]
-        dynamo=False, opset_version=opset, input_names=names, output_names=output_names, dynamic_axes=axes,
-        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-    )
-    return onnx.load_from_string(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="foldnorm-legacy-") as tmp:  # torch.onnx.export writes to a path
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            module, args, path,
+            dynamo=False, opset_version=opset, input_names=names, output_names=output_names, dynamic_axes=axes,
+            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+        )
+        return onnx.load(path)
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:

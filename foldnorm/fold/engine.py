@@ -8,6 +8,10 @@ they fold into, else to the "before" rules when an op they fold into reads it al
 the kinds of subject they declare. The first plan is applied and every refusal's sentence goes into the
 record. A rule turned off by `FoldOptions.skip`/`only` is not asked; the record says it is off.
 
+Before that visit, every node is offered, in graph order, to the "block" rules, which rewrite a block of nodes
+ending at it (a sum of parallel branches) into one op; the normalization nodes such a block absorbs are reported
+as folded with the block's sentence, each record at its node's place in graph order.
+
 Nodes are visited in graph order, so chains fold one link at a time (Conv → BN → BN: the first BN folds into
 the Conv, which then produces the second BN's input). If/Loop/Scan bodies and model-local functions are folded
 too; weights from an enclosing graph are copied into the subgraph, never edited. After each graph the engine
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import onnx
@@ -28,10 +34,11 @@ from onnx import helper
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
 from foldnorm.fold.options import FoldOptions
-from foldnorm.fold.report import FoldRecord, FoldReport
+from foldnorm.fold.report import FoldRecord, FoldReport, Outcome
 from foldnorm.fold.rules import (
     RULES,
     AloneRule,
+    BlockRule,
     ChannelParams,
     NeighbourRule,
     Plan,
@@ -42,12 +49,21 @@ from foldnorm.fold.rules import (
 )
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
-from foldnorm.onnxgraph.graph import GraphIndex, attribute_refs, is_onnx_op, node_label, subgraphs
+from foldnorm.onnxgraph.graph import (
+    GraphIndex,
+    attribute_refs,
+    function_graph,
+    is_onnx_op,
+    named_subgraphs,
+    node_label,
+    subgraphs,
+)
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Rule)
+_BLOCK = [r for r in RULES if isinstance(r, BlockRule)]
 _SUBJECT = [r for r in RULES if isinstance(r, SubjectRule)]
 _AFTER = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "after"]
 _BEFORE = [r for r in RULES if isinstance(r, NeighbourRule) and r.position == "before"]
@@ -125,7 +141,12 @@ def _fold_graph(
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
+    ctx.fold_into = partial(_fold_into, ctx)
+    ctx.takes_fold = partial(_takes_fold, ctx)
+    early = _rewrite_blocks(ctx)
     for node in list(index.nodes):
+        for done in early.pop(id(node), ()):
+            report.add(done)
         if index.is_removed(node):
             continue
         if is_onnx_op(node, "BatchNormalization"):
@@ -139,20 +160,15 @@ def _fold_graph(
     for condition, snapshot in before:
         condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for k, sub in enumerate(subs):
-                sub_path = f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else "")
-                _fold_graph(sub, index, constants, sub_path, options, report)
+        for sub_path, sub in named_subgraphs(node, path):
+            _fold_graph(sub, index, constants, sub_path, options, report)
 
 
 def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
-    graph = helper.make_graph(list(function.node), function.name,
-                              [helper.make_empty_tensor_value_info(n) for n in function.input],
-                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    path, graph = function_graph(function)
     folded_before = report.folded
-    _fold_graph(graph, None, None, f"function {function.domain}.{function.name}", options, report)
+    _fold_graph(graph, None, None, path, options, report)
     if report.folded == folded_before:
         return
     del function.node[:]
@@ -179,18 +195,56 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
             _initializers_to_constants(sub)
 
 
-def _record(node: onnx.NodeProto, kind: str, outcome: str, reason: str, *, path: str,
-            target: onnx.NodeProto | None = None) -> FoldRecord:
+def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, path: str,
+            target: onnx.NodeProto | None = None, quantization: str = "") -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
         kind=kind,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         reason=reason,
         target=node_label(target) if target is not None else None,
         module=module_path(node),
         graph=path,
+        quantization=quantization or None,
     )
+
+
+def _rewrite_blocks(ctx: FoldContext) -> dict[int, list[FoldRecord]]:
+    """Offer every node, in graph order, to the "block" rules; the first plan is applied.
+
+    Returns the records made, keyed by the `id()` of the node each is about (the block's last node, and each
+    normalization node it absorbed), so that the main visit reports them in graph order.
+    """
+    index = ctx.index
+    records: dict[int, list[FoldRecord]] = defaultdict(list)
+    for node in list(index.nodes):
+        rules = [] if index.is_removed(node) else _rules_for(ctx, node, _BLOCK)
+        if not rules:
+            continue
+        reasons: list[str] = []
+        found = _first_of(ctx, rules, partial(_check_block, ctx, node), reasons)
+        if found is None:
+            records[id(node)].append(_record(node, rules[0].kind, "skipped", "; ".join(reasons), path=index.path))
+            continue
+        rule, plan = found
+        kinds = [_kind(ctx, n) for n in plan.absorbed]
+        record = _apply(ctx, node, rule.kind, plan)
+        records[id(node)].append(record)
+        for absorbed, kind in zip(plan.absorbed, kinds):
+            records[id(absorbed)].append(_record(absorbed, kind, "folded", record.reason, path=index.path,
+                                                 target=plan.target))
+    return records
+
+
+def _check_block(ctx: FoldContext, node: onnx.NodeProto, rule: BlockRule) -> Plan:
+    return rule.check(ctx, node)
+
+
+def _kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a normalization node ("batchnorm" ...)."""
+    info = classify(ctx.index, node, ctx.constants)
+    return info.kind if info is not None else node.op_type.lower()
 
 
 def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
@@ -213,7 +267,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
         return _apply(ctx, bn, "batchnorm", plan)
     why = "; ".join(reasons) if reasons else \
         "standalone: " + "; ".join(context) + ", and nothing after it takes a fold"
-    outcome = "skipped" if reasons else "kept"
+    outcome: Outcome = "skipped" if reasons else "kept"
     for rule in _rules_for(ctx, bn, _ALONE):
         off = ctx.options.turned_off(rule.name)
         if off is not None:
@@ -311,19 +365,50 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     return _first_plan(ctx, node, producer, params, after, reasons)
 
 
+def _takes_fold(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
+    """Whether an "after" rule (for any kind of subject) finds constant weights in `producer`
+    (`FoldContext.takes_fold`)."""
+    return any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER))
+
+
+def _subject_kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a subject: "batchnorm", or the kind of the subject rule that recognises `node`."""
+    if is_onnx_op(node, "BatchNormalization"):
+        return "batchnorm"
+    return next((r.kind for r in _rules_for(ctx, node, _SUBJECT) if r.operand(ctx, node) is not None), "")
+
+
+def _fold_into(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams) -> Plan:
+    """The plan of the "after" rules folding `node` into `producer` (`FoldContext.fold_into`), or `Refusal`."""
+    reasons: list[str] = []
+    context: list[str] = []
+    plan = _fold_after(ctx, node, producer, params, reasons, context, _subject_kind(ctx, node))
+    if plan is None:
+        raise Refusal("; ".join(reasons or context))
+    return plan
+
+
 def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
                 candidates: Sequence[NeighbourRule], reasons: list[str]) -> Plan | None:
     opaque = _opaque_reason(neighbour)
     if opaque and candidates:
         reasons.append(f"{neighbour.op_type} {node_label(neighbour)}: {opaque}")
         return None
-    for rule in candidates:
+    found = _first_of(ctx, candidates, lambda rule: rule.check(ctx, node, neighbour, params), reasons)
+    return found[1] if found is not None else None
+
+
+def _first_of(ctx: FoldContext, rules: Sequence[R], attempt: Callable[[R], Plan],
+              reasons: list[str]) -> tuple[R, Plan] | None:
+    """The first rule of `rules` whose `attempt` gives a plan, with the plan; each rule that is turned off or
+    refuses adds its sentence to `reasons`."""
+    for rule in rules:
         off = ctx.options.turned_off(rule.name)
         if off is not None:
             reasons.append(off)
             continue
         try:
-            return rule.check(ctx, node, neighbour, params)
+            return rule, attempt(rule)
         except Refusal as refusal:
             reasons.append(refusal.reason)
     return None
@@ -342,7 +427,8 @@ def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> Fol
     plan.apply()
     reason = "; ".join([plan.note or f"folded into {plan.target.op_type}", *ctx.notes])
     log.debug("folded %s into %s", node_label(node), node_label(plan.target))
-    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
+    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target,
+                   quantization=plan.quantization)
 
 
 def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:

@@ -4,6 +4,10 @@ BatchNorm with running statistics is a fixed affine map and may be folded. Group
 InstanceNorm compute statistics from each input and are never altered; neither are the BatchNorm nodes an
 exporter emits for an InstanceNorm with running stats (Reshape → BN → Reshape) or for a BatchNorm whose
 statistics are computed in the graph.
+
+`classify` is the one classifier: the fold engine's records, `survey` (the counts export reports) and
+verify's structure check all take a node's kind from it, in the main graph, in If/Loop/Scan bodies and in
+model-local functions (`walk_graphs`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import onnx
 
 from foldnorm.errors import InvariantViolation
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.external import tensor_digest
-from foldnorm.onnxgraph.graph import GraphIndex, is_onnx_op
+from foldnorm.onnxgraph.graph import GraphIndex, function_graph, is_onnx_op, named_subgraphs
 
 LAYERNORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
                  "SkipSimplifiedLayerNormalization", "RMSNormalization"}
@@ -26,14 +32,17 @@ GROUPNORM_OPS = {"GroupNormalization", "GroupNorm"}
 INSTANCENORM_OPS = {"InstanceNormalization"}
 
 
+NormKind = Literal["batchnorm", "groupnorm", "layernorm", "instancenorm"]
+
+
 @dataclass(frozen=True)
 class NormInfo:
     """Classification of one normalization node."""
 
-    kind: str  # "batchnorm", "groupnorm", "layernorm", "instancenorm"
+    kind: NormKind
     protected: bool
     reason: str
-    chain: tuple[int, ...] = ()  # ids of the nodes that belong to it (lowered GroupNorm's Reshape/Mul/Add)
+    chain: tuple[onnx.NodeProto, ...] = ()  # the nodes that belong to it (lowered GroupNorm's Reshape/Mul/Add)
 
 
 def classify(index: GraphIndex, node: onnx.NodeProto, constants: ConstantResolver) -> NormInfo | None:
@@ -68,16 +77,16 @@ def classify(index: GraphIndex, node: onnx.NodeProto, constants: ConstantResolve
     return None
 
 
-def _lowered_groupnorm_tail(index: GraphIndex, node: onnx.NodeProto) -> tuple[int, ...]:
-    ids = [id(node)]
+def _lowered_groupnorm_tail(index: GraphIndex, node: onnx.NodeProto) -> tuple[onnx.NodeProto, ...]:
+    nodes = [node]
     current = node
     for op in ("Reshape", "Mul", "Add"):
         nxt = index.only_consumer(current.output[0])
         if nxt is None or nxt.op_type != op:
             break
-        ids.append(id(nxt))
+        nodes.append(nxt)
         current = nxt
-    return tuple(ids)
+    return tuple(nodes)
 
 
 def module_path(node: onnx.NodeProto) -> str | None:
@@ -112,23 +121,77 @@ def _fingerprint(index: GraphIndex, node: onnx.NodeProto) -> str:
     return h.hexdigest()
 
 
-def protected_groups(index: GraphIndex, constants: ConstantResolver) -> dict[int, dict[str, str]]:
-    """Every protected node of the graph by `id()`, with the fingerprints (ops, wiring, attributes, parameter
-    bytes) of it and the nodes of its chain, keyed `<graph path>:<output name>`, the node's own key first."""
-    groups: dict[int, dict[str, str]] = {}
-    by_id = {id(n): n for n in index.nodes}
+def classified(index: GraphIndex, constants: ConstantResolver) -> Iterator[tuple[onnx.NodeProto, NormInfo]]:
+    """Every normalization node of the graph (not its subgraphs), in graph order, with its classification."""
     for node in index.nodes:
         info = classify(index, node, constants)
-        if info is None or not info.protected:
-            continue
-        members = (by_id[m] for m in (info.chain or (id(node),)))
-        groups[id(node)] = {f"{index.path}:{n.output[0]}": _fingerprint(index, n) for n in members}
-    return groups
+        if info is not None:
+            yield node, info
+
+
+def walk_graphs(model: onnx.ModelProto) -> Iterator[tuple[GraphIndex, ConstantResolver]]:
+    """Every graph of `model`, each indexed with its constants: the main graph and its If/Loop/Scan bodies
+    (which see the weights of the graphs around them), then each model-local function's body and its
+    subgraphs. Paths (`GraphIndex.path`) are those of the fold report's `graph` field."""
+
+    def walk(graph: onnx.GraphProto, outer: GraphIndex | None, outer_constants: ConstantResolver | None,
+             path: str) -> Iterator[tuple[GraphIndex, ConstantResolver]]:
+        index = GraphIndex(graph, outer, path)
+        constants = ConstantResolver(index, outer_constants)
+        yield index, constants
+        for node in index.nodes:
+            for sub_path, sub in named_subgraphs(node, path):
+                yield from walk(sub, index, constants, sub_path)
+
+    yield from walk(model.graph, None, None, "main")
+    for function in model.functions:
+        path, body = function_graph(function)
+        yield from walk(body, None, None, path)
+
+
+@dataclass(frozen=True)
+class NormCounts:
+    """Normalization nodes by kind, as `classify` names them (a lowered GroupNorm is a groupnorm; the
+    BatchNormalization standing for an InstanceNorm with running statistics is an instancenorm)."""
+
+    batchnorm: int = 0
+    groupnorm: int = 0
+    layernorm: int = 0
+    instancenorm: int = 0
+
+    @classmethod
+    def of(cls, kinds: Iterable[str]) -> NormCounts:
+        """Count the normalization kinds among `kinds` (other names, such as "affine", are not counted)."""
+        kinds = list(kinds)
+        return cls(*(kinds.count(k) for k in ("batchnorm", "groupnorm", "layernorm", "instancenorm")))
+
+    @property
+    def protected(self) -> int:
+        """GroupNorm, LayerNorm and InstanceNorm nodes: the ones folding must leave intact."""
+        return self.groupnorm + self.layernorm + self.instancenorm
+
+    def by_op(self) -> dict[str, int]:
+        """The protected counts keyed by the ONNX op each kind stands for (export's `protected` field)."""
+        return {"GroupNormalization": self.groupnorm, "LayerNormalization": self.layernorm,
+                "InstanceNormalization": self.instancenorm}
+
+
+def survey(model: onnx.ModelProto) -> NormCounts:
+    """Count the normalization nodes of `model` by kind: main graph, subgraphs and model-local functions."""
+    return NormCounts.of(info.kind for index, constants in walk_graphs(model)
+                         for _, info in classified(index, constants))
+
+
+def chain_fingerprints(index: GraphIndex, node: onnx.NodeProto, info: NormInfo) -> dict[str, str]:
+    """The fingerprints (ops, wiring, attributes, parameter bytes) of a protected node and the nodes of its chain,
+    keyed `<graph path>:<output name>`, the node's own key first."""
+    return {f"{index.path}:{n.output[0]}": _fingerprint(index, n) for n in info.chain or (node,)}
 
 
 def protected_fingerprints(index: GraphIndex, constants: ConstantResolver) -> dict[str, str]:
     """A fingerprint (ops, wiring, attributes, parameter bytes) of every protected node of the graph."""
-    return {key: fp for group in protected_groups(index, constants).values() for key, fp in group.items()}
+    return {key: fp for node, info in classified(index, constants) if info.protected
+            for key, fp in chain_fingerprints(index, node, info).items()}
 
 
 def check_protected(before: dict[str, str], after: dict[str, str]) -> None:

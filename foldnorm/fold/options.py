@@ -9,6 +9,9 @@ from typing import Literal
 from foldnorm.errors import UnknownRuleError
 from foldnorm.fold.rules import RULES
 
+#: What becomes of a BatchNorm with nothing to fold into: kept, or lowered to one Mul and one Add.
+StandaloneBN = Literal["keep", "affine"]
+
 
 def rule_names() -> tuple[str, ...]:
     """The names of the fold rules, in the registry's order of preference."""
@@ -31,13 +34,16 @@ class FoldOptions:
     """User-facing switches of the fold engine.
 
     `standalone_bn="affine"` lowers a BatchNorm with nothing to fold into to one Mul and one Add (the
-    `bn-affine` rule). `skip` turns the named rules off; `only`, when given, turns every other rule off.
+    `bn-affine` rule). `requantize=True` lets a fold into quantized (QDQ) weights that cannot keep their
+    integers requantize them, with the error in the report (without it such a fold is refused).
+    `skip` turns the named rules off; `only`, when given, turns every other rule off.
     Unknown rule names raise `UnknownRuleError` (a `FoldnormError`) listing the valid ones.
     """
 
-    standalone_bn: Literal["keep", "affine"] = "keep"
+    standalone_bn: StandaloneBN = "keep"
     skip: Sequence[str] = ()
     only: Sequence[str] = ()
+    requantize: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", check_rule_names(self.skip, "skip"))

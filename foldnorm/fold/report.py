@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from foldnorm.fold.normalizations import NormCounts
+
 Outcome = Literal["folded", "skipped", "kept"]
 
 
@@ -22,6 +24,8 @@ class FoldRecord:
     target: str | None = None
     module: str | None = None
     graph: str = "main"
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved (a quantization point) or requantized.
+    quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
@@ -48,9 +52,14 @@ class FoldReport:
         return [r for r in self.records if r.kind == kind]
 
     @property
+    def norms(self) -> NormCounts:
+        """The normalization nodes seen, by kind: what `survey` counts in the model before folding."""
+        return NormCounts.of(r.kind for r in self.records)
+
+    @property
     def batchnorm_total(self) -> int:
         """BatchNorm nodes seen (folded, skipped or kept)."""
-        return len(self.by_kind("batchnorm"))
+        return self.norms.batchnorm
 
     @property
     def batchnorm_folded(self) -> int:
@@ -64,8 +73,8 @@ class FoldReport:
 
     @property
     def protected_kept(self) -> int:
-        """GroupNorm/LayerNorm/InstanceNorm (and BN standing for them) left intact."""
-        return sum(1 for r in self.records if r.kind not in ("batchnorm", "affine") and r.outcome == "kept")
+        """GroupNorm/LayerNorm/InstanceNorm (and BN standing for them) left intact: folding never touches them."""
+        return self.norms.protected
 
     def summary(self) -> str:
         """One line: what was folded, skipped and kept."""
@@ -73,17 +82,29 @@ class FoldReport:
         tails = self.by_kind("affine")
         tail_folded = sum(1 for r in tails if r.outcome == "folded")
         tail_text = f", {tail_folded}/{len(tails)} constant Mul/Add/Sub/Div folded" if tails else ""
+        sums = self.by_kind("branches")
+        if sums:
+            tail_text += f", {sum(1 for r in sums if r.outcome == 'folded')}/{len(sums)} branch sums merged"
+        quantized = self.quantization_counts()
+        quant_text = ("; into quantized weights: " + ", ".join(f"{n} {label}" for label, n in quantized.items())
+                      if quantized else "")
         return (
             f"{self.batchnorm_folded}/{self.batchnorm_total} BatchNorm folded{tail_text}; {c['folded']} folded, "
             f"{c['skipped']} skipped, {c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm "
-            "intact"
+            f"intact{quant_text}"
         )
+
+    def quantization_counts(self) -> dict[str, int]:
+        """Folds into quantized (QDQ) weights by label (exact, bias-rounded, moved, requantized), in that order."""
+        c = Counter(r.quantization for r in self.records if r.outcome == "folded" and r.quantization)
+        return {label: c[label] for label in ("exact", "bias-rounded", "moved", "requantized") if c[label]}
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
         return {
             "records": [r.to_dict() for r in self.records],
             "counts": self.counts(),
+            "quantization": self.quantization_counts(),
             "summary": self.summary(),
         }
 

@@ -23,6 +23,7 @@ from onnx import helper
 
 from foldnorm.onnxgraph.external import tensor_array
 from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+from foldnorm.onnxgraph.quantize import dequantize, quantize
 from foldnorm.onnxgraph.tensors import element_count, graph_tensors
 
 _MAX_DEPTH = 64
@@ -114,6 +115,8 @@ _OPS: dict[str, _Eval] = {
     "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
+    "DequantizeLinear": dequantize,
+    "QuantizeLinear": quantize,
 }
 
 

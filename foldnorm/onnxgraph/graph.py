@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -59,6 +59,24 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield a.g
         elif a.type == onnx.AttributeProto.GRAPHS:
             yield from a.graphs
+
+
+def named_subgraphs(node: onnx.NodeProto, path: str) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graphs held by a node's attributes, each with its path below the enclosing graph's `path`
+    (`main/If_0.then_branch`, `main/Loop_1.body`; `[k]` numbers the graphs of a GRAPHS attribute)."""
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for k, sub in enumerate(subs):
+            yield f"{path}/{node_label(node)}.{a.name}" + (f"[{k}]" if len(subs) > 1 else ""), sub
+
+
+def function_graph(function: onnx.FunctionProto) -> tuple[str, onnx.GraphProto]:
+    """A model-local function's body as a graph of its own (formal inputs and outputs without types), and its
+    path (`function <domain>.<name>`)."""
+    graph = helper.make_graph(list(function.node), function.name,
+                              [helper.make_empty_tensor_value_info(n) for n in function.input],
+                              [helper.make_empty_tensor_value_info(n) for n in function.output])
+    return f"function {function.domain}.{function.name}", graph
 
 
 def free_names(graph: onnx.GraphProto) -> set[str]:

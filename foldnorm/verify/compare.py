@@ -6,7 +6,8 @@ blow it up). An element is out of tolerance when `|candidate - reference| > atol
 Inf where the reference is finite ("introduced") always counts as out of tolerance.
 
 Default tolerances follow the reference output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
-float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly.
+float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. A
+quantized (QDQ) reference is compared in steps of each output's quantizer instead (`verify.quantized`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from foldnorm.onnxgraph.atomicfile import temporary_directory
 from foldnorm.onnxgraph.inputs import InputSpec, Shape, feed_bytes, input_specs, load_feeds, make_feeds, output_specs
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label
 from foldnorm.verify.ortrun import outputs, reported_dtype
+from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
 
 # Random inputs of one verification (all batch sizes and samples), and the reference outputs it keeps.
@@ -52,11 +54,15 @@ class OutputDiff:
     rtol: float
     atol: float
     nonfinite_introduced: int
+    #: the output's quantization step when the reference is a quantized (QDQ) model and tolerances count steps.
+    quant_step: float | None = None
+    #: elements that may be out of tolerance (a quantized reference: `verify.quantized.QDQ_OUTLIERS` of them).
+    allowed: int = 0
 
     @property
     def ok(self) -> bool:
-        """Within tolerance and no NaN/Inf that the reference does not have."""
-        return self.mismatched == 0 and self.nonfinite_introduced == 0
+        """Within tolerance (but for `allowed` elements) and no NaN/Inf that the reference does not have."""
+        return self.mismatched - self.nonfinite_introduced <= self.allowed and self.nonfinite_introduced == 0
 
 
 @dataclass
@@ -108,7 +114,7 @@ class VerifyResult:
         lines = []
         for o in self.outputs:
             lines.append(f"  {o.name} ({o.dtype}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, "
-                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}, "
+                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}{_in_steps(o)}, "
                          f"NaN/Inf introduced {o.nonfinite_introduced}  {'ok' if o.ok else 'FAIL'}")
         if self.structure is not None:
             lines.append(f"  {self.structure.summary()}")
@@ -131,6 +137,13 @@ class VerifyResult:
             "structure": self.structure.to_dict() if self.structure else None,
             "summary": self.summary(),
         }
+
+
+def _in_steps(diff: OutputDiff) -> str:
+    """` (4 steps of 0.005)` for an output compared in quantization steps, else nothing."""
+    if not diff.quant_step:
+        return ""
+    return f" ({diff.atol / diff.quant_step:g} steps of {diff.quant_step:.3g}; {diff.allowed} may be outside)"
 
 
 def measure_error(
@@ -278,16 +291,16 @@ def compare_models(
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
     names = [o.name for o in ref_model.graph.output]
+    steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
     rows: list[list[tuple[float, float, int, int]]] = [[] for _ in names]
     with temporary_directory() as tmp:
         expected = _kept(outputs(reference, ref_model, tmp, "reference", result.reference, draws()))
-        tolerances = [tolerances_for(reported_dtype(ref_model, i, expected[0][i].dtype), rtol, atol)
-                      for i in range(len(names))]
+        tolerances = [_tolerances(ref_model, i, [e[i] for e in expected], steps, rtol, atol) for i in range(len(names))]
         for e, got in zip(expected, outputs(candidate, cand_model, tmp, "candidate", result.candidate, draws())):
             for i, row in enumerate(rows):
-                row.append(measure_error(e[i], got[i], *tolerances[i]))
+                row.append(measure_error(e[i], got[i], *tolerances[i][:2]))
     for i, name in enumerate(names):
-        r, a = tolerances[i]
+        r, a, step = tolerances[i]
         result.outputs.append(OutputDiff(
             name=name,
             dtype=reported_dtype(ref_model, i, expected[0][i].dtype).name,
@@ -298,5 +311,18 @@ def compare_models(
             rtol=r,
             atol=a,
             nonfinite_introduced=sum(row[3] for row in rows[i]),
+            quant_step=step,
+            allowed=outliers_allowed(sum(e[i].size for e in expected)) if step is not None else 0,
         ))
     return result
+
+
+def _tolerances(model: onnx.ModelProto, index: int, references: list[np.ndarray], steps: dict[str, float] | None,
+                rtol: float | None, atol: float | None) -> tuple[float, float, float | None]:
+    """(rtol, atol, quantization step or None) for output `index`: in steps of its quantizer for a quantized
+    reference (`steps`), else the defaults of the type it has in the model, with the user's overrides."""
+    actual = references[0].dtype
+    if steps is not None and np.issubdtype(actual, np.floating):
+        r, a = step_tolerance(steps.get(model.graph.output[index].name), references)
+        return r, a, a / QDQ_STEPS
+    return (*tolerances_for(reported_dtype(model, index, actual), rtol, atol), None)

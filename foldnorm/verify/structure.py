@@ -1,9 +1,11 @@
 """Structural comparison of two models: are the protected normalizations of the reference intact?
 
-Uses the fold engine's own classification and fingerprints (`foldnorm.fold.normalizations`): a GroupNorm,
-LayerNorm or InstanceNorm node of the reference is `intact` in the candidate when a node with the same
-output exists there with the same op, wiring, attributes and parameter bytes (for a GroupNorm lowered to
-Reshape → InstanceNormalization → Reshape → Mul → Add, every node of the chain).
+Uses the fold engine's own classification and fingerprints (`foldnorm.fold.normalizations`), in every graph
+the engine folds (main graph, If/Loop/Scan bodies, model-local functions): a GroupNorm, LayerNorm or
+InstanceNorm node of the reference is `intact` in the candidate when a node with the same output exists
+there, in the same graph, with the same op, wiring, attributes and parameter bytes (for a GroupNorm lowered
+to Reshape → InstanceNormalization → Reshape → Mul → Add, every node of the chain). BatchNorms are counted
+as the classifier names them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from typing import Any, Literal
 
 import onnx
 
-from foldnorm.fold.normalizations import protected_groups
-from foldnorm.onnxgraph.constants import ConstantResolver
-from foldnorm.onnxgraph.graph import GraphIndex, node_label, subgraphs
+from foldnorm.fold.normalizations import NormCounts, chain_fingerprints, classified, walk_graphs
+from foldnorm.onnxgraph.graph import node_label
 
 NormStatus = Literal["intact", "changed", "missing"]
 
@@ -64,32 +65,28 @@ class StructureReport:
 
 @dataclass
 class _Survey:
-    batchnorm: int = 0
+    counts: NormCounts
     # head node key -> (fingerprints of the node and the nodes of its chain, label, op_type, graph)
-    norms: dict[str, tuple[tuple[str, ...], str, str, str]] = field(default_factory=dict)
+    norms: dict[str, tuple[tuple[str, ...], str, str, str]]
 
 
-def _survey(graph: onnx.GraphProto, outer: GraphIndex | None, outer_constants: ConstantResolver | None, path: str,
-            into: _Survey) -> None:
-    index = GraphIndex(graph, outer, path)
-    constants = ConstantResolver(index, outer_constants)
-    groups = protected_groups(index, constants)
-    for node in index.nodes:
-        if node.op_type == "BatchNormalization":
-            into.batchnorm += 1
-        prints = groups.get(id(node))
-        if prints is not None:
-            into.norms[next(iter(prints))] = (tuple(prints.values()), node_label(node), node.op_type, path)
-        for k, sub in enumerate(subgraphs(node)):
-            _survey(sub, index, constants, f"{path}/{node_label(node)}[{k}]", into)
+def _survey(model: onnx.ModelProto) -> _Survey:
+    """Classify every node of every graph once: the counts by kind and the protected nodes' fingerprints."""
+    kinds: list[str] = []
+    norms: dict[str, tuple[tuple[str, ...], str, str, str]] = {}
+    for index, constants in walk_graphs(model):
+        for node, info in classified(index, constants):
+            kinds.append(info.kind)
+            if info.protected:
+                prints = chain_fingerprints(index, node, info)
+                norms[next(iter(prints))] = (tuple(prints.values()), node_label(node), node.op_type, index.path)
+    return _Survey(NormCounts.of(kinds), norms)
 
 
 def compare_structure(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> StructureReport:
     """Count BatchNorms on both sides and check every protected normalization of `reference` in `candidate`."""
-    ref, cand = _Survey(), _Survey()
-    _survey(reference.graph, None, None, "main", ref)
-    _survey(candidate.graph, None, None, "main", cand)
-    report = StructureReport(ref.batchnorm, cand.batchnorm)
+    ref, cand = _survey(reference), _survey(candidate)
+    report = StructureReport(ref.counts.batchnorm, cand.counts.batchnorm)
     for key, (fingerprints, label, op_type, graph) in ref.norms.items():
         status: NormStatus = ("missing" if key not in cand.norms
                               else "intact" if cand.norms[key][0] == fingerprints else "changed")

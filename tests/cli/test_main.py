@@ -123,3 +123,21 @@ def test_fold_seed_reaches_the_verification(conv_bn_file: Path, tmp_path: Path) 
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["verify"]["seed"] == 5
+
+
+def test_failed_verification_shows_the_report_and_writes_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
+    # Fresh noise on every run: the folded model cannot be proved equal to the input, so verification fails.
+    path, out, report = tmp_path / "noisy.onnx", tmp_path / "folded.onnx", tmp_path / "report.json"
+    model = conv_bn(rng, cin=3, spatial=(16, 16), bn_out="b", tail=["n = RandomNormalLike (b)", "y = Add (b, n)"])
+    onnx.save(model, path)
+    text = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out), "--report", str(report)])
+    assert text.exit_code == 3, text.output
+    assert "1/1 BatchNorm folded" in text.stdout
+    assert "verify: NOT equivalent" in text.stdout
+    assert "error: the folded model differs" in text.stderr and "nothing was written" in text.stderr
+    assert json.loads(report.read_text())["counts"]["folded"] == 1
+    assert not out.exists()
+    data = CliRunner().invoke(cli, ["fold", str(path), "-o", str(out), "--format", "json"])
+    assert data.exit_code == 3
+    parsed = json.loads(data.stdout)
+    assert (parsed["verify"]["ok"], parsed["output"]) == (False, None)

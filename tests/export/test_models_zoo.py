@@ -16,33 +16,42 @@ from foldnorm.models.calibrate import calibrate
 from torch import nn
 
 from foldnorm import compare_models, export_onnx, fold_model
-from foldnorm.export.exporter import ExportResult, count_norms
+from foldnorm.export.exporter import ExportResult
+from foldnorm.fold.normalizations import NormCounts, survey
 
 pytestmark = pytest.mark.slow  # exports real PyTorch models
 
 
 @dataclass(frozen=True)
 class Expect:
-    """What one model's export holds, and how many report records folding marks `folded` (a BN node, or one
-    Mul/Add/Sub/Div of a hand-written or frozen BN)."""
+    """What one model's export holds (normalizations by kind, as the classifier names them), and how many
+    report records folding marks `folded` (a BN node, or one Mul/Add/Sub/Div of a hand-written or frozen BN)."""
 
     bn: int
     folded: int
-    instancenorm: int = 0
+    groupnorm: int = 0
     layernorm: int = 0
+    instancenorm: int = 0
+
+    @property
+    def counts(self) -> NormCounts:
+        return NormCounts(self.bn, self.groupnorm, self.layernorm, self.instancenorm)
 
 
 EXPECTED: dict[str, Expect] = {
-    "resnet-bn": Expect(bn=9, folded=9, instancenorm=1),  # GroupNorm lowers to InstanceNormalization at opset 18
+    # GroupNorm lowers to Reshape -> InstanceNormalization -> Reshape -> Mul -> Add at opset 18: still a GroupNorm.
+    "resnet-bn": Expect(bn=9, folded=9, groupnorm=1),
+    "resnet18-bn": Expect(bn=20, folded=20),
     "mobilenet-bn": Expect(bn=7, folded=7),
     "decoder-bn": Expect(bn=4, folded=4),
     "mlp-bn1d": Expect(bn=2, folded=2),
     "conv1d-bn": Expect(bn=2, folded=2),
     "conv3d-bn": Expect(bn=2, folded=2),
-    "unet-gn": Expect(bn=0, folded=0, instancenorm=3),
+    "unet-gn": Expect(bn=0, folded=0, groupnorm=3),
     "transformer-ln": Expect(bn=0, folded=0, layernorm=3),
-    # InstanceNorm2d(track_running_stats=True) exports as Tile'd stats -> BatchNormalization: never folded.
-    "stylenet-in": Expect(bn=1, folded=0, instancenorm=2),
+    # InstanceNorm2d(track_running_stats=True) exports as Tile'd stats -> Reshape -> BatchNormalization -> Reshape:
+    # an InstanceNorm, never folded.
+    "stylenet-in": Expect(bn=0, folded=0, instancenorm=3),
     # 2 BN after a Conv; bn_direct before the padding-free 1x1 Conv; 2 BN with no linear neighbour.
     "preact-bn": Expect(bn=5, folded=3),
     # Hand-written BN: Sub/Div/Sqrt/Mul/Add chains after Conv, Conv and Gemm; no BatchNormalization node.
@@ -79,8 +88,10 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> ZooExports:
     return ZooExports(tmp_path_factory.mktemp("zoo"))
 
 
-def _bn_modules(module: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+def _norm_modules(module: nn.Module) -> NormCounts:
+    """The module's normalization layers by kind: one node of that kind each in the export."""
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    return NormCounts(*(sum(isinstance(m, kind) for m in module.modules()) for kind in kinds))
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -89,13 +100,10 @@ def test_export_keeps_every_norm_and_matches_torch(name: str, exports: ZooExport
     expect = EXPECTED[name]
     model = onnx.load(result.path)
     onnx.checker.check_model(model, full_check=True)
-    bn, protected = count_norms(model)
-    assert bn == expect.bn == result.batchnorm
-    running_stats_in = sum(isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
-                           for m in module.modules())
-    assert bn == _bn_modules(module) + running_stats_in  # one BatchNormalization per BN module
-    assert protected["InstanceNormalization"] == expect.instancenorm
-    assert protected["LayerNormalization"] == expect.layernorm
+    counts = survey(model)
+    assert counts == expect.counts
+    assert (result.batchnorm, result.protected) == (counts.batchnorm, counts.by_op())
+    assert counts == _norm_modules(module)  # one node per normalization layer (BN written as tensor ops has none)
     assert result.ok, result.summary()
     assert [c.batch_size for c in result.checks] == [1, 2]
     assert result.max_rel < 1e-5
@@ -113,13 +121,23 @@ def test_fold_keeps_outputs(name: str, exports: ZooExports) -> None:
     folded = fold_model(original)
     verdict = compare_models(original, folded.model)
     assert verdict.ok, verdict.summary()
-    assert count_norms(folded.model)[1] == count_norms(original)[1]  # GN/LN/IN untouched
+    before, after = survey(original), survey(folded.model)
+    assert (after.groupnorm, after.layernorm, after.instancenorm) == (before.groupnorm, before.layernorm,
+                                                                      before.instancenorm)  # GN/LN/IN untouched
+    # export, the fold report and verify's structure check count with the same classifier
+    assert (result.batchnorm, result.protected) == (before.batchnorm, before.by_op())
+    assert folded.report.norms == before
+    assert folded.report.protected_kept == before.protected
+    structure = verdict.structure
+    assert structure is not None
+    assert (structure.batchnorm_reference, structure.batchnorm_candidate) == (before.batchnorm, after.batchnorm)
+    assert len(structure.protected) == before.protected
     after_conv = _bn_after_conv(original)
     folded_names = {r.node for r in folded.report.records if r.outcome == "folded"}
     assert after_conv <= folded_names, f"BN after a Conv left unfolded: {sorted(after_conv - folded_names)}"
     assert folded.report.folded == expect.folded
-    assert count_norms(folded.model)[0] == expect.bn - sum(r.kind == "batchnorm" for r in folded.report.records
-                                                         if r.outcome == "folded")
+    assert after.batchnorm == expect.bn - sum(r.kind == "batchnorm" for r in folded.report.records
+                                              if r.outcome == "folded")
 
 
 def _bn_after_conv(model: onnx.ModelProto) -> set[str]:
@@ -143,9 +161,8 @@ def test_legacy_export(name: str, tmp_path: Path) -> None:
     result = export_onnx(spec.build(), [torch.randn(spec.input_shape)], tmp_path / "m.onnx", exporter="legacy",
                          dynamic_batch=name not in LEGACY_STATIC)
     assert result.ok, result.summary()
+    assert survey(onnx.load(result.path)) == EXPECTED[name].counts
     assert result.batchnorm == EXPECTED[name].bn
-    protected = count_norms(onnx.load(result.path))[1]
-    assert protected["InstanceNormalization"] == EXPECTED[name].instancenorm
 
 
 def test_bn_statistics_are_calibrated_not_defaults() -> None:

@@ -13,7 +13,8 @@ and `--list-rules` show), a one-line `summary`, its `position` and the `op_types
 A neighbour rule also declares the `kinds` of subject it folds (BatchNorms, a subject rule's nodes, or both).
 `check(...)` returns a `Plan` (everything computed, nothing changed yet) or raises `Refusal(reason)`;
 `plan.apply()` then rewrites the graph. Refusing is not an error: the engine records a `skipped` entry with
-the sentence. The subject's map reaches a rule as `ChannelParams`.
+the sentence. The subject's map reaches a rule as `ChannelParams`. A "block" rule's plan lists the
+normalization nodes it removes besides the node itself (`absorbed`); each gets a `folded` record.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from foldnorm.onnxgraph.graph import attr
 if TYPE_CHECKING:  # the options module reads the registry, which imports the rules
     from foldnorm.fold.options import FoldOptions
 
-Position = Literal["subject", "after", "before", "alone"]
+Position = Literal["block", "subject", "after", "before", "alone"]
 
 
 class Refusal(Exception):
@@ -52,6 +53,10 @@ class Plan:
     target: onnx.NodeProto
     apply: Callable[[], None]
     note: str = ""
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved or requantized (`fold.quantized`).
+    quantization: str = ""
+    #: normalization nodes the rewrite removes besides its subject (a "block" rule's merged BatchNorms).
+    absorbed: tuple[onnx.NodeProto, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class ChannelParams:
 
 
 class Rule:
-    """What every fold rule declares. Subclass `SubjectRule`, `NeighbourRule` or `AloneRule`, not this."""
+    """What every fold rule declares. Subclass `BlockRule`, `SubjectRule`, `NeighbourRule` or `AloneRule`."""
 
     #: the rule's name for `skip`/`only` and `--list-rules` (its file name with dashes).
     name: ClassVar[str]
@@ -129,6 +134,22 @@ class Rule:
     def accepts(self, ctx: FoldContext, node: onnx.NodeProto) -> bool:
         """Whether `node` (of one of `op_types`) has the structure the rule works on (cheap; no reasons)."""
         return True
+
+
+class BlockRule(Rule, ABC):
+    """Rewrites a block of nodes that ends at one node into a single op, before any per-node fold.
+
+    The engine offers every node of a graph, in graph order, to the block rules first: `accepts` says (cheaply,
+    without reasons) whether the node ends a block the rule rewrites; a node it does not accept gets no record.
+    """
+
+    position: ClassVar[Position] = "block"
+    #: the `kind` of the node's record in the report.
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def check(self, ctx: FoldContext, node: onnx.NodeProto) -> Plan:
+        """A plan rewriting the block that ends at `node`; raises `Refusal` with the reason when it cannot."""
 
 
 class SubjectRule(Rule, ABC):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import foldnorm
-from foldnorm.fold.rules import RULES, AloneRule, NeighbourRule, Rule, SubjectRule
+from foldnorm.fold.rules import RULES, AloneRule, BlockRule, NeighbourRule, Rule, SubjectRule
 
 ROOT = Path(foldnorm.__file__).resolve().parent.parent
 RULES_DIR = ROOT / "foldnorm" / "fold" / "rules"
@@ -26,7 +26,8 @@ def test_each_rule_declares_the_contract(rule: Rule) -> None:
     assert rule.summary and "\n" not in rule.summary and len(rule.summary) <= 100
     assert rule.summary.isascii()  # printed by --list-rules on any terminal
     assert rule.op_types and all(isinstance(op, str) for op in rule.op_types)
-    kinds = {"subject": SubjectRule, "after": NeighbourRule, "before": NeighbourRule, "alone": AloneRule}
+    kinds = {"block": BlockRule, "subject": SubjectRule, "after": NeighbourRule, "before": NeighbourRule,
+             "alone": AloneRule}
     assert isinstance(rule, kinds[rule.position])
     if isinstance(rule, NeighbourRule):  # the subjects it folds: BatchNorms and the subject rules' kinds
         assert rule.kinds and set(rule.kinds) <= {"batchnorm", *(r.kind for r in RULES if isinstance(r, SubjectRule))}

@@ -1,13 +1,16 @@
-"""Rendering library results for the terminal: plain text tables and JSON."""
+"""What every renderer uses: plain text tables, JSON on stdout, atomic text/JSON files, progress lines."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
+
+#: `--format` of the commands that print a text table or JSON.
+Format = Literal["text", "json"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,17 +1,23 @@
-"""`foldnorm bench` output: text table, CSV, Markdown, JSON, and the files `--output DIR` saves."""
+"""`foldnorm bench` output: text table, CSV, Markdown, JSON, the files `--output DIR` saves, and progress."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import click
 
 from foldnorm.bench.runner import BenchResult, BenchRow
 
-from .render import table, write_text
+from .common import info, table, write_text
+
+#: `--format` of `foldnorm bench`.
+BenchFormat = Literal["text", "json", "csv", "markdown"]
 
 HEADERS = ["backend", "config", "precision", "variant", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
            "samples/s", "speed-up", "IQR", "max abs err", "max rel err", "NaN/Inf", "build s", "peak MB", "runs"]
@@ -43,7 +49,7 @@ TEXT_HEADERS = ["backend", "config", "precision", "variant", "p50 ms", "p90 ms",
 
 def _folded_counts(result: BenchResult, row: BenchRow) -> tuple[int, int]:
     """BatchNorm folded and GN/LN/IN kept in the graph (or module) the row ran."""
-    report = result.torch_fold_report if row.backend == "torch" else result.fold_report
+    report = result.fold_report_for(row)
     if report is None:
         return 0, 0
     return (report.batchnorm_folded if row.variant == "folded" else 0), result.fold_report.protected_kept
@@ -102,7 +108,8 @@ def bench_json(result: BenchResult, samples: bool = False) -> str:
     return json.dumps(result.to_dict(samples), indent=2, default=str)
 
 
-RENDERERS = {"text": bench_text, "json": bench_json, "csv": bench_csv, "markdown": bench_markdown}
+RENDERERS: dict[BenchFormat, Callable[[BenchResult], str]] = {
+    "text": bench_text, "json": bench_json, "csv": bench_csv, "markdown": bench_markdown}
 
 
 def write_outputs(result: BenchResult, directory: Path, plot: bool) -> list[Path]:
@@ -119,6 +126,25 @@ def write_outputs(result: BenchResult, directory: Path, plot: bool) -> list[Path
     return written
 
 
-def names(values: Sequence[str]) -> list[str]:
-    """Comma-separated option values, split and stripped."""
-    return [v.strip() for part in values for v in part.split(",") if v.strip()]
+class Progress:
+    """Progress on stderr: a redrawn bar when stderr is a terminal, one line per step otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.current: str | None = None
+
+    def __call__(self, message: str, fraction: float | None) -> None:
+        """Show `message` (with a bar for timing loops)."""
+        if fraction is None or message != self.current:
+            if self.tty and self.current is not None:
+                click.echo("", err=True)
+            self.current = message
+            if fraction is None or not self.tty:
+                info(message)
+                return
+        if self.tty and fraction is not None:
+            filled = int(fraction * 20)
+            click.echo(f"\r{message} [{'#' * filled}{' ' * (20 - filled)}] {fraction:4.0%}", err=True, nl=False)
+            if fraction >= 1.0:
+                click.echo("", err=True)
+                self.current = None
