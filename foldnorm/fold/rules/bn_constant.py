@@ -6,7 +6,7 @@ Weight standardisation (BiT's StdConv2d, `F.batch_norm(weight, training=True)`) 
 exporter writes a training-mode BN on a Reshape of the Conv weight (its statistics are the weight's own, see
 `batchnorm_params`), the dynamo exporter an inference BN whose mean and variance are ReduceMeans of it. Either
 way nothing depends on the model's input, so ONNX Runtime would recompute the same tensor at every run. The
-constant evaluator's budget bounds the work: a value it will not compute is no constant, and the BN stays.
+constant evaluator's budget bounds the work, the input and the output counted: past it the BN stays.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class BatchNormConstant(AloneRule):
         if out in index.graph_outputs or any(out not in reader.input for reader in index.consumers.get(out, ())):
             raise Refusal("its constant output is a graph output or read inside a subgraph")
         affine = params.on_axis(x.ndim, 1, x.shape[1])
+        over = ctx.constants.budget.refusal(x.size)
+        if over is not None:
+            raise Refusal(f"its input is a constant, but its output would be {over}")
         value, problem = emit(apply_affine(x, affine), x.dtype, channel_axis=1)
         if value is None:
             raise Refusal(f"its input is a constant, but evaluating it fails: {problem}")

@@ -82,6 +82,9 @@ def _origin(ctx: FoldContext, name: str) -> str:
     """Where a value that is not a constant comes from, for a reason sentence (naming the initializers also listed
     as graph inputs it comes from: defaults a caller may override, unless read as constants)."""
     index = ctx.index
+    budget = ctx.constants.reason(name)  # the constant evaluator's budget stopped it
+    if budget is not None:
+        return budget
     hint = "which a caller may override; --inputs-as-constants reads such inputs as constants"
     if name in index.graph_inputs and name in index.initializers:
         return f"an initializer also listed as a graph input ({hint})"
@@ -114,7 +117,8 @@ def constant_weights(
     if len(node.input) > bias_index and node.input[bias_index]:
         bias = ctx.constant(node.input[bias_index])
         if bias is None:
-            raise Refusal(f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant")
+            raise Refusal(f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is "
+                          f"{_origin(ctx, node.input[bias_index])}, not a constant")
     return weight, bias
 
 

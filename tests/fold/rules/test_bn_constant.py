@@ -10,6 +10,7 @@ from support.builders import parse, x_feed
 from support.fold_helpers import assert_folds, assert_refused, assert_turned_off, checked_fold, count_ops
 
 from foldnorm import FoldOptions
+from foldnorm.onnxgraph.constants import ElementBudget
 
 
 def std_conv(rng: np.random.Generator, exporter: str, *, dtype: str = "float", after: str = "", std: str = "n",
@@ -84,6 +85,15 @@ def test_a_value_beyond_float16_is_refused(rng: np.random.Generator) -> None:
         if tensor.name == "gamma":
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.full(6, 1e5, np.float32), "gamma"))
     assert_refused(model, "its input is a constant, but evaluating it fails: a folded value", outcome="kept")
+
+
+def test_an_output_beyond_the_constant_evaluators_budget_is_kept(rng: np.random.Generator,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # W has 216 elements: the evaluator may compute the reshaped W, not the BN's output on top of it.
+    monkeypatch.setattr(ElementBudget, "for_graph", classmethod(lambda cls, graph: cls(per_value=1000, total=300)))
+    result = assert_refused(std_conv(rng, "legacy"), "its input is a constant, but its output would be a value the "
+                            "constant evaluator did not compute (its budget of 300 elements", outcome="kept")
+    assert result.report.records[0].reason.startswith("standalone: its input comes from Reshape r")
 
 
 def test_skip_bn_constant_keeps_it_and_says_so(rng: np.random.Generator) -> None:
