@@ -181,7 +181,8 @@ class ConstantResolver:
                 or attribute_refs(node)):
             return None
         try:
-            return self._evaluate_node(node, depth)
+            with np.errstate(all="ignore"):  # NaN and infinities are values like any other (folds refuse them)
+                return self._evaluate_node(node, depth)
         except (ValueError, TypeError, IndexError, KeyError, ArithmeticError):
             return None  # not computable here (e.g. shapes that do not broadcast): not a known constant
 
