@@ -33,7 +33,7 @@ from foldnorm.export.cleanup import clean_export
 from foldnorm.fold.normalizations import survey
 from foldnorm.onnxgraph.inputs import input_specs
 from foldnorm.onnxgraph.modelio import check_output_path, needs_external_data, save_model
-from foldnorm.verify.compare import measure_error
+from foldnorm.verify.measure import measure_error
 
 if TYPE_CHECKING:
     import torch

@@ -59,6 +59,7 @@ from foldnorm.onnxgraph.graph import (
     subgraphs,
 )
 from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
+from foldnorm.onnxgraph.stats import model_stats
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,13 @@ def fold_model(
     else:
         model = load_model(source)
     opts = options or FoldOptions()
-    report = FoldReport()
+    report = FoldReport(before=model_stats(model, None if isinstance(source, onnx.ModelProto) else source))
     _fold_graph(model.graph, None, None, "main", opts, report, model)
     for function in model.functions:
         _fold_function(function, opts, report)
     if model.ir_version < 4:
         _initializers_to_constants(model.graph)
+    report.after = model_stats(model)
     return FoldResult(model, report)
 
 

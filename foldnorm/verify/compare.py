@@ -1,12 +1,15 @@
 """Equivalence of two ONNX models: numbers on ONNX Runtime (CPU, optimizations disabled), and structure.
 
-Errors are measured per output: `max_abs = max |candidate - reference|`, and `max_rel = max_abs / scale`
-where `scale = max |reference|` (relative to the reference output's scale, so near-zero elements do not
-blow it up). An element is out of tolerance when `|candidate - reference| > atol + rtol * scale`; a NaN or
-Inf where the reference is finite ("introduced") always counts as out of tolerance.
+Errors are measured per output in float64 (`verify.measure`): `max_abs = max |candidate - reference|`, and
+`max_rel = max_abs / scale` where `scale = max |reference|` (relative to the reference output's scale, so
+near-zero elements do not blow it up). An element is out of tolerance when `|candidate - reference| > atol +
+rtol * scale`; a NaN or Inf where the reference is finite ("introduced") always counts as out of tolerance.
 
-Default tolerances follow the reference output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
-float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly.
+Default tolerances follow the candidate output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
+float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. Models of
+different float precisions compare (fp32 against fp16): inputs are drawn in the reference's dtypes and cast for
+the candidate. A task-level `metric` (top-K agreement, cosine) can replace the element-wise verdict for float
+outputs.
 """
 
 from __future__ import annotations
@@ -21,19 +24,27 @@ from typing import Any
 import numpy as np
 import onnx
 
-from foldnorm.errors import InputSpecError, ModelMismatchError, first_line
-from foldnorm.onnxgraph.external import has_weights_on_disk
-from foldnorm.onnxgraph.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
-from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label, needs_external_data
+from foldnorm.errors import InputSpecError, ModelMismatchError
+from foldnorm.onnxgraph.inputs import InputSpec, Shape, cast_feed, fit_feed, input_specs, make_feeds, output_specs
+from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label
+from foldnorm.verify.localize import Localization, localize
+from foldnorm.verify.measure import (
+    DEFAULT_TOLERANCES,
+    MIN_COSINE,
+    ErrorStats,
+    Metric,
+    is_float,
+    measure_error,
+    tolerances_for,
+)
+from foldnorm.verify.noise import NoiseFloor, noise_floor
 from foldnorm.verify.structure import StructureReport, compare_structure
+from foldnorm.verify.tensors import run_feeds, tensor_errors
 
-# Default tolerances by the reference output's dtype: (rtol, atol).
-DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-9, 1e-12),
-    "float32": (1e-4, 1e-6),
-    "float16": (1e-2, 1e-3),
-    "bfloat16": (5e-2, 1e-2),
-}
+__all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "compare_models", "measure_error", "tolerances_for"]
+
+Feed = dict[str, np.ndarray]
+Inputs = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
 
 
 @dataclass
@@ -49,11 +60,22 @@ class OutputDiff:
     rtol: float
     atol: float
     nonfinite_introduced: int
+    #: the metric that decides (`max-rel`: the element-wise tolerance), and its worst score over all runs
+    metric: str = "max-rel"
+    score: float | None = None
+    metric_ok: bool | None = None
+    #: the reference's own max rel change under a 1-ulp input perturbation, when it was measured
+    noise_floor: float | None = None
+    within_noise: bool = False
 
     @property
     def ok(self) -> bool:
-        """Within tolerance and no NaN/Inf that the reference does not have."""
-        return self.mismatched == 0 and self.nonfinite_introduced == 0
+        """No NaN/Inf that the reference does not have, and within tolerance (or the metric, or the noise floor)."""
+        if self.nonfinite_introduced:
+            return False
+        if self.metric_ok is not None:
+            return self.metric_ok
+        return self.mismatched == 0 or self.within_noise
 
 
 @dataclass
@@ -68,6 +90,13 @@ class VerifyResult:
     inputs: str | None = None
     outputs: list[OutputDiff] = field(default_factory=list)
     structure: StructureReport | None = None
+    #: the batch sizes asked for (`batch_sizes` are those that ran: a static batch axis keeps its size)
+    requested_batch_sizes: list[int] = field(default_factory=list)
+    metric: str = "max-rel"
+    #: errors of the intermediate tensors asked for (`tensors=`), by name
+    tensors: dict[str, ErrorStats] = field(default_factory=dict)
+    localization: Localization | None = None
+    noise: NoiseFloor | None = None
 
     @property
     def numerics_ok(self) -> bool:
@@ -89,6 +118,15 @@ class VerifyResult:
         """Largest scale-relative error over all outputs."""
         return max((o.max_rel for o in self.outputs), default=0.0)
 
+    def ran(self) -> str:
+        """What the models ran on: the input file, or the batch sizes (and why they differ from those asked)."""
+        if self.inputs:
+            return f"inputs from {self.inputs}"
+        text = f"batch sizes {self.batch_sizes}"
+        if self.requested_batch_sizes and self.requested_batch_sizes != self.batch_sizes:
+            text += f" (the model's batch axis is static; {self.requested_batch_sizes} asked)"
+        return text
+
     def summary(self) -> str:
         """One line: pass/fail and the worst errors."""
         verdict = "equivalent" if self.ok else "NOT equivalent"
@@ -96,9 +134,13 @@ class VerifyResult:
         tail = f"; failing outputs: {', '.join(bad)}" if bad else ""
         if self.structure is not None and not self.structure.intact:
             tail += "; protected normalizations changed"
-        over = f"inputs from {self.inputs}" if self.inputs else f"batch sizes {self.batch_sizes}"
+        scored = [o for o in self.outputs if o.score is not None]
+        if scored:
+            tail += f"; {self.metric} {min(o.score or 0.0 for o in scored):.6g}"
+        if any(o.within_noise and o.mismatched for o in self.outputs) and self.noise is not None:
+            tail += f"; within {self.noise.multiple:g}x the reference's noise floor {self.noise.max_rel:.3g}"
         return (f"{verdict}: max abs error {self.max_abs:.3g}, max rel error {self.max_rel:.3g} "
-                f"over {over}{tail}")
+                f"over {self.ran()}{tail}")
 
     def details(self) -> str:
         """A few readable lines: one per output, the structure, and the summary."""
@@ -109,6 +151,8 @@ class VerifyResult:
                          f"NaN/Inf introduced {o.nonfinite_introduced}  {'ok' if o.ok else 'FAIL'}")
         if self.structure is not None:
             lines.append(f"  {self.structure.summary()}")
+        if self.localization is not None:
+            lines.extend(f"  {line}" for line in self.localization.lines())
         return "\n".join([self.summary(), *lines])
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,54 +161,33 @@ class VerifyResult:
             "reference": self.reference,
             "candidate": self.candidate,
             "batch_sizes": self.batch_sizes,
+            "requested_batch_sizes": self.requested_batch_sizes,
             "seed": self.seed,
             "samples": self.samples,
             "inputs": self.inputs,
+            "metric": self.metric,
             "ok": self.ok,
             "numerics_ok": self.numerics_ok,
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
             "outputs": [asdict(o) | {"ok": o.ok} for o in self.outputs],
             "structure": self.structure.to_dict() if self.structure else None,
+            "tensors": {name: asdict(s) | {"ok": s.ok} for name, s in self.tensors.items()},
+            "localization": self.localization.to_dict() if self.localization else None,
+            "noise_floor": self.noise.to_dict() if self.noise else None,
             "summary": self.summary(),
         }
 
 
-def measure_error(
-    reference: np.ndarray, candidate: np.ndarray, rtol: float | None = None, atol: float | None = None
-) -> tuple[float, float, int, int]:
-    """`(max_abs, max_rel, mismatched, nonfinite_introduced)` of `candidate` against `reference`.
-
-    A tolerance left as None is the default for the reference's dtype (`tolerances_for`).
-    """
-    rtol, atol = tolerances_for(np.asarray(reference).dtype, rtol, atol)
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape:
-        return float("inf"), float("inf"), int(max(ref.size, cand.size)), 0
-    ref_finite = np.isfinite(ref)
-    introduced = int(np.count_nonzero(ref_finite & ~np.isfinite(cand)))
-    both = ref_finite & np.isfinite(cand)
-    if not np.any(both):
-        return 0.0, 0.0, introduced, introduced
-    diff = np.abs(cand[both] - ref[both])
-    scale = float(np.max(np.abs(ref[both])))
-    max_abs = float(np.max(diff))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    mismatched = int(np.count_nonzero(diff > atol + rtol * scale)) + introduced
-    return max_abs, max_rel, mismatched, introduced
-
-
-def tolerances_for(dtype: np.dtype, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    """The (rtol, atol) to use for an output of `dtype`, with user overrides."""
-    default_rtol, default_atol = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
-    return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
 
 
 def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
     """Raise `ModelMismatchError` unless both models have the same input and output names, types and shapes.
 
-    Static dims must agree; a dim that is symbolic on either side is not compared.
+    Static dims must agree; a dim that is symbolic on either side is not compared. Float types may differ (an
+    fp16 candidate of an fp32 reference).
     """
     for kind, ref_specs, cand_specs in (("input", input_specs(reference), input_specs(candidate)),
                                         ("output", output_specs(reference), output_specs(candidate))):
@@ -175,7 +198,8 @@ def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> N
                 "two versions of the same model"
             )
         for r, c in zip(ref_specs, cand_specs):
-            if r.elem_type != c.elem_type or not _dims_agree(r.dims, c.dims):
+            same_type = r.elem_type == c.elem_type or {r.elem_type, c.elem_type} <= _FLOAT_TYPES
+            if not same_type or not _dims_agree(r.dims, c.dims):
                 raise ModelMismatchError(
                     f"{kind} {r.name!r} is {_describe(r)} in the reference but {_describe(c)} in the candidate; "
                     "compare two versions of the same model"
@@ -195,30 +219,32 @@ def _describe(spec: InputSpec) -> str:
     return f"{onnx.helper.tensor_dtype_to_string(spec.elem_type).removeprefix('TensorProto.').lower()}[{dims}]"
 
 
-def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
-    """What ONNX Runtime opens: the file itself, the serialized model, or a copy written to `workdir`."""
-    if not isinstance(source, onnx.ModelProto):
-        return str(source)
-    if not has_weights_on_disk(model) and not needs_external_data(model):
-        return model.SerializeToString()
-    from foldnorm.onnxgraph.modelio import save_model
+def verification_feeds(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (1, 2), seed: int = 0,
+                       samples: int = 1, shapes: Mapping[str, Shape] | None = None,
+                       inputs: Inputs | None = None) -> list[Feed]:
+    """The feeds a verification of `model` runs: `samples` seeded random draws per batch size, or real data
+    (an `.npz`/Polygraphy `.json` file, or a sequence of `{input name: array}` dicts), checked against the model."""
+    if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
+        raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
+                             "use e.g. batch_sizes=(1, 4), samples=1")
+    if inputs is None:
+        return [make_feeds(model, batch, seed + k * samples + j, shapes)
+                for k, batch in enumerate(batch_sizes) for j in range(samples)]
+    if isinstance(inputs, (str, os.PathLike)):
+        from foldnorm.verify.data import read_feeds
 
-    return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
+        where, given = str(inputs), read_feeds(inputs)
+    else:
+        where, given = "the given inputs", [dict(feed) for feed in inputs]
+    if not given:
+        raise InputSpecError(f"{where}: holds no feed; give at least one {{input name: array}}")
+    return [fit_feed(feed, model, where) for feed in given]
 
 
-def _run_all(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str, label: str,
-             feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    """Outputs of `model` for every feed, one session at a time (so two big models are never both loaded)."""
-    from foldnorm.bench.backends.ort_cpu import OrtSession
-
-    with OrtSession(_session_source(source, model, workdir, role)) as session:
-        try:
-            return [session.run(f) for f in feeds]
-        except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first_line(exc)}); "
-                                 "give shapes the model accepts (--shape NAME:1x3x224x224)") from None
+def batches_run(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+    """The batch sizes the feeds really have (axis 0 of the first input that has one), each once, in order."""
+    sizes = [next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in feeds]
+    return list(dict.fromkeys(sizes))
 
 
 def compare_models(
@@ -229,55 +255,83 @@ def compare_models(
     seed: int = 0,
     samples: int = 1,
     shapes: Mapping[str, Shape] | None = None,
-    inputs: str | os.PathLike | None = None,
+    inputs: Inputs | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     structure: bool = True,
+    metric: Metric | str = "max-rel",
+    min_cosine: float = MIN_COSINE,
+    tensors: Sequence[str] = (),
+    localize_failure: bool = False,
+    noise: bool = False,
+    save_inputs: str | os.PathLike | None = None,
+    save_outputs: str | os.PathLike | None = None,
 ) -> VerifyResult:
     """Run `reference` and `candidate` on the same inputs with ONNX Runtime and compare every output.
 
     Both accept a path or an `onnx.ModelProto`. Inputs are `samples` seeded random draws per batch size
-    (shapes from the model, `shapes` for dynamic dims), or the arrays of the `.npz` file `inputs`.
-    Tolerances default per output dtype (`DEFAULT_TOLERANCES`). With `structure` the result also says
-    whether every GroupNorm/LayerNorm/InstanceNorm of the reference is intact in the candidate, and how
-    many BatchNorms each side has. Models with different interfaces raise `ModelMismatchError`.
+    (shapes from the model, `shapes` for dynamic dims), or real data: `inputs` is an `.npz` or Polygraphy
+    `.json` file, or a sequence of `{input name: array}` feeds. Inputs are drawn in the reference's dtypes and
+    cast for the candidate. Tolerances default per candidate output dtype (`DEFAULT_TOLERANCES`); `metric`
+    (`max-rel`, `top1`, `topk:K`, `cosine` with `min_cosine`) decides float outputs. With `structure` the result
+    also says whether every GroupNorm/LayerNorm/InstanceNorm of the reference is intact in the candidate.
+    `tensors` names intermediate tensors both models compute, whose errors go into `result.tensors`;
+    `localize_failure` searches, when outputs fail, for the first tensor where the models diverge
+    (`result.localization`); `noise` measures, when an output misses its tolerance, the reference's own noise
+    floor and accepts errors within a small multiple of it (`verify.noise`). `save_inputs` and `save_outputs`
+    write the feeds and both models' outputs (`.npz` or `.json`). Models with different interfaces raise
+    `ModelMismatchError`.
     """
-    if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
-        raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
-                             "use e.g. batch_sizes=(1, 4), samples=1")
+    chosen = metric if isinstance(metric, Metric) else Metric.parse(metric, min_cosine)
     # Files are read without their weights (ONNX Runtime opens the files themselves).
     ref_model = load_model(reference, keep_weights_on_disk=True)
     cand_model = load_model(candidate, keep_weights_on_disk=True)
     check_interface(ref_model, cand_model)
-    if inputs is not None:
-        feeds = [load_feeds(inputs, ref_model)]
-        first = next(iter(feeds[0].values()), np.zeros(()))
-        batches = [int(first.shape[0])] if first.ndim else []
-    else:
-        feeds = [make_feeds(ref_model, batch, seed + k * samples + j, shapes)
-                 for k, batch in enumerate(batch_sizes) for j in range(samples)]
-        batches = list(batch_sizes)
-    result = VerifyResult(model_label(reference), model_label(candidate), batches, seed, samples,
-                          str(inputs) if inputs is not None else None)
+    feeds = verification_feeds(ref_model, batch_sizes=batch_sizes, seed=seed, samples=samples, shapes=shapes,
+                               inputs=inputs)
+    cand_feeds = [cast_feed(f, cand_model) for f in feeds]
+    result = VerifyResult(model_label(reference), model_label(candidate), batches_run(feeds), seed, samples,
+                          str(inputs) if isinstance(inputs, (str, os.PathLike)) else None,
+                          requested_batch_sizes=list(batch_sizes) if inputs is None else [], metric=chosen.label)
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
+    if save_inputs is not None:
+        from foldnorm.verify.data import write_feeds
+
+        write_feeds(save_inputs, feeds)
     names = [o.name for o in ref_model.graph.output]
     with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
-        expected = _run_all(reference, ref_model, Path(tmp), "reference", result.reference, feeds)
-        got = _run_all(candidate, cand_model, Path(tmp), "candidate", result.candidate, feeds)
-    for i, name in enumerate(names):
-        dtype = expected[0][i].dtype
-        r, a = tolerances_for(dtype, rtol, atol)
-        rows = [measure_error(e[i], g[i], r, a) for e, g in zip(expected, got)]
-        result.outputs.append(OutputDiff(
-            name=name,
-            dtype=np.dtype(dtype).name,
-            max_abs=max(row[0] for row in rows),
-            max_rel=max(row[1] for row in rows),
-            mismatched=sum(row[2] for row in rows),
-            total=sum(e[i].size for e in expected),
-            rtol=r,
-            atol=a,
-            nonfinite_introduced=sum(row[3] for row in rows),
-        ))
+        workdir = Path(tmp)
+        expected = run_feeds(reference, ref_model, workdir, "reference", result.reference, feeds)
+        got = run_feeds(candidate, cand_model, workdir, "candidate", result.candidate, cand_feeds)
+        if save_outputs is not None:
+            from foldnorm.verify.data import write_outputs
+
+            write_outputs(save_outputs, names, {"reference": expected, "candidate": got})
+        result.outputs = [_output_diff(name, [e[i] for e in expected], [g[i] for g in got], chosen, rtol, atol)
+                          for i, name in enumerate(names)]
+        if noise and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0 for o in result.outputs):
+            result.noise = noise_floor(reference, ref_model, workdir, feeds, expected, names, seed)
+            result.noise.judge(result.outputs)
+        if tensors:
+            result.tensors = tensor_errors(ref_model, cand_model, tensors, feeds, cand_feeds, workdir,
+                                           rtol=rtol, atol=atol, labels=(result.reference, result.candidate))
+        if localize_failure and not result.numerics_ok:
+            failing = [o.name for o in result.outputs if not o.ok]
+            result.localization = localize(ref_model, cand_model, failing, feeds, cand_feeds, workdir,
+                                           rtol=rtol, atol=atol)
     return result
+
+
+def _output_diff(name: str, expected: Sequence[np.ndarray], got: Sequence[np.ndarray], metric: Metric,
+                 rtol: float | None, atol: float | None) -> OutputDiff:
+    """One output's errors over every run, and the metric's verdict for a float output."""
+    stats = ErrorStats.for_dtype(name, got[0].dtype, rtol, atol)
+    for e, g in zip(expected, got):
+        stats.add(e, g)
+    diff = OutputDiff(name, stats.dtype, stats.max_abs, stats.max_rel, stats.mismatched, stats.total, stats.rtol,
+                      stats.atol, stats.nonfinite_introduced, metric=metric.label)
+    if not metric.elementwise and is_float(expected[0].dtype):
+        diff.score = min(metric.score(e, g) for e, g in zip(expected, got))
+        diff.metric_ok = metric.passes(diff.score)
+    return diff
