@@ -69,8 +69,9 @@ def fold_file(
     With `verify` (the default) the folded model is compared with the original on ONNX Runtime first; on a
     mismatch nothing is written and `VerificationError` is raised with the result in `.result` (where the models
     first diverge in `.result.verify.localization`). Each folded record gets the error measured where the fold
-    took effect (`max_abs_err`, `max_rel_err`). An output that misses `rtol`/`atol` (default per dtype) but stays
-    within a small multiple of the original model's own noise floor passes (`verify.noise`).
+    took effect (`max_abs_err`, `max_rel_err`). With the default tolerances (`rtol`/`atol` None: per dtype), an
+    output that misses them but stays within a small multiple of the original model's own noise floor passes
+    (`verify.noise`); tolerances given are applied as they are.
     `output_path` may equal `input_path` only with `in_place` (the file is then replaced atomically).
     `shapes` sizes the verification inputs' dynamic dims other than the batch axis, as in `compare_models`.
     """
@@ -131,7 +132,8 @@ def _verify(result: FoldFileResult, reference: str | os.PathLike, candidate: onn
     """Compare, fill in the records' errors, raise `VerificationError` on a mismatch."""
     result.verify = compare_models(reference, candidate, batch_sizes=checks.batch_sizes, seed=checks.seed,
                                    shapes=checks.shapes, rtol=checks.rtol, atol=checks.atol,
-                                   tensors=sorted(set(tensors.values())), localize_failure=True, noise=True)
+                                   tensors=sorted(set(tensors.values())), localize_failure=True,
+                                   noise=checks.rtol is None and checks.atol is None)
     if label is not None:
         result.verify.candidate = label
     for i, tensor in tensors.items():

@@ -90,7 +90,7 @@ def _decode(pairs: list[tuple[str, Any]]) -> Any:
     """Polygraphy's JSON object hook: arrays (base64 `.npy` bytes) and lazy-array wrappers become numpy arrays."""
     obj = dict(pairs)
     kind = obj.get(_MARKER) or next((k.removeprefix("__polygraphy_encoded_") for k, v in obj.items()
-                                     if v == _LEGACY_MARKER), None)
+                                     if isinstance(v, str) and v == _LEGACY_MARKER), None)
     if kind == _NDARRAY:
         return np.load(io.BytesIO(base64.b64decode(obj["array"].encode(), validate=True)), allow_pickle=False)
     if kind in ("LazyArray", "LazyNumpyArray"):

@@ -4,7 +4,8 @@ Every float input element is moved one ulp up or down (seeded random signs) and 
 output's noise floor is its max rel change. A fold's error is rounding of the same order, so an output whose
 error misses the fixed tolerance but stays within `NOISE_MULTIPLE` times the floor is accepted, and both numbers
 are reported. A floor above `UNSTABLE` means the model itself is unstable (e.g. a top-k that picks different
-queries after a one-ulp change): element-wise comparison cannot judge it, and the result says so.
+queries after a one-ulp change): element-wise comparison cannot judge it, nothing is accepted on the floor's
+account, and the result says so.
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ class NoiseFloor:
         return self.max_rel > UNSTABLE
 
     def judge(self, outputs: Sequence[OutputDiff]) -> None:
-        """Record each output's floor; accept an output out of tolerance whose error is within the multiple."""
+        """Record each output's floor; accept an output out of tolerance whose error is within the multiple (never
+        on an unstable model, whose floor says nothing about the candidate)."""
         for diff in outputs:
             floor = self.per_output.get(diff.name)
             if floor is None:
                 continue
             diff.noise_floor = floor
-            diff.within_noise = diff.nonfinite_introduced == 0 and 0 < diff.max_rel <= self.multiple * floor
+            diff.within_noise = (not self.unstable and diff.nonfinite_introduced == 0
+                                 and 0 < diff.max_rel <= self.multiple * floor)
 
     def sentence(self) -> str:
         """What the floor says about the reference model."""
