@@ -68,7 +68,7 @@ def fold(input_path: Path, out: Path | None, output: Path | None, in_place: bool
         from .fold_dir import fold_dir
 
         return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt,
-                        report_path=report_path, shapes=shapes, seed=seed)
+                        report_path=report_path, shapes=shapes, seed=seed, tolerances=(rtol, atol))
     info(f"folding {input_path}")
     try:
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,

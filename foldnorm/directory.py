@@ -66,12 +66,13 @@ class DirectoryResult:
 
 
 def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: bool,
-              shapes: Mapping[str, Shape] | None, seed: int) -> DirectoryItem:
+              shapes: Mapping[str, Shape] | None, seed: int, tolerances: tuple[float | None, float | None]
+              ) -> DirectoryItem:
     from foldnorm.workflows import fold_file
 
     try:
         result = fold_file(src, dst, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed)
+                           seed=seed, rtol=tolerances[0], atol=tolerances[1])
     except FoldnormError as exc:
         return DirectoryItem(src, dst, False, str(exc))
     except Exception as exc:  # a bug on one model must not hide the results of the others
@@ -93,12 +94,15 @@ def fold_directory(
     progress: Callable[[DirectoryItem], None] | None = None,
     shapes: Mapping[str, Shape] | None = None,
     seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> DirectoryResult:
     """Fold every `*.onnx` in `input_dir` into `output_dir` (same file names), `jobs` files at a time.
 
     Each file is folded (and verified) in its own worker process; a file that fails is recorded in the
     result with its error and the others go on. `progress` is called as each file finishes; `shapes` sizes
-    dynamic input dims and `seed` seeds the inputs of the verification (see `fold_file`).
+    dynamic input dims, `seed` seeds the inputs of the verification and `rtol`/`atol` are its tolerances (see
+    `fold_file`).
     `output_dir` must exist; it may be `input_dir` only with `in_place`.
     """
     src_dir, dst_dir = Path(input_dir), Path(output_dir)
@@ -122,13 +126,14 @@ def fold_directory(
 
     if jobs == 1:
         for src, dst in pairs:
-            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed))
+            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed, (rtol, atol)))
     else:
         # spawn: workers start clean (no inherited ONNX Runtime threads or state).
         with ProcessPoolExecutor(max_workers=min(jobs, len(pairs)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             futures: dict[Future[DirectoryItem], tuple[str, str]] = {
-                pool.submit(_fold_one, s, d, verify, opts, in_place, shapes, seed): (s, d) for s, d in pairs}
+                pool.submit(_fold_one, s, d, verify, opts, in_place, shapes, seed, (rtol, atol)): (s, d)
+                for s, d in pairs}
             try:
                 for future in as_completed(futures):
                     try:

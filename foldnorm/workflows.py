@@ -84,7 +84,7 @@ def fold_file(
     folded = fold_model(model, options=options, in_place=True)
     report = folded.report
     if report.before is not None:
-        report.before.bytes, report.before.size_on_disk = file_bytes(input_path), True
+        report.before.file_bytes = file_bytes(input_path)
     result = FoldFileResult(str(input_path), None, report, None)
     tensors = _record_tensors(report, labels, folded.model) if verify else {}
     if output_path is None:
@@ -95,8 +95,7 @@ def fold_file(
     del folded, model  # the staged file holds it now; ONNX Runtime reads it from there
     try:
         if report.after is not None:
-            report.after.bytes = sum(f.stat().st_size for f in staged.tmpdir.iterdir() if f.is_file())
-            report.after.size_on_disk = True
+            report.after.file_bytes = sum(f.stat().st_size for f in staged.tmpdir.iterdir() if f.is_file())
         if verify:
             _verify(result, input_path, staged.path, checks, tensors, label=str(output_path))
         result.output = str(staged.commit())

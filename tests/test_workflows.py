@@ -152,8 +152,9 @@ def test_fold_report_has_each_folds_error_and_before_after(tmp_path: Path, rng: 
     assert before["nodes"]["BatchNormalization"] == 1 and "BatchNormalization" not in after["nodes"]
     assert after["node_count"] == before["node_count"] - 1
     assert after["parameters"] == before["parameters"] - 4 * 16 + 16  # BN's four vectors gone, a Conv bias added
-    assert before["size_on_disk"] and before["bytes"] == (tmp_path / "m.onnx").stat().st_size
-    assert after["bytes"] == (tmp_path / "out.onnx").stat().st_size
+    assert before["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert after["file_bytes"] == (tmp_path / "out.onnx").stat().st_size
+    assert after["tensor_bytes"] == before["tensor_bytes"] - 4 * (4 * 16 - 16)
 
 
 def test_inspect_shows_before_and_after(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -161,6 +162,10 @@ def test_inspect_shows_before_and_after(tmp_path: Path, rng: np.random.Generator
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0
     assert "  BatchNormalization" in result.stdout and "parameters" in result.stdout
+    assert "file size (after: estimated)" in result.stdout
+    data = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx"), "--format", "json"]).stdout)
+    assert data["report"]["before"]["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert data["report"]["after"]["file_bytes"] is None and data["report"]["after"]["node_count"] > 0
 
 
 def test_fold_output_given_twice_is_a_usage_error(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -34,13 +34,16 @@ def stats_table(before: ModelStats, after: ModelStats) -> str:
                if before.nodes.get(op, 0) != after.nodes.get(op, 0)]
     rows: list[list[object]] = [["nodes", before.node_count, after.node_count]]
     rows += [[f"  {op}", before.nodes.get(op, 0), after.nodes.get(op, 0)] for op in changed]
-    rows += [["parameters", before.parameters, after.parameters],
-             [f"size{'' if before.size_on_disk and after.size_on_disk else ' (tensor bytes)'}",
-              _size(before.bytes), _size(after.bytes)]]
+    estimated = after.file_bytes is None
+    rows += [["parameters", f"{before.parameters:,}", f"{after.parameters:,}"],
+             ["file size" + (" (after: estimated)" if estimated else ""), _size(before.file_bytes),
+              _size(after.estimate_file_bytes(before))]]
     return table(["", "before", "after"], rows)
 
 
-def _size(count: int) -> str:
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
     for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
         if count >= scale:
             return f"{count / scale:.2f} {unit}"

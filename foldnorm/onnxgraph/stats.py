@@ -18,22 +18,30 @@ from foldnorm.onnxgraph.graph import subgraphs
 @dataclass
 class ModelStats:
     """Nodes by op type (subgraphs and model-local functions included), parameters (elements of initializers and
-    constant tensors) and bytes: the files' size on disk, or the tensors held in memory (`size_on_disk` False)."""
+    constant tensors), the bytes of tensor data in memory, and the files' size on disk when known."""
 
     nodes: dict[str, int] = field(default_factory=dict)
     parameters: int = 0
-    bytes: int = 0
-    size_on_disk: bool = False
+    tensor_bytes: int = 0
+    file_bytes: int | None = None
 
     @property
     def node_count(self) -> int:
         """All nodes."""
         return sum(self.nodes.values())
 
+    def estimate_file_bytes(self, before: ModelStats) -> int | None:
+        """This model's file size: known, or `before`'s file size changed by the difference in tensor bytes."""
+        if self.file_bytes is not None:
+            return self.file_bytes
+        if before.file_bytes is None:
+            return None
+        return before.file_bytes - before.tensor_bytes + self.tensor_bytes
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return {"nodes": self.nodes, "node_count": self.node_count, "parameters": self.parameters,
-                "bytes": self.bytes, "size_on_disk": self.size_on_disk}
+                "tensor_bytes": self.tensor_bytes, "file_bytes": self.file_bytes}
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -50,10 +58,8 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
     nodes = [*_nodes(model.graph), *(n for f in model.functions for n in f.node)]
     counts = Counter(n.op_type for n in nodes)
     parameters = sum(int(np.prod(t.dims, dtype=np.int64)) for t in all_tensors(model))
-    stats = ModelStats(dict(sorted(counts.items())), parameters, in_memory_bytes(model))
-    if path is not None:
-        stats.bytes, stats.size_on_disk = file_bytes(path), True
-    return stats
+    return ModelStats(dict(sorted(counts.items())), parameters, in_memory_bytes(model),
+                      file_bytes(path) if path is not None else None)
 
 
 def file_bytes(path: str | os.PathLike) -> int:
