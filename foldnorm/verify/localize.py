@@ -1,16 +1,17 @@
 """Where two models first diverge: a search over the tensors both compute, in topological order.
 
-The tensors considered are those both models compute under the same name that feed a failing output in the
-reference, ordered as the reference computes them. Each round exposes up to `CHUNK` of them, evenly spaced over
-the range still in question, on both models (`verify.tensors`), and compares them over every feed; the first one
-out of tolerance and the last one within it before it bound the next round. The search ends at a tensor that is
-out of tolerance right after one that is not: the first divergence, as far as the names allow (a tensor that only
-one model computes cannot be compared). Rounds grow as log(n) / log(CHUNK + 1) in the n tensors compared.
+Only tensors both models compute under the same name can be compared. The search suspects the earliest failing
+output and looks among the tensors it is computed from: each round exposes up to `CHUNK` of them, evenly spaced
+in the reference's topological order, on both models (`verify.tensors`) and compares them over every feed. The
+earliest one out of tolerance becomes the suspect (the search goes on among its own ancestors); one within
+tolerance clears itself and what it is computed from. The search ends at a suspect whose comparable ancestors are
+all within tolerance: the first divergence, as far as the names allow. Branches beside the suspect never mislead
+it, and on a chain it is a (CHUNK + 1)-ary search.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,57 +92,80 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
              ref_feeds: Sequence[Mapping[str, np.ndarray]], cand_feeds: Sequence[Mapping[str, np.ndarray]],
              workdir: Path, *, rtol: float | None = None, atol: float | None = None,
              chunk: int = CHUNK) -> Localization:
-    """Find the first tensor in `reference`'s topological order, among those both models compute and that feed
-    the `failing` outputs, where `candidate` is out of tolerance over the feeds."""
-    common = _common_tensors(reference, candidate, failing)
+    """Find the first tensor, in `reference`'s topological order, among those both models compute, where `candidate`
+    is out of tolerance over the feeds while every tensor it is computed from is within it.
+
+    The search starts at the earliest of the `failing` outputs and only ever looks at the ancestors of the
+    tensor it suspects, so branches that run beside it in the graph's order do not mislead it.
+    """
+    order = {t: i for i, t in enumerate(_ordered_tensors(reference))}
+    producers = {out: node for node in reference.graph.node for out in node.output if out}
+    in_candidate = set(produced_tensors(candidate))
+    common = [t for t in order if t in in_candidate]
     errors: dict[str, ErrorStats] = {}
 
-    def measure(names: Sequence[str]) -> None:
-        wanted = [n for n in names if n not in errors]
-        if wanted:
-            errors.update(tensor_errors(reference, candidate, wanted, ref_feeds, cand_feeds, workdir,
-                                        rtol=rtol, atol=atol, chunk=chunk))
+    def ancestors(name: str) -> set[str]:
+        return _ancestors(name, producers) & set(common)
 
-    lo, hi, rounds = 0, len(common), 0
-    while lo < hi:
-        span = hi - lo
-        probes = list(range(lo, hi)) if span <= chunk else sorted({lo + span * i // chunk for i in range(chunk)})
-        measure([common[i] for i in probes])
+    suspect = min((f for f in failing if f in order), key=order.__getitem__, default=None)
+    if suspect is None:
+        return Localization(None, 0, 0, 0)
+    pool = sorted(ancestors(suspect), key=order.__getitem__)
+    rounds = 0
+    while pool:
+        probes = pool if len(pool) <= chunk else [pool[len(pool) * i // chunk] for i in range(chunk)]
+        wanted = [p for p in probes if p not in errors]
+        errors.update(tensor_errors(reference, candidate, wanted, ref_feeds, cand_feeds, workdir, rtol=rtol,
+                                    atol=atol, chunk=chunk))
         rounds += 1
-        bad = next((i for i in probes if not errors[common[i]].ok), None)
-        if bad is None:
-            lo = probes[-1] + 1
-            continue
-        hi = bad
-        lo = max([i + 1 for i in probes if i < bad], default=lo)
-    if hi >= len(common):
-        return Localization(None, hi, len(common), rounds)
-    return _describe_divergence(reference, candidate, common, hi, rounds, errors, measure)
+        cleared = set(probes)
+        for probe in probes:
+            if errors[probe].ok:
+                cleared |= ancestors(probe)
+        bad = next((p for p in probes if not errors[p].ok), None)
+        if bad is not None:
+            suspect = bad
+            keep = ancestors(bad) - cleared
+        else:
+            keep = set(pool) - cleared
+        pool = [t for t in pool if t in keep]
+    if suspect not in errors:
+        errors.update(tensor_errors(reference, candidate, [suspect], ref_feeds, cand_feeds, workdir, rtol=rtol,
+                                    atol=atol, chunk=chunk))
+    return _describe_divergence(reference, candidate, suspect, (common.index(suspect), len(common), rounds), errors,
+                                lambda names: errors.update(tensor_errors(
+                                    reference, candidate, [n for n in names if n not in errors], ref_feeds,
+                                    cand_feeds, workdir, rtol=rtol, atol=atol, chunk=chunk)))
 
 
-def _common_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Sequence[str]) -> list[str]:
-    """Tensors both main graphs compute, that feed a failing output of the reference, in the reference's order."""
-    in_candidate = set(produced_tensors(candidate))
-    producers = {out: node for node in reference.graph.node for out in node.output}
-    ancestors: set[str] = set()
-    stack = list(failing)
+def _ordered_tensors(model: onnx.ModelProto) -> list[str]:
+    """The main graph's computed tensors in topological order (`produced_tensors`), each once."""
+    return list(dict.fromkeys(produced_tensors(model)))
+
+
+def _ancestors(name: str, producers: Mapping[str, onnx.NodeProto]) -> set[str]:
+    """Every tensor `name` is computed from (not `name` itself)."""
+    seen: set[str] = set()
+    stack = [i for i in producers[name].input if i] if name in producers else []
     while stack:
-        name = stack.pop()
-        if name in ancestors:
+        current = stack.pop()
+        if current in seen:
             continue
-        ancestors.add(name)
-        node = producers.get(name)
+        seen.add(current)
+        node = producers.get(current)
         if node is not None:
             stack.extend(i for i in node.input if i)
-    return [t for t in produced_tensors(reference) if t in in_candidate and t in ancestors]
+    return seen
 
 
-def _describe_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, common: list[str], position: int,
-                         rounds: int, errors: dict[str, ErrorStats], measure: Any) -> Localization:
-    tensor = common[position]
+def _describe_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: str,
+                         where: tuple[int, int, int], errors: dict[str, ErrorStats],
+                         measure: Callable[[list[str]], None]) -> Localization:
+    """The localization at `tensor` (`where`: its position, the tensors compared, the rounds), with the errors at
+    the inputs of the candidate's node that computes it."""
     cand_node = next(n for n in candidate.graph.node if tensor in n.output)
     ref_node = next(n for n in reference.graph.node if tensor in n.output)
-    comparable = set(common) | set(produced_tensors(reference))
+    comparable = set(produced_tensors(reference))
     in_candidate = set(produced_tensors(candidate))
     graph_inputs = {i.name for i in candidate.graph.input}
     constants = {t.name for t in candidate.graph.initializer} | {
@@ -156,6 +180,6 @@ def _describe_divergence(reference: onnx.ModelProto, candidate: onnx.ModelProto,
             kind = ("graph input" if name in graph_inputs else "constant" if name in constants
                     else "candidate only")
             inputs.append(InputError(name, kind))
-    return Localization(tensor, position, len(common), rounds, errors[tensor], node_label(cand_node),
+    return Localization(tensor, *where, errors[tensor], node_label(cand_node),
                         cand_node.op_type, node_label(ref_node), ref_node.op_type,
                         module_path(cand_node) or module_path(ref_node), inputs)

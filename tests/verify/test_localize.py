@@ -18,16 +18,25 @@ from foldnorm.verify.compare import compare_models, verification_feeds
 from foldnorm.verify.localize import localize
 
 
+def blocks(rng: np.random.Generator, layers: int, channels: int, arrays: dict[str, np.ndarray], prefix: str = ""
+           ) -> tuple[list[str], str]:
+    """ONNX text lines of `layers` Conv -> BN -> Relu blocks reading x (tensors `{prefix}c{i}`, `{prefix}b{i}`...)."""
+    lines, prev = [], "x"
+    for i in range(layers):
+        n = f"{prefix}{i}"
+        arrays[f"w{n}"] = rng.normal(0, 0.4, (channels, channels, 3, 3)).astype(np.float32)
+        arrays.update(bn_params(f"bn{n}", channels, rng))
+        lines += [f"c{n} = Conv <pads = [1, 1, 1, 1]> ({prev}, w{n})",
+                  f"b{n} = BatchNormalization (c{n}, {bn_inputs(f'bn{n}')})",
+                  f"r{n} = Relu (b{n})"]
+        prev = f"r{n}"
+    return lines, prev
+
+
 def conv_stack(rng: np.random.Generator, layers: int, channels: int = 4) -> onnx.ModelProto:
     """`layers` blocks of Conv -> BN -> Relu named like the legacy exporter (`/block{i}/conv/Conv`)."""
-    lines, arrays, prev = [], {}, "x"
-    for i in range(layers):
-        arrays[f"w{i}"] = rng.normal(0, 0.4, (channels, channels, 3, 3)).astype(np.float32)
-        arrays.update(bn_params(f"bn{i}", channels, rng))
-        lines += [f"c{i} = Conv <pads = [1, 1, 1, 1]> ({prev}, w{i})",
-                  f"b{i} = BatchNormalization ({'c' + str(i)}, {bn_inputs(f'bn{i}')})",
-                  f"r{i} = Relu (b{i})"]
-        prev = f"r{i}"
+    arrays: dict[str, np.ndarray] = {}
+    lines, prev = blocks(rng, layers, channels, arrays)
     lines.append(f"y = Identity ({prev})")
     model = parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
@@ -92,6 +101,26 @@ def test_search_in_several_rounds_finds_the_first_divergence(tmp_path: Path, rng
     assert found.tensor == "b17" and found.candidate_node == "/block17/conv/Conv"
     assert found.rounds > 2  # 24 * 3 tensors searched 3 at a time
     assert found.error is not None and not found.error.ok
+
+
+def test_a_branch_beside_the_divergence_does_not_mislead(tmp_path: Path, rng: np.random.Generator) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    first, a_out = blocks(rng, 8, 4, arrays, "a")
+    second, b_out = blocks(rng, 8, 4, arrays, "b")  # computed after branch a in the graph's order
+    ref = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        {chr(10).join(first + second)}
+        y = Add ({a_out}, {b_out})
+    }}
+    """, arrays)
+    folded = foldnorm.fold_model(ref).model
+    conv = next(n for n in folded.graph.node if n.output[0] == "ba5")
+    conv.name = "/a5/conv/Conv"
+    feeds = verification_feeds(ref)
+    for chunk in (2, 3, 5, 32):
+        found = localize(ref, corrupt_conv(folded, "/a5/conv/Conv"), ["y"], feeds, feeds, tmp_path, chunk=chunk)
+        assert found.tensor == "ba5", chunk
 
 
 def test_equivalent_models_localize_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
