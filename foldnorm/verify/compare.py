@@ -39,7 +39,7 @@ from foldnorm.verify.measure import (
 )
 from foldnorm.verify.noise import NoiseFloor, noise_floor
 from foldnorm.verify.structure import StructureReport, compare_structure
-from foldnorm.verify.tensors import run_feeds, tensor_errors
+from foldnorm.verify.tensors import CHUNK, run_feeds, side_by_side, tensor_errors
 
 __all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "compare_models", "measure_error", "tolerances_for"]
 
@@ -302,8 +302,16 @@ def compare_models(
     names = [o.name for o in ref_model.graph.output]
     with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
         workdir = Path(tmp)
-        expected = run_feeds(reference, ref_model, workdir, "reference", result.reference, feeds)
-        got = run_feeds(candidate, cand_model, workdir, "candidate", result.candidate, cand_feeds)
+        labels = (result.reference, result.candidate)
+        if tensors:  # the outputs and the first chunk of tensors in one side-by-side run, the rest after
+            wanted = list(dict.fromkeys(tensors))
+            expected, got = side_by_side(ref_model, cand_model, wanted[:CHUNK], feeds, cand_feeds, workdir,
+                                         result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names)
+            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], feeds, cand_feeds, workdir,
+                                                rtol=rtol, atol=atol, labels=labels))
+        else:  # one session at a time: two big models are never both loaded
+            expected = run_feeds(reference, ref_model, workdir, "reference", labels[0], feeds)
+            got = run_feeds(candidate, cand_model, workdir, "candidate", labels[1], cand_feeds)
         if save_outputs is not None:
             from foldnorm.verify.data import write_outputs
 
@@ -313,9 +321,6 @@ def compare_models(
         if noise and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0 for o in result.outputs):
             result.noise = noise_floor(reference, ref_model, workdir, feeds, expected, names, seed)
             result.noise.judge(result.outputs)
-        if tensors:
-            result.tensors = tensor_errors(ref_model, cand_model, tensors, feeds, cand_feeds, workdir,
-                                           rtol=rtol, atol=atol, labels=(result.reference, result.candidate))
         if localize_failure and not result.numerics_ok:
             failing = [o.name for o in result.outputs if not o.ok]
             result.localization = localize(ref_model, cand_model, failing, feeds, cand_feeds, workdir,

@@ -4,7 +4,8 @@ A tensor both models compute under the same name (the fold keeps the names of th
 is exposed as an extra graph output of each model, `CHUNK` tensors per pair of sessions, never all at once:
 exposing every tensor ("mark all") keeps every activation alive and breaks fusions. The two sessions of a chunk
 are open together and every feed is compared as soon as both have run it, so memory stays near two plain
-sessions plus one feed's exposed tensors.
+sessions plus one feed's exposed tensors. The first chunk rides on the comparison of the outputs themselves
+(`side_by_side` keeps them): up to `CHUNK` tensors cost no extra run.
 """
 
 from __future__ import annotations
@@ -100,17 +101,32 @@ def tensor_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, names:
     stats: dict[str, ErrorStats] = {}
     unique = list(dict.fromkeys(names))
     for start in range(0, len(unique), chunk):
-        part = unique[start:start + chunk]
-        with exposed(reference, part) as ref, exposed(candidate, part) as cand, \
-                open_session(None, ref, workdir, "reference", labels[0]) as ref_session, \
-                open_session(None, cand, workdir, "candidate", labels[1]) as cand_session:
-            ref_names = [o.name for o in ref.graph.output]
-            cand_names = [o.name for o in cand.graph.output]
-            for ref_feed, cand_feed in zip(ref_feeds, cand_feeds):
-                want = dict(zip(ref_names, _run(ref_session, ref_feed, "reference", labels[0])))
-                got = dict(zip(cand_names, _run(cand_session, cand_feed, "candidate", labels[1])))
-                for name in part:
-                    entry = stats.get(name) or stats.setdefault(
-                        name, ErrorStats.for_dtype(name, got[name].dtype, rtol, atol))
-                    entry.add(want[name], got[name])
+        side_by_side(reference, candidate, unique[start:start + chunk], ref_feeds, cand_feeds, workdir, stats,
+                     rtol=rtol, atol=atol, labels=labels)
     return stats
+
+
+def side_by_side(reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str],
+                 ref_feeds: Sequence[Feed], cand_feeds: Sequence[Feed], workdir: Path, stats: dict[str, ErrorStats],
+                 *, rtol: float | None, atol: float | None, labels: tuple[str, str],
+                 keep: Sequence[str] = ()) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Run both models together with `names` exposed, feed by feed, and fold each tensor's error into `stats`.
+
+    Returns the tensors `keep` (e.g. the graph outputs) of every feed, from each model.
+    """
+    kept: tuple[list[list[np.ndarray]], list[list[np.ndarray]]] = ([], [])
+    with exposed(reference, names) as ref, exposed(candidate, names) as cand, \
+            open_session(None, ref, workdir, "reference", labels[0]) as ref_session, \
+            open_session(None, cand, workdir, "candidate", labels[1]) as cand_session:
+        ref_names = [o.name for o in ref.graph.output]
+        cand_names = [o.name for o in cand.graph.output]
+        for ref_feed, cand_feed in zip(ref_feeds, cand_feeds):
+            want = dict(zip(ref_names, _run(ref_session, ref_feed, "reference", labels[0])))
+            got = dict(zip(cand_names, _run(cand_session, cand_feed, "candidate", labels[1])))
+            for name in names:
+                entry = stats.get(name) or stats.setdefault(
+                    name, ErrorStats.for_dtype(name, got[name].dtype, rtol, atol))
+                entry.add(want[name], got[name])
+            kept[0].append([want[n] for n in keep])
+            kept[1].append([got[n] for n in keep])
+    return kept
