@@ -15,6 +15,7 @@ from foldnorm.workflows import fold_file
 from .options import (
     format_option,
     named_shapes_option,
+    requantize_option,
     rule_options,
     seed_option,
     standalone_bn_option,
@@ -45,17 +46,18 @@ from .render.fold import render_fold_file
 @click.option("--worst", type=click.IntRange(min=1), metavar="N",
               help="Also list the N folds with the largest measured error.")
 @format_option(Format)
+@requantize_option
 def fold(input_path: Path, out: Path | None, output: Path | None, in_place: bool, jobs: int, verify: bool,
          standalone_bn: StandaloneBN, skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None,
          shapes: dict[str, Shape], seed: int, rtol: float | None, atol: float | None, worst: int | None,
-         fmt: Format) -> None:
+         fmt: Format, requantize: bool) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes; the error
     then names where the models first diverge. Each folded record carries the error measured where it folded.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
-    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only)
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only, requantize=requantize)
     if out is not None and output is not None and out != output:
         raise click.UsageError(f"two outputs given ({out} and -o {output}); give one")
     output = output or out or (input_path if in_place else None)

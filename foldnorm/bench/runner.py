@@ -40,6 +40,7 @@ from foldnorm.fold.report import FoldReport
 from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
+from foldnorm.verify.quantized import is_quantized
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -82,6 +83,19 @@ class BenchRow:
 
 
 @dataclass
+class Int8Pair:
+    """The int8 (QDQ) models an int8 row times: how the unfolded one was made, its fold and verification."""
+
+    origin: str
+    fold_report: FoldReport
+    verify: VerifyResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {"origin": self.origin, "fold_report": self.fold_report.to_dict(), "verify": self.verify.to_dict()}
+
+
+@dataclass
 class BenchResult:
     """Everything one `benchmark` run measured."""
 
@@ -94,11 +108,19 @@ class BenchResult:
     environment: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     torch_fold_report: FoldReport | None = None
+    #: the int8 models of `precision="int8"` rows when `benchmark` quantized a float model itself.
+    int8: Int8Pair | None = None
 
     @property
     def batchnorm_folded(self) -> int:
         """BatchNorm nodes folded away."""
         return self.fold_report.batchnorm_folded
+
+    def fold_report_for(self, row: BenchRow) -> FoldReport | None:
+        """The fold report of the graph (or module) `row` ran."""
+        if row.backend == "torch":
+            return self.torch_fold_report
+        return self.int8.fold_report if self.int8 is not None and row.precision == "int8" else self.fold_report
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -112,6 +134,7 @@ class BenchResult:
             "verify": self.verify.to_dict(),
             "fold_report": self.fold_report.to_dict(),
             "torch_fold_report": self.torch_fold_report.to_dict() if self.torch_fold_report else None,
+            "int8": self.int8.to_dict() if self.int8 else None,
             "unavailable": self.unavailable,
             "notes": self.notes,
             "environment": self.environment,
@@ -146,7 +169,10 @@ def benchmark(
     `RunOptions()` and `TimingOptions()`; the keywords after `progress` are conveniences that replace single
     fields of those objects (None: keep it). Backends that cannot run here are listed in `unavailable` with
     the reason and an install hint; asking only for unavailable backends raises `BackendUnavailableError`.
-    `precisions` apply to GPU backends (CPU rows are fp32).
+    `precisions` fp32/fp16 apply to GPU backends (CPU rows are fp32); "int8" adds rows for an int8 (QDQ)
+    pair on every ONNX backend configuration that runs models as given: the model quantized by ONNX Runtime's
+    static quantizer (`bench.int8`; errors then measured against the float model) and that model folded. A
+    model that is already QDQ gives int8 rows only.
     """
     from foldnorm.bench.backends import BACKENDS
 
@@ -171,6 +197,8 @@ def benchmark(
 
         with OrtSession(paths["unfolded"]) as session:
             reference = session.run(feeds)
+        float_options = replace(options, precisions=tuple(p for p in options.precisions if p != "int8"))
+        pairs, int8 = _model_pairs(unfolded, paths, options.precisions, work, feeds, shapes, batch_size, seed, say)
         inputs = BenchInputs({k: tuple(v.shape) for k, v in feeds.items()},
                              {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
                               for s in input_specs(unfolded) if s.dims})
@@ -189,17 +217,57 @@ def benchmark(
             if backend.source == "module" and "module" not in targets:
                 say("folding the PyTorch module", None)
                 targets["module"], torch_report = _module_variants(source, feeds)
-            for cfg in backend.configs(options, inputs):
-                try:
-                    rows.extend(_bench_config(backend, cfg, targets[backend.source], feeds, reference, batch_size,
-                                              timing, say))
-                except BackendUnavailableError as exc:
-                    unavailable[f"{backend.name} {cfg.label()}"] = str(exc).removeprefix(f"{backend.name} ")
+            for cfg in backend.configs(float_options, inputs):
+                runs = [(cfg, targets["module"])] if backend.source == "module" else \
+                    [(replace(cfg, precision=p), pair) for p, pair in pairs.items() if cfg.precision == "fp32" or
+                     p == "fp32"]
+                for run_cfg, target in runs:
+                    try:
+                        rows.extend(_bench_config(backend, run_cfg, target, feeds, reference, batch_size, timing,
+                                                  say))
+                    except BackendUnavailableError as exc:
+                        unavailable[f"{backend.name} {cfg.label()}"] = str(exc).removeprefix(f"{backend.name} ")
         if not rows and unavailable:
             raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
-        notes = [n for n in (load_note(),) if n]
+        notes = [n for n in (load_note(), *_int8_notes(pairs, int8)) if n]
         return BenchResult(source.label, batch_size, rows, folded.report, verify, unavailable, environment(),
-                           notes, torch_report)
+                           notes, torch_report, int8)
+
+
+def _model_pairs(unfolded: Any, paths: dict[str, str], precisions: Sequence[Precision], work: Path,
+                 feeds: dict[str, np.ndarray], shapes: dict[str, Shape] | None, batch_size: int, seed: int,
+                 say: Progress) -> tuple[dict[Precision, dict[str, str]], Int8Pair | None]:
+    """The unfolded/folded files to time per model precision: a QDQ model is int8 as it is; a float model is
+    fp32 (unless only int8 was asked for) and, for "int8", quantized by ONNX Runtime and folded again."""
+    if is_quantized(unfolded):
+        return {"int8": paths}, None
+    pairs: dict[Precision, dict[str, str]] = {}
+    if "int8" not in precisions or any(p != "int8" for p in precisions):
+        pairs["fp32"] = paths
+    if "int8" not in precisions:
+        return pairs, None
+    from foldnorm.bench.int8 import CALIBRATION_BATCHES, quantize_qdq
+
+    say("quantizing (ONNX Runtime, QDQ int8)", None)
+    calibration = [make_feeds(unfolded, batch_size, seed + 1 + k, shapes) for k in range(CALIBRATION_BATCHES)]
+    int8_path = quantize_qdq(paths["unfolded"], work / "int8.onnx", calibration)
+    say("folding the int8 model", None)
+    folded = fold_model(int8_path)
+    pairs["int8"] = {"unfolded": str(int8_path), "folded": str(save_model(folded.model, work / "int8-folded.onnx"))}
+    verify = compare_models(int8_path, folded.model, batch_sizes=sorted({1, 2, batch_size}), shapes=shapes)
+    origin = (f"ONNX Runtime quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax on "
+              f"{CALIBRATION_BATCHES} seeded random batches)")
+    return pairs, Int8Pair(origin, folded.report, verify)
+
+
+def _int8_notes(pairs: Mapping[Precision, Any], int8: Int8Pair | None) -> list[str]:
+    """What the int8 rows ran and what their errors are measured against."""
+    if int8 is not None:
+        return [f"int8 rows: {int8.origin}; errors vs the fp32 unfolded model",
+                f"int8 fold: {int8.fold_report.summary()}", f"int8 verify: {int8.verify.summary()}"]
+    if "int8" in pairs:
+        return ["int8 rows: a QDQ model; errors vs the unfolded QDQ model on ort-cpu opt=disabled"]
+    return []
 
 
 def _replaced(base: DataclassT, **given: Any) -> DataclassT:

@@ -30,6 +30,8 @@ class FoldRecord:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     error_at: str | None = None
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved (a quantization point) or requantized.
+    quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
@@ -92,16 +94,24 @@ class FoldReport:
         sums = self.by_kind("branches")
         if sums:
             tail_text += f", {sum(1 for r in sums if r.outcome == 'folded')}/{len(sums)} branch sums merged"
+        quantized = self.quantization_counts()
+        quant_text = ("; into quantized weights: " + ", ".join(f"{n} {label}" for label, n in quantized.items())
+                      if quantized else "")
         return (
             f"{self.batchnorm_folded}/{self.batchnorm_total} BatchNorm folded{tail_text}; {c['folded']} folded, "
             f"{c['skipped']} skipped, {c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm "
-            "intact"
+            f"intact{quant_text}"
         )
 
     def worst(self, count: int) -> list[FoldRecord]:
         """The `count` folded records with the largest measured relative error, largest first."""
         measured = [r for r in self.records if r.max_rel_err is not None]
         return sorted(measured, key=lambda r: r.max_rel_err or 0.0, reverse=True)[:count]
+
+    def quantization_counts(self) -> dict[str, int]:
+        """Folds into quantized (QDQ) weights by label (exact, bias-rounded, moved, requantized), in that order."""
+        c = Counter(r.quantization for r in self.records if r.outcome == "folded" and r.quantization)
+        return {label: c[label] for label in ("exact", "bias-rounded", "moved", "requantized") if c[label]}
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
@@ -110,6 +120,7 @@ class FoldReport:
             "counts": self.counts(),
             "before": self.before.to_dict() if self.before else None,
             "after": self.after.to_dict() if self.after else None,
+            "quantization": self.quantization_counts(),
             "summary": self.summary(),
         }
 

@@ -9,7 +9,8 @@ Default tolerances follow the candidate output's dtype (`DEFAULT_TOLERANCES`, rt
 float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. Models of
 different float precisions compare (fp32 against fp16): inputs are drawn in the reference's dtypes and cast for
 the candidate. A task-level `metric` (top-K agreement, cosine) can replace the element-wise verdict for float
-outputs.
+outputs. A
+quantized (QDQ) reference is compared in steps of each output's quantizer instead (`verify.quantized`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from foldnorm.verify.measure import (
     tolerances_for,
 )
 from foldnorm.verify.noise import NoiseFloor, noise_floor
+from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
 from foldnorm.verify.tensors import CHUNK, run_feeds, side_by_side, tensor_errors
 
@@ -60,6 +62,10 @@ class OutputDiff:
     rtol: float
     atol: float
     nonfinite_introduced: int
+    #: the output's quantization step when the reference is a quantized (QDQ) model and tolerances count steps.
+    quant_step: float | None = None
+    #: elements that may be out of tolerance (a quantized reference: `verify.quantized.QDQ_OUTLIERS` of them).
+    allowed: int = 0
     #: the metric that decides (`max-rel`: the element-wise tolerance), and its worst score over all runs
     metric: str = "max-rel"
     score: float | None = None
@@ -70,12 +76,13 @@ class OutputDiff:
 
     @property
     def ok(self) -> bool:
-        """No NaN/Inf that the reference does not have, and within tolerance (or the metric, or the noise floor)."""
+        """No NaN/Inf that the reference does not have, and within tolerance (but for `allowed` elements), or the
+        metric, or the noise floor."""
         if self.nonfinite_introduced:
             return False
         if self.metric_ok is not None:
             return self.metric_ok
-        return self.mismatched == 0 or self.within_noise
+        return self.mismatched <= self.allowed or self.within_noise
 
 
 @dataclass
@@ -147,7 +154,7 @@ class VerifyResult:
         lines = []
         for o in self.outputs:
             lines.append(f"  {o.name} ({o.dtype}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, "
-                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}, "
+                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}{_in_steps(o)}, "
                          f"NaN/Inf introduced {o.nonfinite_introduced}  {'ok' if o.ok else 'FAIL'}")
         if self.structure is not None:
             lines.append(f"  {self.structure.summary()}")
@@ -181,6 +188,13 @@ class VerifyResult:
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
+
+
+def _in_steps(diff: OutputDiff) -> str:
+    """` (4 steps of 0.005)` for an output compared in quantization steps, else nothing."""
+    if not diff.quant_step:
+        return ""
+    return f" ({diff.atol / diff.quant_step:g} steps of {diff.quant_step:.3g}; {diff.allowed} may be outside)"
 
 
 def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
@@ -300,6 +314,7 @@ def compare_models(
 
         write_feeds(save_inputs, feeds)
     names = [o.name for o in ref_model.graph.output]
+    steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
     with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
         workdir = Path(tmp)
         labels = (result.reference, result.candidate)
@@ -316,9 +331,11 @@ def compare_models(
             from foldnorm.verify.data import write_outputs
 
             write_outputs(save_outputs, names, {"reference": expected, "candidate": got})
-        result.outputs = [_output_diff(name, [e[i] for e in expected], [g[i] for g in got], chosen, rtol, atol)
+        result.outputs = [_output_diff(name, [e[i] for e in expected], [g[i] for g in got], chosen,
+                                       _tolerances(name, [e[i] for e in expected], got[0][i].dtype, steps, rtol, atol))
                           for i, name in enumerate(names)]
-        if noise and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0 for o in result.outputs):
+        if noise and steps is None and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0
+                                           for o in result.outputs):
             result.noise = noise_floor(reference, ref_model, workdir, feeds, expected, names, seed)
             result.noise.judge(result.outputs)
         if localize_failure and not result.numerics_ok:
@@ -328,14 +345,27 @@ def compare_models(
     return result
 
 
+def _tolerances(name: str, expected: Sequence[np.ndarray], dtype: np.dtype, steps: dict[str, float] | None,
+                rtol: float | None, atol: float | None) -> tuple[float, float, float | None]:
+    """`(rtol, atol, quantization step or None)` of one output: in steps of its quantizer for a quantized reference
+    (`steps`), else by the candidate's dtype with the user's overrides."""
+    if steps is not None and np.issubdtype(expected[0].dtype, np.floating):
+        r, a = step_tolerance(steps.get(name), list(expected))
+        return r, a, a / QDQ_STEPS
+    r, a = tolerances_for(dtype, rtol, atol)
+    return r, a, None
+
+
 def _output_diff(name: str, expected: Sequence[np.ndarray], got: Sequence[np.ndarray], metric: Metric,
-                 rtol: float | None, atol: float | None) -> OutputDiff:
+                 tolerances: tuple[float, float, float | None]) -> OutputDiff:
     """One output's errors over every run, and the metric's verdict for a float output."""
-    stats = ErrorStats.for_dtype(name, got[0].dtype, rtol, atol)
+    rtol, atol, step = tolerances
+    stats = ErrorStats(name, np.dtype(got[0].dtype).name, rtol, atol)
     for e, g in zip(expected, got):
         stats.add(e, g)
     diff = OutputDiff(name, stats.dtype, stats.max_abs, stats.max_rel, stats.mismatched, stats.total, stats.rtol,
-                      stats.atol, stats.nonfinite_introduced, metric=metric.label)
+                      stats.atol, stats.nonfinite_introduced, quant_step=step,
+                      allowed=outliers_allowed(stats.total) if step is not None else 0, metric=metric.label)
     if not metric.elementwise and is_float(expected[0].dtype):
         diff.score = min(metric.score(e, g) for e, g in zip(expected, got))
         diff.metric_ok = metric.passes(diff.score)
