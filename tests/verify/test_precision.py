@@ -155,3 +155,23 @@ def test_unnamed_shape_on_a_one_input_model(tmp_path: Path, rng: np.random.Gener
                                       "1x4x5x7", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["outputs"][0]["total"] == (1 + 2) * 6 * 5 * 7
+
+
+@pytest.mark.slow  # exports a built-in model twice with torch
+def test_fp32_against_fp16_of_a_built_in_model(tmp_path: Path) -> None:
+    import torch
+    from foldnorm.models import get_spec
+
+    spec = get_spec("resnet-bn")
+    module = spec.build()
+    example = [torch.randn(spec.input_shape, generator=torch.Generator().manual_seed(0))]
+    fp32 = foldnorm.export_onnx(module, example, tmp_path / "fp32.onnx", exporter="legacy")
+    fp16 = foldnorm.export_onnx(module, example, tmp_path / "fp16.onnx", exporter="legacy", dtype="float16")
+    assert fp32.ok and fp16.dtype == "float16"
+    folded = tmp_path / "fp16-folded.onnx"
+    foldnorm.fold_file(fp16.path, folded)
+    result = compare_models(fp32.path, folded, batch_sizes=(1, 4))
+    assert result.ok, result.details()
+    (out,) = result.outputs
+    assert out.dtype == "float16" and 0 < out.max_rel < 1e-2
+    assert compare_models(fp32.path, folded, batch_sizes=(4,), metric="cosine").outputs[0].score > 0.999
