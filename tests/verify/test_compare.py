@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
 from onnx import numpy_helper
 from support.builders import conv_bn, parse
+from support.fold_helpers import saved_pair
 
 import foldnorm
 from foldnorm.errors import InputSpecError, ModelMismatchError
@@ -45,10 +46,7 @@ def conv_weight_name(model: onnx.ModelProto) -> str:
 
 @pytest.fixture
 def pair(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    ref = conv_bn_ln(rng)
-    onnx.save(ref, tmp_path / "ref.onnx")
-    foldnorm.save_model(foldnorm.fold_model(ref).model, tmp_path / "cand.onnx")
-    return tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    return saved_pair(conv_bn_ln(rng), tmp_path)
 
 
 def run(*args: str) -> Result:

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
 from support.builders import conv_bn
+from support.fold_helpers import saved_pair
 
 import foldnorm
 from foldnorm.errors import InputSpecError
@@ -19,10 +20,7 @@ from foldnorm.verify.data import read_feeds, write_feeds, write_outputs
 
 @pytest.fixture
 def pair(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    ref = conv_bn(rng)
-    onnx.save(ref, tmp_path / "ref.onnx")
-    foldnorm.save_model(foldnorm.fold_model(ref).model, tmp_path / "cand.onnx")
-    return tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    return saved_pair(conv_bn(rng), tmp_path)
 
 
 def verify(pair: tuple[Path, Path], *args: str) -> Result:
