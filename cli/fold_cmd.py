@@ -74,7 +74,7 @@ def fold(input_path: Path, out: Path | None, output: Path | None, in_place: bool
     info(f"folding {input_path}")
     try:
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed, rtol=rtol, atol=atol)
+                           seed=seed, rtol=rtol, atol=atol, other_outputs=[report_path] if report_path else [])
     except VerificationError as exc:
         if exc.result is not None:
             render_fold_file(exc.result, fmt, report_path, worst)

@@ -19,7 +19,7 @@ def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, opti
     """Fold every model of `input_dir` (`report_path`: the per-model JSON); exit 1 when any of them failed."""
     result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,
                             progress=directory_progress, shapes=shapes, seed=seed, rtol=tolerances[0],
-                            atol=tolerances[1])
+                            atol=tolerances[1], other_outputs=[report_path] if report_path else [])
     render_fold_directory(result, fmt, report_path)
     if not result.ok:
         raise FoldnormError(f"{len(result.failed)} of {len(result.items)} models failed; see the lines above")

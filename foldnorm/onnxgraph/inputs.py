@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -123,6 +124,13 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
     raise InputSpecError(f"cannot make random inputs of type {dtype.name}; give real inputs with --inputs FILE.npz")
 
 
+def feed_bytes(model: onnx.ModelProto, batch_size: int = 1, shapes: Mapping[str, Shape] | None = None) -> int:
+    """The bytes `make_feeds` allocates for these arguments, from the shapes alone (values are drawn as 8-byte
+    numbers first, so each element counts 8 bytes however narrow its type)."""
+    shapes = dict(shapes or {})
+    return sum(8 * math.prod(concrete_shape(s, batch_size, shapes.get(s.name))) for s in input_specs(model))
+
+
 def make_feeds(
     model: onnx.ModelProto,
     batch_size: int = 1,
@@ -134,7 +142,7 @@ def make_feeds(
     `shapes` sizes dynamic dims by input name; a shape under the name "" is the only input's.
     """
     specs = input_specs(model)
-    shapes = _name_the_only_input(dict(shapes or {}), specs)
+    shapes = name_the_only_input(dict(shapes or {}), specs)
     unknown = set(shapes) - {s.name for s in specs}
     if unknown:
         names = ", ".join(s.name for s in specs)
@@ -144,7 +152,7 @@ def make_feeds(
             for s in specs}
 
 
-def _name_the_only_input(shapes: dict[str, Shape], specs: list[InputSpec]) -> dict[str, Shape]:
+def name_the_only_input(shapes: dict[str, Shape], specs: list[InputSpec]) -> dict[str, Shape]:
     """Shapes given without a name (key "") belong to the model's only input."""
     if "" not in shapes:
         return shapes

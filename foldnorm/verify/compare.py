@@ -16,17 +16,27 @@ quantized (QDQ) reference is compared in steps of each output's quantizer instea
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from foldnorm.errors import InputSpecError, ModelMismatchError
-from foldnorm.onnxgraph.inputs import InputSpec, Shape, cast_feed, fit_feed, input_specs, make_feeds, output_specs
+from foldnorm.onnxgraph.atomicfile import temporary_directory
+from foldnorm.onnxgraph.inputs import (
+    InputSpec,
+    Shape,
+    cast_feed,
+    concrete_shape,
+    feed_bytes,
+    fit_feed,
+    input_specs,
+    make_feeds,
+    name_the_only_input,
+    output_specs,
+)
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label
 from foldnorm.verify.localize import Localization, localize
 from foldnorm.verify.measure import (
@@ -34,16 +44,22 @@ from foldnorm.verify.measure import (
     MIN_COSINE,
     ErrorStats,
     Metric,
+    check_tolerances,
     is_float,
     measure_error,
     tolerances_for,
 )
 from foldnorm.verify.noise import NoiseFloor, noise_floor
+from foldnorm.verify.ortrun import outputs
 from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
-from foldnorm.verify.tensors import CHUNK, run_feeds, side_by_side, tensor_errors
+from foldnorm.verify.tensors import CHUNK, side_by_side, tensor_errors
 
-__all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "compare_models", "measure_error", "tolerances_for"]
+__all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "check_tolerances", "compare_models", "measure_error",
+           "tolerances_for"]
+
+# Random inputs of one verification (all batch sizes and samples), and the reference outputs it keeps.
+DATA_BUDGET = 2 << 30
 
 Feed = dict[str, np.ndarray]
 Inputs = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
@@ -233,17 +249,42 @@ def _describe(spec: InputSpec) -> str:
     return f"{onnx.helper.tensor_dtype_to_string(spec.elem_type).removeprefix('TensorProto.').lower()}[{dims}]"
 
 
-def verification_feeds(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (1, 2), seed: int = 0,
+@dataclass(frozen=True)
+class Draws:
+    """The feeds of a verification. Each iteration draws them anew, one at a time: random inputs of every batch
+    size and sample are never all held at once."""
+
+    make: Callable[[], Iterator[Feed]]
+    #: the batch sizes the feeds really have (axis 0 of the first input that has one), each once, in order
+    batch_sizes: list[int]
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self.make()
+
+    def cast_for(self, model: onnx.ModelProto) -> Draws:
+        """The same feeds with float arrays cast to `model`'s input dtypes (fp32 data for an fp16 model)."""
+        return Draws(lambda: (cast_feed(feed, model) for feed in self.make()), self.batch_sizes)
+
+
+def verification_draws(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (1, 2), seed: int = 0,
                        samples: int = 1, shapes: Mapping[str, Shape] | None = None,
-                       inputs: Inputs | None = None) -> list[Feed]:
-    """The feeds a verification of `model` runs: `samples` seeded random draws per batch size, or real data
-    (an `.npz`/Polygraphy `.json` file, or a sequence of `{input name: array}` dicts), checked against the model."""
+                       inputs: Inputs | None = None) -> Draws:
+    """The feeds a verification of `model` runs: `samples` seeded random draws per batch size (drawn when
+    iterated, within `DATA_BUDGET`), or real data (an `.npz`/Polygraphy `.json` file, or a sequence of
+    `{input name: array}` dicts), checked against the model."""
     if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
                              "use e.g. batch_sizes=(1, 4), samples=1")
     if inputs is None:
-        return [make_feeds(model, batch, seed + k * samples + j, shapes)
-                for k, batch in enumerate(batch_sizes) for j in range(samples)]
+        shapes = name_the_only_input(dict(shapes or {}), input_specs(model))
+        _check_input_budget(model, batch_sizes, samples, shapes)
+
+        def draws() -> Iterator[Feed]:
+            for k, batch in enumerate(batch_sizes):
+                for j in range(samples):
+                    yield make_feeds(model, batch, seed + k * samples + j, shapes)
+
+        return Draws(draws, list(dict.fromkeys(_batch_run(model, b, shapes) for b in batch_sizes)))
     if isinstance(inputs, (str, os.PathLike)):
         from foldnorm.verify.data import read_feeds
 
@@ -252,13 +293,41 @@ def verification_feeds(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (
         where, given = "the given inputs", [dict(feed) for feed in inputs]
     if not given:
         raise InputSpecError(f"{where}: holds no feed; give at least one {{input name: array}}")
-    return [fit_feed(feed, model, where) for feed in given]
+    loaded = [fit_feed(feed, model, where) for feed in given]
+    sizes = [next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in loaded]
+    return Draws(lambda: iter(loaded), list(dict.fromkeys(sizes)))
 
 
-def batches_run(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
-    """The batch sizes the feeds really have (axis 0 of the first input that has one), each once, in order."""
-    sizes = [next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in feeds]
-    return list(dict.fromkeys(sizes))
+def _batch_run(model: onnx.ModelProto, batch: int, shapes: Mapping[str, Shape] | None) -> int:
+    """The batch size random draws for `batch` really have: a static batch axis keeps its own size."""
+    for spec in input_specs(model):
+        shape = concrete_shape(spec, batch, (shapes or {}).get(spec.name))
+        if shape:
+            return int(shape[0])
+    return batch
+
+
+def _check_input_budget(model: onnx.ModelProto, batch_sizes: Sequence[int], samples: int,
+                        shapes: Mapping[str, Shape] | None) -> None:
+    """Refuse, before anything is drawn, random inputs over `DATA_BUDGET` in all."""
+    need = samples * sum(feed_bytes(model, b, shapes) for b in batch_sizes)
+    if need > DATA_BUDGET:
+        raise InputSpecError(f"the verification's random inputs would take {need / 2**30:.3g} GiB ({samples} "
+                             f"sample(s) at batch sizes {list(batch_sizes)[:8]}), over its {DATA_BUDGET >> 30} GiB "
+                             "limit; use fewer samples, smaller batch sizes or smaller shapes")
+
+
+def _kept(runs: Iterator[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The reference outputs of every draw, refused once they pass `DATA_BUDGET`."""
+    kept: list[list[np.ndarray]] = []
+    held = 0
+    for result in runs:
+        held += sum(np.asarray(o).nbytes for o in result)
+        if held > DATA_BUDGET:
+            raise InputSpecError(f"the reference outputs of {len(kept) + 1} draws take over "
+                                 f"{DATA_BUDGET >> 30} GiB; use fewer samples or smaller batch sizes")
+        kept.append(result)
+    return kept
 
 
 def compare_models(
@@ -297,14 +366,15 @@ def compare_models(
     `ModelMismatchError`.
     """
     chosen = metric if isinstance(metric, Metric) else Metric.parse(metric, min_cosine)
+    check_tolerances(rtol, atol)
     # Files are read without their weights (ONNX Runtime opens the files themselves).
     ref_model = load_model(reference, keep_weights_on_disk=True)
     cand_model = load_model(candidate, keep_weights_on_disk=True)
     check_interface(ref_model, cand_model)
-    feeds = verification_feeds(ref_model, batch_sizes=batch_sizes, seed=seed, samples=samples, shapes=shapes,
+    draws = verification_draws(ref_model, batch_sizes=batch_sizes, seed=seed, samples=samples, shapes=shapes,
                                inputs=inputs)
-    cand_feeds = [cast_feed(f, cand_model) for f in feeds]
-    result = VerifyResult(model_label(reference), model_label(candidate), batches_run(feeds), seed, samples,
+    cand_draws = draws.cast_for(cand_model)
+    result = VerifyResult(model_label(reference), model_label(candidate), draws.batch_sizes, seed, samples,
                           str(inputs) if isinstance(inputs, (str, os.PathLike)) else None,
                           requested_batch_sizes=list(batch_sizes) if inputs is None else [], metric=chosen.label)
     if structure:
@@ -312,61 +382,86 @@ def compare_models(
     if save_inputs is not None:
         from foldnorm.verify.data import write_feeds
 
-        write_feeds(save_inputs, feeds)
+        write_feeds(save_inputs, list(draws))
     names = [o.name for o in ref_model.graph.output]
     steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
-    with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
-        workdir = Path(tmp)
+    with temporary_directory() as tmp:
         labels = (result.reference, result.candidate)
+        got: Iterator[list[np.ndarray]]
         if tensors:  # the outputs and the first chunk of tensors in one side-by-side run, the rest after
             wanted = list(dict.fromkeys(tensors))
-            expected, got = side_by_side(ref_model, cand_model, wanted[:CHUNK], feeds, cand_feeds, workdir,
-                                         result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names)
-            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], feeds, cand_feeds, workdir,
-                                                rtol=rtol, atol=atol, labels=labels))
-        else:  # one session at a time: two big models are never both loaded
-            expected = run_feeds(reference, ref_model, workdir, "reference", labels[0], feeds)
-            got = run_feeds(candidate, cand_model, workdir, "candidate", labels[1], cand_feeds)
+            expected, both = side_by_side(ref_model, cand_model, wanted[:CHUNK], draws, cand_draws, tmp,
+                                          result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names,
+                                          run=outputs)
+            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], draws, cand_draws, tmp,
+                                                rtol=rtol, atol=atol, labels=labels, run=outputs))
+            got = iter(both)
+        else:  # one session at a time: two big models are never both loaded, the candidate's outputs not kept
+            expected = _kept(outputs(reference, ref_model, tmp, "reference", labels[0], iter(draws)))
+            got = outputs(candidate, cand_model, tmp, "candidate", labels[1], iter(cand_draws))
+        checks = [_OutputCheck.start(name, [e[i] for e in expected], _output_dtype(cand_model, i, expected[0][i]),
+                                     chosen, steps, (rtol, atol)) for i, name in enumerate(names)]
+        saved: list[list[np.ndarray]] = []
+        for e, g in zip(expected, got):
+            for i, check in enumerate(checks):
+                check.add(e[i], g[i])
+            if save_outputs is not None:
+                saved.append(g)
         if save_outputs is not None:
             from foldnorm.verify.data import write_outputs
 
-            write_outputs(save_outputs, names, {"reference": expected, "candidate": got})
-        result.outputs = [_output_diff(name, [e[i] for e in expected], [g[i] for g in got], chosen,
-                                       _tolerances(name, [e[i] for e in expected], got[0][i].dtype, steps, rtol, atol))
-                          for i, name in enumerate(names)]
+            write_outputs(save_outputs, names, {"reference": expected, "candidate": saved})
+        result.outputs = [check.diff() for check in checks]
         if noise and steps is None and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0
                                            for o in result.outputs):
-            result.noise = noise_floor(reference, ref_model, workdir, feeds, expected, names, seed)
+            result.noise = noise_floor(reference, ref_model, tmp, draws, expected, names, seed)
             result.noise.judge(result.outputs)
         if localize_failure and not result.numerics_ok:
             failing = [o.name for o in result.outputs if not o.ok]
-            result.localization = localize(ref_model, cand_model, failing, feeds, cand_feeds, workdir,
+            result.localization = localize(ref_model, cand_model, failing, draws, cand_draws, tmp,
                                            rtol=rtol, atol=atol)
     return result
 
 
-def _tolerances(name: str, expected: Sequence[np.ndarray], dtype: np.dtype, steps: dict[str, float] | None,
-                rtol: float | None, atol: float | None) -> tuple[float, float, float | None]:
-    """`(rtol, atol, quantization step or None)` of one output: in steps of its quantizer for a quantized reference
-    (`steps`), else by the candidate's dtype with the user's overrides."""
-    if steps is not None and np.issubdtype(expected[0].dtype, np.floating):
-        r, a = step_tolerance(steps.get(name), list(expected))
-        return r, a, a / QDQ_STEPS
-    r, a = tolerances_for(dtype, rtol, atol)
-    return r, a, None
+def _output_dtype(model: onnx.ModelProto, index: int, example: np.ndarray) -> np.dtype:
+    """The dtype output `index` has in `model` (bfloat16 for one that ran as float32 here), else `example`'s."""
+    elem = model.graph.output[index].type.tensor_type.elem_type
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else example.dtype
 
 
-def _output_diff(name: str, expected: Sequence[np.ndarray], got: Sequence[np.ndarray], metric: Metric,
-                 tolerances: tuple[float, float, float | None]) -> OutputDiff:
-    """One output's errors over every run, and the metric's verdict for a float output."""
-    rtol, atol, step = tolerances
-    stats = ErrorStats(name, np.dtype(got[0].dtype).name, rtol, atol)
-    for e, g in zip(expected, got):
-        stats.add(e, g)
-    diff = OutputDiff(name, stats.dtype, stats.max_abs, stats.max_rel, stats.mismatched, stats.total, stats.rtol,
-                      stats.atol, stats.nonfinite_introduced, quant_step=step,
-                      allowed=outliers_allowed(stats.total) if step is not None else 0, metric=metric.label)
-    if not metric.elementwise and is_float(expected[0].dtype):
-        diff.score = min(metric.score(e, g) for e, g in zip(expected, got))
-        diff.metric_ok = metric.passes(diff.score)
-    return diff
+@dataclass
+class _OutputCheck:
+    """One output's errors accumulated run by run, and its metric's worst score."""
+
+    stats: ErrorStats
+    metric: Metric
+    step: float | None
+    score: float | None = None
+
+    @classmethod
+    def start(cls, name: str, references: list[np.ndarray], dtype: np.dtype, metric: Metric,
+              steps: dict[str, float] | None, overrides: tuple[float | None, float | None]) -> _OutputCheck:
+        """Tolerances in steps of the output's quantizer for a quantized reference (`steps`), else by `dtype` (the
+        candidate's) with the user's overrides."""
+        step = None
+        if steps is not None and np.issubdtype(references[0].dtype, np.floating):
+            rtol, atol = step_tolerance(steps.get(name), references)
+            step = atol / QDQ_STEPS
+        else:
+            rtol, atol = tolerances_for(dtype, *overrides)
+        scored = not metric.elementwise and is_float(references[0].dtype)
+        return cls(ErrorStats(name, np.dtype(dtype).name, rtol, atol), metric, step, 1.0 if scored else None)
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """One run's pair of arrays."""
+        self.stats.add(reference, candidate)
+        if self.score is not None:
+            self.score = min(self.score, self.metric.score(reference, candidate))
+
+    def diff(self) -> OutputDiff:
+        """The output's `OutputDiff`."""
+        s = self.stats
+        return OutputDiff(s.name, s.dtype, s.max_abs, s.max_rel, s.mismatched, s.total, s.rtol, s.atol,
+                          s.nonfinite_introduced, quant_step=self.step,
+                          allowed=outliers_allowed(s.total) if self.step is not None else 0, metric=self.metric.label,
+                          score=self.score, metric_ok=None if self.score is None else self.metric.passes(self.score))

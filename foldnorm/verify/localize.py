@@ -11,7 +11,7 @@ it, and on a chain it is a (CHUNK + 1)-ary search.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,14 +89,15 @@ def _describe(stats: ErrorStats) -> str:
 
 
 def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Sequence[str],
-             ref_feeds: Sequence[Mapping[str, np.ndarray]], cand_feeds: Sequence[Mapping[str, np.ndarray]],
+             ref_feeds: Iterable[dict[str, np.ndarray]], cand_feeds: Iterable[dict[str, np.ndarray]],
              workdir: Path, *, rtol: float | None = None, atol: float | None = None,
              chunk: int = CHUNK) -> Localization:
     """Find the first tensor, in `reference`'s topological order, among those both models compute, where `candidate`
     is out of tolerance over the feeds while every tensor it is computed from is within it.
 
     The search starts at the earliest of the `failing` outputs and only ever looks at the ancestors of the
-    tensor it suspects, so branches that run beside it in the graph's order do not mislead it.
+    tensor it suspects, so branches that run beside it in the graph's order do not mislead it. The feeds are
+    iterated once per round (`compare.Draws` draws random ones anew each time).
     """
     order = {t: i for i, t in enumerate(_ordered_tensors(reference))}
     producers = {out: node for node in reference.graph.node for out in node.output if out}

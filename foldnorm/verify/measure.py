@@ -11,6 +11,7 @@ Task-level (`Metric`): `top1` and `topk:K` ask that every row (the last axis) ha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,9 +34,17 @@ MetricName = Literal["max-rel", "topk", "cosine"]
 
 
 def tolerances_for(dtype: np.dtype, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    """The (rtol, atol) to use for an output of `dtype`, with user overrides."""
+    """The (rtol, atol) to use for an output of `dtype`, with user overrides (finite numbers >= 0)."""
+    check_tolerances(rtol, atol)
     default_rtol, default_atol = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
     return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
+
+
+def check_tolerances(rtol: float | None, atol: float | None) -> None:
+    """Raise `InputSpecError` unless each given tolerance is a finite number >= 0 (NaN would pass anything)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputSpecError(f"{name}={value}: a tolerance is a finite number >= 0; give e.g. {name}=1e-4")
 
 
 def is_float(dtype: np.dtype) -> bool:

@@ -10,7 +10,7 @@ account, and the result says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ import onnx
 
 from foldnorm.onnxgraph.modelio import ModelLike, model_label
 from foldnorm.verify.measure import is_float, measure_error
-from foldnorm.verify.tensors import run_feeds
+from foldnorm.verify.ortrun import outputs
 
 if TYPE_CHECKING:
     from foldnorm.verify.compare import OutputDiff
@@ -86,11 +86,13 @@ def perturbed(feed: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[
     return out
 
 
-def noise_floor(source: ModelLike, model: onnx.ModelProto, workdir: Path, feeds: Sequence[Mapping[str, np.ndarray]],
+def noise_floor(source: ModelLike, model: onnx.ModelProto, workdir: Path, feeds: Iterable[Mapping[str, np.ndarray]],
                 expected: Sequence[Sequence[np.ndarray]], names: Sequence[str], seed: int) -> NoiseFloor:
-    """Run the reference once more on one-ulp perturbed feeds and measure each float output's change."""
+    """Run the reference once more on one-ulp perturbed feeds (`feeds`, drawn again) and measure each float
+    output's change against `expected`, its outputs on the feeds themselves."""
     rng = np.random.default_rng(seed + 7919)
-    again = run_feeds(source, model, workdir, "reference", model_label(source), [perturbed(f, rng) for f in feeds])
+    again = list(outputs(source, model, workdir, "reference", model_label(source),
+                         (perturbed(f, rng) for f in feeds)))
     floor = NoiseFloor()
     for i, name in enumerate(names):
         if is_float(expected[0][i].dtype):

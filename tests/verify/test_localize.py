@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from support.builders import bn_inputs, bn_params, parse
 
 import foldnorm
-from foldnorm.verify.compare import compare_models, verification_feeds
+from foldnorm.verify.compare import compare_models, verification_draws
 from foldnorm.verify.localize import localize
 
 
@@ -96,7 +96,7 @@ def test_localize_json(corrupted: tuple[Path, Path]) -> None:
 def test_search_in_several_rounds_finds_the_first_divergence(tmp_path: Path, rng: np.random.Generator) -> None:
     ref = conv_stack(rng, 24)
     bad = corrupt_conv(foldnorm.fold_model(ref).model, "/block17/conv/Conv")
-    feeds = verification_feeds(ref)
+    feeds = verification_draws(ref)
     found = localize(ref, bad, ["y"], feeds, feeds, tmp_path, chunk=3)
     assert found.tensor == "b17" and found.candidate_node == "/block17/conv/Conv"
     assert found.rounds > 2  # 24 * 3 tensors searched 3 at a time
@@ -117,7 +117,7 @@ def test_a_branch_beside_the_divergence_does_not_mislead(tmp_path: Path, rng: np
     folded = foldnorm.fold_model(ref).model
     conv = next(n for n in folded.graph.node if n.output[0] == "ba5")
     conv.name = "/a5/conv/Conv"
-    feeds = verification_feeds(ref)
+    feeds = verification_draws(ref)
     for chunk in (2, 3, 5, 32):
         found = localize(ref, corrupt_conv(folded, "/a5/conv/Conv"), ["y"], feeds, feeds, tmp_path, chunk=chunk)
         assert found.tensor == "ba5", chunk
