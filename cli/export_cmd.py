@@ -10,7 +10,7 @@ from foldnorm.errors import VerificationError
 from foldnorm.export.exporter import ExportDtype, Exporter
 from foldnorm.onnxgraph.inputs import Shape
 
-from .options import choice, exporter_option, format_option, input_shapes_option
+from .options import choice, exporter_option, format_option, input_shapes_option, tolerance_options
 from .render.common import Format, info
 from .render.export import render_export
 
@@ -27,16 +27,23 @@ from .render.export import render_export
               help="ONNX opset (GroupNormalization as one node needs 21).")
 @exporter_option("torch.onnx exporter (legacy: the TorchScript one).")
 @click.option("--static", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
+@click.option("--dynamic-batch", is_flag=True,
+              help="Fail when torch cannot keep the batch axis dynamic (by default the batch then becomes static, "
+                   "with a note).")
 @click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the model.")
 @click.option("--train-ok", is_flag=True, help="Export a module left in train mode (BN uses running stats).")
+@tolerance_options
 @format_option(Format)
 def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]], dtype: ExportDtype, opset: int,
-           exporter: Exporter, static: bool, external_data: bool, train_ok: bool, fmt: Format) -> None:
+           exporter: Exporter, static: bool, dynamic_batch: bool, external_data: bool, train_ok: bool,
+           rtol: float | None, atol: float | None, fmt: Format) -> None:
     """Export MODEL (a built-in name or package.module:attr) to ONNX with every BatchNorm still present.
 
     The export is checked against the PyTorch module on ONNX Runtime (optimizations disabled) at two batch
     sizes; a mismatch exits 3.
     """
+    if static and dynamic_batch:
+        raise click.UsageError("--static and --dynamic-batch contradict each other; give one")
     import torch
 
     from foldnorm.export.exporter import export_onnx
@@ -54,7 +61,7 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
     gen = torch.Generator().manual_seed(0)
     result = export_onnx(module, [torch.randn(s, generator=gen) for s in shapes], output, input_names=names,
                          opset=opset, exporter=exporter, dynamic_batch=not static, train_ok=train_ok, dtype=dtype,
-                         external_data=external_data)
+                         external_data=external_data, require_dynamic_batch=dynamic_batch, rtol=rtol, atol=atol)
     render_export(result, fmt)
     if not result.ok:
         reason = result.check_note or f"max rel error {result.max_rel:.3g}"

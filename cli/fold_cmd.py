@@ -20,6 +20,7 @@ from .options import (
     rule_options,
     seed_option,
     standalone_bn_option,
+    tolerance_options,
 )
 from .render.common import Format, info
 from .render.fold import render_fold_file
@@ -27,8 +28,9 @@ from .render.fold import render_fold_file
 
 @click.command(short_help="Fold BatchNorm, verify, write OUT, report every norm.")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("out", metavar="[OUT.onnx]", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Folded model to write (a directory when IN is one).")
+              help="Folded model to write (a directory when IN is one); OUT may be given in its place.")
 @click.option("--in-place", is_flag=True, help="Replace IN itself (atomically); -o may then be left out.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Models folded in parallel when IN is a directory.")
@@ -41,35 +43,43 @@ from .render.fold import render_fold_file
 @named_shapes_option("Shape of an input with dynamic dims other than the batch axis, for the verification "
                      "(repeatable).")
 @seed_option("Seed of the verification's random inputs.")
+@tolerance_options
+@click.option("--worst", type=click.IntRange(min=1), metavar="N",
+              help="Also list the N folds with the largest measured error.")
 @format_option(Format)
 @requantize_option
 @inputs_as_constants_option
-def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: StandaloneBN,
-         skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None, shapes: dict[str, Shape], seed: int,
+def fold(input_path: Path, out: Path | None, output: Path | None, in_place: bool, jobs: int, verify: bool,
+         standalone_bn: StandaloneBN, skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None,
+         shapes: dict[str, Shape], seed: int, rtol: float | None, atol: float | None, worst: int | None,
          fmt: Format, requantize: bool, inputs_as_constants: bool) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
-    Exit 3 (and nothing written) when the folded model does not compute what the input computes.
+    Exit 3 (and nothing written) when the folded model does not compute what the input computes; the error
+    then names where the models first diverge. Each folded record carries the error measured where it folded.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
     options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only, requantize=requantize,
                           inputs_as_constants=inputs_as_constants)
-    output = output or (input_path if in_place else None)
+    if out is not None and output is not None and out != output:
+        raise click.UsageError(f"two outputs given ({out} and -o {output}); give one")
+    output = output or out or (input_path if in_place else None)
     if output is None:
-        raise click.UsageError("give the output with -o OUT.onnx (or --in-place to replace the input)")
+        raise click.UsageError("give the output: foldnorm fold IN.onnx OUT.onnx, or -o OUT.onnx (or --in-place to "
+                               "replace the input)")
     if report_path is not None:
         check_output_path(report_path)
     if input_path.is_dir():
         from .fold_dir import fold_dir
 
         return fold_dir(input_path, output, jobs=jobs, verify=verify, options=options, in_place=in_place, fmt=fmt,
-                        report_path=report_path, shapes=shapes, seed=seed)
+                        report_path=report_path, shapes=shapes, seed=seed, tolerances=(rtol, atol))
     info(f"folding {input_path}")
     try:
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed, other_outputs=[report_path] if report_path else [])
+                           seed=seed, rtol=rtol, atol=atol, other_outputs=[report_path] if report_path else [])
     except VerificationError as exc:
         if exc.result is not None:
-            render_fold_file(exc.result, fmt, report_path)
+            render_fold_file(exc.result, fmt, report_path, worst)
         raise
-    render_fold_file(result, fmt, report_path)
+    render_fold_file(result, fmt, report_path, worst)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import click
@@ -53,6 +54,42 @@ def tolerance_options(f: F) -> F:
                              "fp32 1e-4, fp16 1e-2, bf16 5e-2, fp64 1e-9, integers 0).")(f)
 
 
+def metric_options(f: F) -> F:
+    """`--metric max-rel|top1|topk:K|cosine` and `--min-cosine`: what "the same output" means for float outputs."""
+    from foldnorm.verify.measure import MIN_COSINE
+
+    f = click.option("--min-cosine", type=click.FloatRange(-1, 1), default=MIN_COSINE, show_default=True,
+                     help="Smallest per-sample cosine similarity that passes with --metric cosine.")(f)
+    return click.option("--metric", default="max-rel", show_default=True, callback=_metric,
+                        metavar="max-rel|top1|topk:K|cosine",
+                        help="max-rel: every element within tolerance; top1/topk:K: every row (last axis) has "
+                             "the same top-K classes; cosine: every sample's cosine similarity >= --min-cosine.")(f)
+
+
+def _metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: a metric name `Metric.parse` accepts (else a usage error)."""
+    from foldnorm.verify.measure import Metric
+
+    try:
+        return Metric.parse(value).label
+    except InputSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def data_options(f: F) -> F:
+    """`--inputs`, `--data-loader-script`, `--save-inputs` and `--save-outputs`: verification data on disk."""
+    f = click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write both models' outputs (.npz, or .json as Polygraphy's RunResults).")(f)
+    f = click.option("--save-inputs", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the inputs used (.npz, or .json as polygraphy run --save-inputs writes).")(f)
+    f = click.option("--data-loader-script", "data_loader", metavar="FILE.py[:FUNC]",
+                     help="Real inputs from FUNC() (default load_data) in FILE.py, yielding {input name: array} "
+                          "dicts (Polygraphy's convention).")(f)
+    return click.option("--inputs", "inputs", type=click.Path(path_type=Path),
+                        help="Real inputs instead of random ones: an .npz (one array per input, or <i>/<name> for "
+                             "several feeds) or a JSON file from polygraphy run --save-inputs.")(f)
+
+
 def batch_sizes_option(help: str, default: str = "1,2") -> Callable[[F], F]:
     """`--batch-sizes 1,4`: positive batch sizes, comma-separated."""
     return click.option("--batch-sizes", callback=_batch_sizes, default=default, show_default=True, help=help)
@@ -69,7 +106,8 @@ def input_shapes_option(help: str) -> Callable[[F], F]:
 
 
 def named_shapes_option(help: str) -> Callable[[F], F]:
-    """`--shape/--input-shape NAME:1x3x224x224`, repeatable: the sizes of named inputs' dynamic dims."""
+    """`--shape/--input-shape NAME:1x3x224x224`, repeatable: the sizes of named inputs' dynamic dims (the name may
+    be left out on a model with one input: key "")."""
     return click.option("--shape", "--input-shape", "shapes", multiple=True, callback=_named_shapes,
                         metavar="NAME:1x3x224x224", help=help)
 
@@ -112,16 +150,14 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _named_shapes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Shape]:
-    """Click callback: parse repeated `NAME:1x3x224x224` into `{name: shape}`."""
+    """Click callback: parse repeated `[NAME:]1x3x224x224` into `{name: shape}` (no name: key "")."""
     shapes: dict[str, Shape] = {}
     for text in value:
         try:
             name, shape = parse_named_shape(text)
         except InputSpecError as exc:
             raise click.BadParameter(str(exc)) from None
-        if name is None:
-            raise click.BadParameter(f"{text!r} names no input; use NAME:1x3x224x224")
-        shapes[name] = shape
+        shapes[name or ""] = shape
     return shapes
 
 

@@ -70,12 +70,13 @@ class DirectoryResult:
 
 
 def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: bool,
-              shapes: Mapping[str, Shape] | None, seed: int, other_outputs: Sequence[str]) -> DirectoryItem:
+              shapes: Mapping[str, Shape] | None, seed: int, other_outputs: Sequence[str],
+              tolerances: tuple[float | None, float | None] = (None, None)) -> DirectoryItem:
     from foldnorm.workflows import fold_file
 
     try:
         result = fold_file(src, dst, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed, other_outputs=other_outputs)
+                           seed=seed, other_outputs=other_outputs, rtol=tolerances[0], atol=tolerances[1])
     except FoldnormError as exc:
         return DirectoryItem(src, dst, False, str(exc))
     except Exception as exc:  # a bug on one model must not hide the results of the others
@@ -156,12 +157,15 @@ def fold_directory(
     shapes: Mapping[str, Shape] | None = None,
     seed: int = 0,
     other_outputs: Sequence[str | os.PathLike] = (),
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> DirectoryResult:
     """Fold every `*.onnx` in `input_dir` into `output_dir` (same file names), `jobs` files at a time.
 
     Each file is folded (and verified) in its own worker process; a file that fails is recorded in the
     result with its error and the others go on. `progress` is called as each file finishes; `shapes` sizes
-    dynamic input dims and `seed` seeds the inputs of the verification (see `fold_file`).
+    dynamic input dims, `seed` seeds the inputs of the verification and `rtol`/`atol` are its tolerances (see
+    `fold_file`).
     `output_dir` must exist; it may be `input_dir` only with `in_place`. `other_outputs` are files the caller
     will write too (a report): none may be an input, an input's data file or an output.
     Ctrl-C (SIGINT) reaches only this process: the workers ignore it, and are terminated (each removing its
@@ -190,11 +194,11 @@ def fold_directory(
 
     if jobs == 1:
         for src, dst in pairs:
-            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed, extra))
+            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed, extra, (rtol, atol)))
         return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])
     # spawn: workers start clean (no inherited ONNX Runtime threads or state).
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker)
-    _in_pool(pool, lambda: {pool.submit(_fold_in_worker, s, d, verify, opts, in_place, shapes, seed, extra): (s, d)
-                            for s, d in pairs}, done)
+    _in_pool(pool, lambda: {pool.submit(_fold_in_worker, s, d, verify, opts, in_place, shapes, seed, extra,
+                                        (rtol, atol)): (s, d) for s, d in pairs}, done)
     return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])

@@ -166,7 +166,6 @@ def test_unwritable_output_directory(good: Path) -> None:
 
 @pytest.mark.parametrize("args", [
     ["verify", "{good}", "{good}", "--shape", "x:abc"],
-    ["verify", "{good}", "{good}", "--shape", "1x3x8x8"],
     ["verify", "{good}", "{good}", "--input-shape", "x:abc"],
     ["verify", "{good}", "{good}", "--samples", "-1"],
     ["verify", "{good}", "{good}", "--batch-sizes", "0,2"],

@@ -133,3 +133,83 @@ def test_save_model_leaves_the_callers_model_usable(tmp_path: Path, rng: np.rand
     foldnorm.save_model(lazy, tmp_path / "again.onnx")
     assert foldnorm.compare_models(model, tmp_path / "again.onnx").ok
     assert foldnorm.compare_models(model, lazy).ok  # still readable: it points at its own file
+
+
+def test_fold_report_has_each_folds_error_and_before_after(tmp_path: Path, rng: np.random.Generator) -> None:
+    onnx.save(conv_bn_ln(rng), tmp_path / "m.onnx")
+    result = CliRunner().invoke(cli, ["fold", str(tmp_path / "m.onnx"), str(tmp_path / "out.onnx"), "--report",
+                                      str(tmp_path / "r.json"), "--worst", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.onnx").exists()  # the positional OUT
+    assert "largest errors at a fold:" in result.stdout and "max rel err" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    (bn,) = [r for r in report["records"] if r["op_type"] == "BatchNormalization"]
+    assert bn["outcome"] == "folded" and bn["error_at"] == "b"  # the BN's output, now the Conv's
+    assert 0 < bn["max_rel_err"] < 1e-5 and bn["max_abs_err"] > 0
+    (ln,) = [r for r in report["records"] if r["op_type"] == "LayerNormalization"]
+    assert ln["max_rel_err"] is None  # kept: nothing folded there
+    before, after = report["before"], report["after"]
+    assert before["nodes"]["BatchNormalization"] == 1 and "BatchNormalization" not in after["nodes"]
+    assert after["node_count"] == before["node_count"] - 1
+    assert after["parameters"] == before["parameters"] - 4 * 16 + 16  # BN's four vectors gone, a Conv bias added
+    assert before["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert after["file_bytes"] == (tmp_path / "out.onnx").stat().st_size
+    assert after["tensor_bytes"] == before["tensor_bytes"] - 4 * (4 * 16 - 16)
+
+
+def test_inspect_shows_before_and_after(tmp_path: Path, rng: np.random.Generator) -> None:
+    onnx.save(conv_bn_ln(rng), tmp_path / "m.onnx")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0
+    assert "  BatchNormalization" in result.stdout and "parameters" in result.stdout
+    assert "file size (after: estimated)" in result.stdout
+    data = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx"), "--format", "json"]).stdout)
+    assert data["report"]["before"]["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert data["report"]["after"]["file_bytes"] is None and data["report"]["after"]["node_count"] > 0
+
+
+def test_fold_output_given_twice_is_a_usage_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    onnx.save(conv_bn(rng), tmp_path / "m.onnx")
+    result = CliRunner().invoke(cli, ["fold", str(tmp_path / "m.onnx"), str(tmp_path / "a.onnx"), "-o",
+                                      str(tmp_path / "b.onnx")])
+    assert result.exit_code == 2 and "two outputs" in result.stderr
+    missing = CliRunner().invoke(cli, ["fold", str(tmp_path / "m.onnx")])
+    assert missing.exit_code == 2 and "-o OUT.onnx" in missing.stderr
+
+
+def test_fold_tolerances_and_where_a_failed_fold_diverges(tmp_path: Path, rng: np.random.Generator) -> None:
+    onnx.save(conv_bn_ln(rng), tmp_path / "m.onnx")
+    strict = CliRunner().invoke(cli, ["fold", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"),
+                                      "--rtol", "0", "--atol", "0"])
+    assert strict.exit_code == 3 and not (tmp_path / "out.onnx").exists()
+    assert "first divergence at 'b' (Conv " in strict.stderr  # the folded Conv's output, under the BN's name
+    assert "localize: first divergence at tensor 'b'" in strict.stdout
+    loose = CliRunner().invoke(cli, ["fold", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"),
+                                     "--rtol", "1e-3", "--format", "json"])
+    assert loose.exit_code == 0
+    assert json.loads(loose.stdout)["verify"]["outputs"][0]["rtol"] == 1e-3
+
+
+def test_fold_judges_against_the_noise_floor(tmp_path: Path) -> None:
+    from support.builders import parse
+
+    # y = x*1000 - x*999.9 after a BN: float32 rounding in the model itself is far above rtol 1e-4
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6] x) => (float[N, 4, 6] y) {
+        c = Conv (x, w)
+        b = BatchNormalization (c, s, t, m, v)
+        p = Mul (b, big)
+        q = Mul (b, big2)
+        y = Sub (p, q)
+    }
+    """, {"w": np.random.default_rng(0).normal(0, 1, (4, 4, 1)).astype(np.float32),
+          "s": np.array([1.3, -0.7, 0.9, 2.0], np.float32), "t": np.array([0.1, 0.2, -0.3, 0.4], np.float32),
+          "m": np.array([0.5, -0.1, 0.2, 0.0], np.float32), "v": np.array([0.7, 1.5, 2.2, 0.4], np.float32),
+          "big": np.array(1000.0, np.float32), "big2": np.array(999.9, np.float32)})
+    onnx.save(model, tmp_path / "m.onnx")
+    result = foldnorm.fold_file(tmp_path / "m.onnx", tmp_path / "out.onnx", batch_sizes=(4,))
+    assert result.verify is not None and result.verify.ok and result.verify.noise is not None
+    (out,) = result.verify.outputs
+    assert out.mismatched > 0 and out.within_noise and out.noise_floor is not None  # both numbers reported
+    assert "noise floor" in result.verify.summary()

@@ -16,6 +16,8 @@ def render_export(result: ExportResult, fmt: Format) -> None:
         return
     if result.requested_opset is not None and result.requested_opset != result.opset:
         info(f"note: torch wrote opset {result.opset}, not the requested {result.requested_opset}")
+    for note in result.notes:
+        info(f"note: {note}")
     if result.train_mode:
         info("note: the module was in train mode; BatchNorm was exported with its running statistics")
     if result.checks:

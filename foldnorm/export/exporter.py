@@ -30,10 +30,11 @@ import onnx
 
 from foldnorm.errors import ExportError, FoldnormError, InputSpecError, first_line
 from foldnorm.export.cleanup import clean_export
+from foldnorm.export.diagnose import SPECIALISED, fp16_note, root_cause, specialises_batch, static_batch
 from foldnorm.fold.normalizations import survey
 from foldnorm.onnxgraph.inputs import input_specs
 from foldnorm.onnxgraph.modelio import check_output_path, needs_external_data, save_model
-from foldnorm.verify.compare import measure_error
+from foldnorm.verify.measure import measure_error
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 Exporter = Literal["dynamo", "legacy"]
 ExportDtype = Literal["float32", "float16", "bfloat16"]
 
-# Loggers that print warnings we cannot act on during an export (torchvision absent, deprecations).
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch._export", "onnxscript")
+# Loggers that print warnings and guard errors we cannot act on during an export (torch's own, its exporters').
+_NOISY_LOGGERS = ("torch", "onnxscript", "onnx_ir")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class ExportResult:
     checks: list[BatchCheck] = field(default_factory=list)
     check_note: str | None = None
     requested_opset: int | None = None
+    #: what the export did differently from what was asked, and why (e.g. a static batch torch forced)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready data."""
@@ -90,6 +93,9 @@ class ExportResult:
         prot = ", ".join(f"{v} {k}" for k, v in self.protected.items() if v) or "no GN/LN/IN"
         if self.check_note and not self.checks:
             check = f"not checked: {self.check_note}"
+        elif self.check_note:
+            check = (f"ORT vs torch max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g} (batch sizes "
+                     f"{self.check_batch_sizes}): {'ok' if self.ok else 'MISMATCH'}: {self.check_note}")
         else:
             check = (f"ORT vs torch max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g} "
                      f"(batch sizes {self.check_batch_sizes}): {'ok' if self.ok else 'MISMATCH'}")
@@ -118,13 +124,19 @@ def _stdout_fd_to_devnull() -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
-    """Silence torch's warnings, exporter log lines and graph dumps on stdout for the duration."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    """Silence torch's warnings, log lines (its guard errors too) and graph dumps on stdout for the duration.
+
+    With logging at INFO or below (`foldnorm -v`) torch's errors are let through.
+    """
+    names = [name for name in logging.root.manager.loggerDict
+             if name.split(".")[0] in _NOISY_LOGGERS] + list(_NOISY_LOGGERS)
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(names)]
     levels = [lg.level for lg in loggers]
+    quiet = logging.ERROR if logging.getLogger().getEffectiveLevel() <= logging.INFO else logging.CRITICAL + 1
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stdout_fd_to_devnull():
         warnings.simplefilter("ignore")
         for lg in loggers:
-            lg.setLevel(logging.ERROR)
+            lg.setLevel(quiet)
         try:
             yield
         finally:
@@ -145,6 +157,9 @@ def export_onnx(
     check_batch_sizes: Sequence[int] = (1, 2),
     dtype: ExportDtype | None = None,
     external_data: bool | None = None,
+    require_dynamic_batch: bool = False,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> ExportResult:
     """Export `module` to `path` as ONNX with every BatchNorm still present, then check it against torch.
 
@@ -153,7 +168,9 @@ def export_onnx(
     `dynamic_batch=False`. `external_data` stores weights in `<path>.data` (None: only above protobuf's
     limit). A module in train mode is refused unless `train_ok` (BN then uses its running statistics).
     ONNX Runtime cannot run bfloat16 Conv/Gemm/MatMul on the CPU: such exports are written but not checked
-    (`check_note` says so).
+    (`check_note` says so). When torch cannot keep the batch dynamic (the module specialises it), the model is
+    exported with the example's static batch and `notes` says so, unless `require_dynamic_batch` (then
+    `ExportError`). `rtol`/`atol` override the check's per-dtype tolerances.
     """
     import torch
 
@@ -181,18 +198,62 @@ def export_onnx(
     work.eval()
     try:
         return _export_eval_module(work, args, names, out, opset=opset, exporter=exporter,
-                                   dynamic_batch=dynamic_batch, external_data=external_data,
-                                   check_batch_sizes=check_batch_sizes, train_mode=was_training,
-                                   label=module)
+                                   batch=_BatchPolicy(dynamic_batch, require_dynamic_batch),
+                                   external_data=external_data, check=_Check(check_batch_sizes, rtol, atol),
+                                   train_mode=was_training, label=module)
     finally:
         if was_training:
             module.train()
 
 
+@dataclass(frozen=True)
+class _BatchPolicy:
+    """A dynamic batch axis wanted, and whether a static one (when torch cannot keep it dynamic) is an error."""
+
+    dynamic: bool
+    required: bool
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The check against torch: batch sizes (the example's alone for a static batch) and tolerance overrides."""
+
+    batch_sizes: Sequence[int]
+    rtol: float | None
+    atol: float | None
+
+
+def _export_batch(work: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output_names: list[str],
+                  opset: int, exporter: Exporter, batch: _BatchPolicy) -> tuple[onnx.ModelProto, bool, list[str]]:
+    """Run the exporter; a batch torch cannot keep dynamic becomes static (with a note) unless it is required.
+
+    Returns the model, whether its batch axis is dynamic, and the notes.
+    """
+    example = int(args[0].shape[0]) if args[0].dim() else 1
+    demand = "; pass --static to accept a static batch, or change the module"
+    try:
+        model = _run_exporter(work, args, names, output_names, opset, exporter, batch.dynamic)
+    except ExportError as exc:
+        if not (batch.dynamic and exc.__cause__ is not None and specialises_batch(exc.__cause__)):
+            raise
+        if batch.required:
+            raise ExportError(f"torch cannot export {type(work).__name__} with a dynamic batch: {SPECIALISED} "
+                              f"(torch: ConstraintViolationError){demand}") from exc
+        model = _run_exporter(work, args, names, output_names, opset, exporter, False)
+        return model, False, [f"{SPECIALISED} (torch: ConstraintViolationError), so the batch is static "
+                              f"({example}); pass --dynamic-batch to make that an error"]
+    fixed = static_batch(model, names) if batch.dynamic else None
+    if fixed is None:
+        return model, batch.dynamic, []
+    if batch.required:
+        raise ExportError(f"torch made the batch of {type(work).__name__} static ({fixed}): {SPECIALISED}{demand}")
+    return model, False, [f"torch made the batch static ({fixed}): {SPECIALISED}; the file takes batch {fixed} "
+                          "only (pass --dynamic-batch to make that an error)"]
+
+
 def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str], out: Path, *,
-                        opset: int, exporter: Exporter, dynamic_batch: bool, external_data: bool | None,
-                        check_batch_sizes: Sequence[int], train_mode: bool, label: torch.nn.Module
-                        ) -> ExportResult:
+                        opset: int, exporter: Exporter, batch: _BatchPolicy, external_data: bool | None,
+                        check: _Check, train_mode: bool, label: torch.nn.Module) -> ExportResult:
     """Export the eval-mode `work`, clean, record settings, save and check (`label`: the caller's module)."""
     import torch
 
@@ -204,7 +265,7 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
         raise InputSpecError(f"{type(label).__name__} fails on example inputs of shape {shapes} "
                              f"({_first_line(exc)}); give shapes it accepts (--input-shape)") from exc
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    model = _run_exporter(work, args, names, output_names, opset, exporter, dynamic_batch)
+    model, dynamic_batch, notes = _export_batch(work, args, names, output_names, opset, exporter, batch)
     cleanup = clean_export(model)
     requested, opset = opset, _default_opset(model, opset)
     if opset != requested:
@@ -227,12 +288,14 @@ def _export_eval_module(work: torch.nn.Module, args: tuple[torch.Tensor, ...], n
         str(out), exporter, opset, norms.batchnorm, norms.by_op(), dtype=settings["foldnorm.dtype"],
         inputs={n: list(a.shape) for n, a in zip(names, args)}, outputs=[o.name for o in model.graph.output],
         dynamic_batch=dynamic_batch, external_data=saved_external, train_mode=train_mode,
-        cleanup=cleanup.to_dict(), requested_opset=requested,
+        cleanup=cleanup.to_dict(), requested_opset=requested, notes=notes,
     )
-    if check_batch_sizes:
-        batches = list(check_batch_sizes) if dynamic_batch else [int(args[0].shape[0])]
+    if check.batch_sizes:
+        batches = list(check.batch_sizes) if dynamic_batch else [int(args[0].shape[0])]
         with torch.no_grad():
-            _check_against_torch(work, args, out, model, result, batches)
+            _check_against_torch(work, args, out, model, result, _Check(batches, check.rtol, check.atol))
+            if not result.ok and result.checks and result.dtype == "float16":
+                _explain_fp16(label, work, args, result)
     return result
 
 
@@ -280,7 +343,7 @@ def _run_exporter(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names
         other = "legacy" if exporter == "dynamo" else "dynamo"
         hint = f"try --exporter {other}" + ("" if not dynamic_batch else " or --static")
         raise ExportError(f"torch could not export {type(module).__name__} with the {exporter} exporter "
-                          f"({_first_line(exc)}); {hint}") from exc
+                          f"({root_cause(exc)}); {hint}") from exc
 
 
 def _export_dynamo(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
@@ -337,7 +400,7 @@ def _random_like(example: torch.Tensor, batch: int, gen: torch.Generator) -> tor
 
 
 def _check_against_torch(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-                         model: onnx.ModelProto, result: ExportResult, batch_sizes: Sequence[int]) -> None:
+                         model: onnx.ModelProto, result: ExportResult, spec: _Check) -> None:
     """Run the saved file on ORT (optimizations disabled) and `module` on the same inputs; fill `result`."""
     import torch
 
@@ -351,7 +414,7 @@ def _check_against_torch(module: torch.nn.Module, args: tuple[torch.Tensor, ...]
     feed_names = [spec.name for spec in input_specs(model)]
     gen = torch.Generator().manual_seed(0)
     with session:
-        for batch in batch_sizes:
+        for batch in spec.batch_sizes:
             inputs = tuple(_random_like(a, batch, gen) for a in args)
             expected = _leaves(module(*inputs))
             try:
@@ -362,15 +425,32 @@ def _check_against_torch(module: torch.nn.Module, args: tuple[torch.Tensor, ...]
             check = BatchCheck(batch, 0.0, 0.0, len(got) == len(expected))
             for ref, cand in zip(expected, got):
                 ref_np = ref.float().numpy() if ref.dtype == torch.bfloat16 else ref.numpy()
-                max_abs, max_rel, bad, _ = measure_error(ref_np, np.asarray(cand, dtype=ref_np.dtype))
+                max_abs, max_rel, bad, _ = measure_error(ref_np, np.asarray(cand, dtype=ref_np.dtype), spec.rtol,
+                                                         spec.atol)
                 check.max_abs, check.max_rel = max(check.max_abs, max_abs), max(check.max_rel, max_rel)
                 check.ok = check.ok and bad == 0
             result.checks.append(check)
             log.info("export check at batch %d: max abs %.3g, max rel %.3g", batch, check.max_abs, check.max_rel)
-    result.check_batch_sizes = list(batch_sizes)
+    result.check_batch_sizes = list(spec.batch_sizes)
     result.max_abs = max(c.max_abs for c in result.checks)
     result.max_rel = max(c.max_rel for c in result.checks)
     result.ok = all(c.ok for c in result.checks)
+
+
+def _explain_fp16(original: torch.nn.Module, work: torch.nn.Module, args: tuple[torch.Tensor, ...],
+                  result: ExportResult) -> None:
+    """A float16 export that missed its tolerance: when the float16 module is as far from its float32 original as
+    ONNX Runtime is from it, the error is float16's own; `check_note` says so."""
+    import torch
+
+    if original is work or not all(p.dtype == torch.float32 for p in original.parameters()):
+        return
+    with torch.no_grad():
+        half = _leaves(work(*args))
+        full = _leaves(original(*[a.float() if a.is_floating_point() else a for a in args]))
+    intrinsic = max((measure_error(f.numpy(), h.float().numpy())[1] for f, h in zip(full, half)), default=0.0)
+    if result.max_rel <= 4 * intrinsic:
+        result.check_note = fp16_note(result.max_rel, intrinsic)
 
 
 def _check_failed(result: ExportResult, args: tuple[torch.Tensor, ...], reason: str) -> None:

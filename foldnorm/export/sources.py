@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+# File suffixes of PyTorch checkpoints and weight files, which hold no module to export.
+_CHECKPOINTS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl")
+
+
 @dataclass
 class ModelSource:
     """An unfolded ONNX file to work on, and the PyTorch module it came from when known."""
@@ -28,8 +32,8 @@ class ModelSource:
 
 
 def is_onnx_path(spec: str) -> bool:
-    """Whether `spec` names an ONNX file rather than a built-in model or an import spec."""
-    return spec.endswith(".onnx") or Path(spec).exists()
+    """Whether `spec` names an ONNX file rather than a built-in model, an import spec or a PyTorch checkpoint."""
+    return spec.endswith(".onnx") or (Path(spec).exists() and Path(spec).suffix.lower() not in _CHECKPOINTS)
 
 
 def load_module(spec: str) -> tuple[nn.Module, Shape | None, str]:
@@ -39,6 +43,11 @@ def load_module(spec: str) -> tuple[nn.Module, Shape | None, str]:
     """
     from torch import nn
 
+    if Path(spec).suffix.lower() in _CHECKPOINTS:
+        raise InputSpecError(f"{spec} is a checkpoint (weights), not a module: torch cannot rebuild the network from "
+                             "it alone; give the code that builds the module as package.module:attr (an nn.Module "
+                             "or a callable returning one, which may load the checkpoint), e.g. "
+                             "mypkg.nets:build_net --input-shape 1x3x224x224")
     if ":" not in spec:
         from foldnorm.models import get_spec
 

@@ -60,6 +60,7 @@ from foldnorm.onnxgraph.graph import (
     subgraphs,
 )
 from foldnorm.onnxgraph.modelio import ModelLike, default_opset, load_model, validate_model
+from foldnorm.onnxgraph.stats import model_stats
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def fold_model(
     else:
         model = load_model(source)
     opts = options or FoldOptions()
-    report = FoldReport()
+    report = FoldReport(before=model_stats(model, None if isinstance(source, onnx.ModelProto) else source))
     detached = _constant_inputs(model, opts, report)
     opset = default_opset(model.opset_import)
     _fold_graph(model.graph, None, None, "main", opts, report, opset, model)
@@ -122,6 +123,7 @@ def fold_model(
         if detached is not None:
             initializer_inputs.relist(model.graph, detached)
         _initializers_to_constants(model.graph)
+    report.after = model_stats(model)
     return FoldResult(model, report)
 
 

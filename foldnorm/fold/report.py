@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from foldnorm.fold.normalizations import NormCounts
+from foldnorm.onnxgraph.stats import ModelStats
 
 Outcome = Literal["folded", "skipped", "kept"]
 
@@ -24,6 +25,11 @@ class FoldRecord:
     target: str | None = None
     module: str | None = None
     graph: str = "main"
+    #: the fold's error when verification ran: the folded model against the original at `error_at`, the tensor
+    #: both compute where the fold took effect (the BN's output, or the output of the op it folded into)
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    error_at: str | None = None
     #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved (a quantization point) or requantized.
     quantization: str | None = None
 
@@ -39,6 +45,9 @@ class FoldReport:
     records: list[FoldRecord] = field(default_factory=list)
     #: sentences about the whole model (how its inputs were read ...).
     notes: list[str] = field(default_factory=list)
+    #: the model before and after folding: nodes by op type, parameters, size
+    before: ModelStats | None = None
+    after: ModelStats | None = None
 
     def add(self, record: FoldRecord) -> None:
         """Append one record."""
@@ -96,6 +105,11 @@ class FoldReport:
             f"intact{quant_text}"
         )
 
+    def worst(self, count: int) -> list[FoldRecord]:
+        """The `count` folded records with the largest measured relative error, largest first."""
+        measured = [r for r in self.records if r.max_rel_err is not None]
+        return sorted(measured, key=lambda r: r.max_rel_err or 0.0, reverse=True)[:count]
+
     def quantization_counts(self) -> dict[str, int]:
         """Folds into quantized (QDQ) weights by label (exact, bias-rounded, moved, requantized), in that order."""
         c = Counter(r.quantization for r in self.records if r.outcome == "folded" and r.quantization)
@@ -106,6 +120,8 @@ class FoldReport:
         return {
             "records": [r.to_dict() for r in self.records],
             "counts": self.counts(),
+            "before": self.before.to_dict() if self.before else None,
+            "after": self.after.to_dict() if self.after else None,
             "quantization": self.quantization_counts(),
             "summary": self.summary(),
             "notes": list(self.notes),

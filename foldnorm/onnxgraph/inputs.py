@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -140,9 +137,12 @@ def make_feeds(
     seed: int = 0,
     shapes: Mapping[str, Shape] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for every model input, with the batch axis set to `batch_size` where dynamic."""
-    shapes = dict(shapes or {})
+    """Seeded random feeds for every model input, with the batch axis set to `batch_size` where dynamic.
+
+    `shapes` sizes dynamic dims by input name; a shape under the name "" is the only input's.
+    """
     specs = input_specs(model)
+    shapes = name_the_only_input(dict(shapes or {}), specs)
     unknown = set(shapes) - {s.name for s in specs}
     if unknown:
         names = ", ".join(s.name for s in specs)
@@ -152,21 +152,24 @@ def make_feeds(
             for s in specs}
 
 
-def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Real inputs from an `.npz` file holding one array per model input (named like the input).
+def name_the_only_input(shapes: dict[str, Shape], specs: list[InputSpec]) -> dict[str, Shape]:
+    """Shapes given without a name (key "") belong to the model's only input."""
+    if "" not in shapes:
+        return shapes
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise InputSpecError(f"a shape without an input name fits a model with one input, but this one has "
+                             f"{len(specs)} ({names}); give NAME:1x3x224x224")
+    unnamed = shapes.pop("")
+    return {specs[0].name: unnamed, **shapes}
+
+
+def fit_feed(arrays: Mapping[str, np.ndarray], model: onnx.ModelProto, where: str) -> dict[str, np.ndarray]:
+    """Check one feed of real inputs (one array per model input, named like it) against `model`.
 
     Arrays are cast to the input's dtype when that cast keeps their kind (float64 -> float32); their rank
-    and static dims must match the model.
+    and static dims must match the model. `where` names the data's origin in the error messages.
     """
-    where = Path(path)
-    if not where.is_file():
-        raise InputSpecError(f"{where}: no such file; give an .npz written by numpy.savez with one array per input")
-    try:
-        with np.load(where, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputSpecError(f"{where}: not a readable .npz file ({exc}); write it with numpy.savez(path, "
-                             "name=array, ...)") from None
     specs = input_specs(model)
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
@@ -176,7 +179,7 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.
                              f"(missing {missing}, unknown {extra}); name one array per input")
     feeds = {}
     for spec in specs:
-        array = arrays[spec.name]
+        array = np.asarray(arrays[spec.name])
         if array.dtype != spec.dtype:
             if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
                 raise InputSpecError(f"{where}: array {spec.name!r} is {array.dtype.name}, the model wants "
@@ -190,3 +193,11 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.
                                  f"model wants {dims}; save an array of that shape")
         feeds[spec.name] = array
     return feeds
+
+
+def cast_feed(feed: Mapping[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """`feed` with each float array cast to the dtype of `model`'s input of that name (fp32 data for an fp16
+    model); arrays already of the right dtype are passed as they are."""
+    dtypes = {s.name: s.dtype for s in input_specs(model)}
+    return {name: array.astype(dtypes[name]) if name in dtypes and array.dtype != dtypes[name] else array
+            for name, array in feed.items()}

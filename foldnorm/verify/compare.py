@@ -1,20 +1,22 @@
 """Equivalence of two ONNX models: numbers on ONNX Runtime (CPU, optimizations disabled), and structure.
 
-Errors are measured per output: `max_abs = max |candidate - reference|`, and `max_rel = max_abs / scale`
-where `scale = max |reference|` (relative to the reference output's scale, so near-zero elements do not
-blow it up). An element is out of tolerance when `|candidate - reference| > atol + rtol * scale`; a NaN or
-Inf where the reference is finite ("introduced") always counts as out of tolerance.
+Errors are measured per output in float64 (`verify.measure`): `max_abs = max |candidate - reference|`, and
+`max_rel = max_abs / scale` where `scale = max |reference|` (relative to the reference output's scale, so
+near-zero elements do not blow it up). An element is out of tolerance when `|candidate - reference| > atol +
+rtol * scale`; a NaN or Inf where the reference is finite ("introduced") always counts as out of tolerance.
 
-Default tolerances follow the reference output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
-float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. A
+Default tolerances follow the candidate output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
+float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. Models of
+different float precisions compare (fp32 against fp16): inputs are drawn in the reference's dtypes and cast for
+the candidate. A task-level `metric` (top-K agreement, cosine) can replace the element-wise verdict for float
+outputs. A
 quantized (QDQ) reference is compared in steps of each output's quantizer instead (`verify.quantized`).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,22 +25,44 @@ import onnx
 
 from foldnorm.errors import InputSpecError, ModelMismatchError
 from foldnorm.onnxgraph.atomicfile import temporary_directory
-from foldnorm.onnxgraph.inputs import InputSpec, Shape, feed_bytes, input_specs, load_feeds, make_feeds, output_specs
+from foldnorm.onnxgraph.inputs import (
+    InputSpec,
+    Shape,
+    cast_feed,
+    concrete_shape,
+    feed_bytes,
+    fit_feed,
+    input_specs,
+    make_feeds,
+    name_the_only_input,
+    output_specs,
+)
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label
-from foldnorm.verify.ortrun import outputs, reported_dtype
+from foldnorm.verify.localize import Localization, localize
+from foldnorm.verify.measure import (
+    DEFAULT_TOLERANCES,
+    MIN_COSINE,
+    ErrorStats,
+    Metric,
+    check_tolerances,
+    is_float,
+    measure_error,
+    tolerances_for,
+)
+from foldnorm.verify.noise import NoiseFloor, noise_floor
+from foldnorm.verify.ortrun import outputs
 from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
+from foldnorm.verify.tensors import CHUNK, side_by_side, tensor_errors
+
+__all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "check_tolerances", "compare_models", "measure_error",
+           "tolerances_for"]
 
 # Random inputs of one verification (all batch sizes and samples), and the reference outputs it keeps.
 DATA_BUDGET = 2 << 30
 
-# Default tolerances by the reference output's dtype: (rtol, atol).
-DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-9, 1e-12),
-    "float32": (1e-4, 1e-6),
-    "float16": (1e-2, 1e-3),
-    "bfloat16": (5e-2, 1e-2),
-}
+Feed = dict[str, np.ndarray]
+Inputs = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
 
 
 @dataclass
@@ -58,11 +82,23 @@ class OutputDiff:
     quant_step: float | None = None
     #: elements that may be out of tolerance (a quantized reference: `verify.quantized.QDQ_OUTLIERS` of them).
     allowed: int = 0
+    #: the metric that decides (`max-rel`: the element-wise tolerance), and its worst score over all runs
+    metric: str = "max-rel"
+    score: float | None = None
+    metric_ok: bool | None = None
+    #: the reference's own max rel change under a 1-ulp input perturbation, when it was measured
+    noise_floor: float | None = None
+    within_noise: bool = False
 
     @property
     def ok(self) -> bool:
-        """Within tolerance (but for `allowed` elements) and no NaN/Inf that the reference does not have."""
-        return self.mismatched - self.nonfinite_introduced <= self.allowed and self.nonfinite_introduced == 0
+        """No NaN/Inf that the reference does not have, and within tolerance (but for `allowed` elements), or the
+        metric, or the noise floor."""
+        if self.nonfinite_introduced:
+            return False
+        if self.metric_ok is not None:
+            return self.metric_ok
+        return self.mismatched <= self.allowed or self.within_noise
 
 
 @dataclass
@@ -77,6 +113,13 @@ class VerifyResult:
     inputs: str | None = None
     outputs: list[OutputDiff] = field(default_factory=list)
     structure: StructureReport | None = None
+    #: the batch sizes asked for (`batch_sizes` are those that ran: a static batch axis keeps its size)
+    requested_batch_sizes: list[int] = field(default_factory=list)
+    metric: str = "max-rel"
+    #: errors of the intermediate tensors asked for (`tensors=`), by name
+    tensors: dict[str, ErrorStats] = field(default_factory=dict)
+    localization: Localization | None = None
+    noise: NoiseFloor | None = None
 
     @property
     def numerics_ok(self) -> bool:
@@ -98,6 +141,15 @@ class VerifyResult:
         """Largest scale-relative error over all outputs."""
         return max((o.max_rel for o in self.outputs), default=0.0)
 
+    def ran(self) -> str:
+        """What the models ran on: the input file, or the batch sizes (and why they differ from those asked)."""
+        if self.inputs:
+            return f"inputs from {self.inputs}"
+        text = f"batch sizes {self.batch_sizes}"
+        if self.requested_batch_sizes and self.requested_batch_sizes != self.batch_sizes:
+            text += f" (the model's batch axis is static; {self.requested_batch_sizes} asked)"
+        return text
+
     def summary(self) -> str:
         """One line: pass/fail and the worst errors."""
         verdict = "equivalent" if self.ok else "NOT equivalent"
@@ -105,9 +157,13 @@ class VerifyResult:
         tail = f"; failing outputs: {', '.join(bad)}" if bad else ""
         if self.structure is not None and not self.structure.intact:
             tail += "; protected normalizations changed"
-        over = f"inputs from {self.inputs}" if self.inputs else f"batch sizes {self.batch_sizes}"
+        scored = [o for o in self.outputs if o.score is not None]
+        if scored:
+            tail += f"; {self.metric} {min(o.score or 0.0 for o in scored):.6g}"
+        if any(o.within_noise and o.mismatched for o in self.outputs) and self.noise is not None:
+            tail += f"; within {self.noise.multiple:g}x the reference's noise floor {self.noise.max_rel:.3g}"
         return (f"{verdict}: max abs error {self.max_abs:.3g}, max rel error {self.max_rel:.3g} "
-                f"over {over}{tail}")
+                f"over {self.ran()}{tail}")
 
     def details(self) -> str:
         """A few readable lines: one per output, the structure, and the summary."""
@@ -118,6 +174,8 @@ class VerifyResult:
                          f"NaN/Inf introduced {o.nonfinite_introduced}  {'ok' if o.ok else 'FAIL'}")
         if self.structure is not None:
             lines.append(f"  {self.structure.summary()}")
+        if self.localization is not None:
+            lines.extend(f"  {line}" for line in self.localization.lines())
         return "\n".join([self.summary(), *lines])
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,17 +184,26 @@ class VerifyResult:
             "reference": self.reference,
             "candidate": self.candidate,
             "batch_sizes": self.batch_sizes,
+            "requested_batch_sizes": self.requested_batch_sizes,
             "seed": self.seed,
             "samples": self.samples,
             "inputs": self.inputs,
+            "metric": self.metric,
             "ok": self.ok,
             "numerics_ok": self.numerics_ok,
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
             "outputs": [asdict(o) | {"ok": o.ok} for o in self.outputs],
             "structure": self.structure.to_dict() if self.structure else None,
+            "tensors": {name: asdict(s) | {"ok": s.ok} for name, s in self.tensors.items()},
+            "localization": self.localization.to_dict() if self.localization else None,
+            "noise_floor": self.noise.to_dict() if self.noise else None,
             "summary": self.summary(),
         }
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
 
 
 def _in_steps(diff: OutputDiff) -> str:
@@ -146,49 +213,11 @@ def _in_steps(diff: OutputDiff) -> str:
     return f" ({diff.atol / diff.quant_step:g} steps of {diff.quant_step:.3g}; {diff.allowed} may be outside)"
 
 
-def measure_error(
-    reference: np.ndarray, candidate: np.ndarray, rtol: float | None = None, atol: float | None = None
-) -> tuple[float, float, int, int]:
-    """`(max_abs, max_rel, mismatched, nonfinite_introduced)` of `candidate` against `reference`.
-
-    A tolerance left as None is the default for the reference's dtype (`tolerances_for`).
-    """
-    rtol, atol = tolerances_for(np.asarray(reference).dtype, rtol, atol)
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape:
-        return float("inf"), float("inf"), int(max(ref.size, cand.size)), 0
-    ref_finite = np.isfinite(ref)
-    introduced = int(np.count_nonzero(ref_finite & ~np.isfinite(cand)))
-    both = ref_finite & np.isfinite(cand)
-    if not np.any(both):
-        return 0.0, 0.0, introduced, introduced
-    diff = np.abs(cand[both] - ref[both])
-    scale = float(np.max(np.abs(ref[both])))
-    max_abs = float(np.max(diff))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    mismatched = int(np.count_nonzero(diff > atol + rtol * scale)) + introduced
-    return max_abs, max_rel, mismatched, introduced
-
-
-def tolerances_for(dtype: np.dtype, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    """The (rtol, atol) to use for an output of `dtype`, with user overrides (finite numbers >= 0)."""
-    check_tolerances(rtol, atol)
-    default_rtol, default_atol = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
-    return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
-
-
-def check_tolerances(rtol: float | None, atol: float | None) -> None:
-    """Raise `InputSpecError` unless each given tolerance is a finite number >= 0 (NaN would pass anything)."""
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputSpecError(f"{name}={value}: a tolerance is a finite number >= 0; give e.g. {name}=1e-4")
-
-
 def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
     """Raise `ModelMismatchError` unless both models have the same input and output names, types and shapes.
 
-    Static dims must agree; a dim that is symbolic on either side is not compared.
+    Static dims must agree; a dim that is symbolic on either side is not compared. Float types may differ (an
+    fp16 candidate of an fp32 reference).
     """
     for kind, ref_specs, cand_specs in (("input", input_specs(reference), input_specs(candidate)),
                                         ("output", output_specs(reference), output_specs(candidate))):
@@ -199,7 +228,8 @@ def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> N
                 "two versions of the same model"
             )
         for r, c in zip(ref_specs, cand_specs):
-            if r.elem_type != c.elem_type or not _dims_agree(r.dims, c.dims):
+            same_type = r.elem_type == c.elem_type or {r.elem_type, c.elem_type} <= _FLOAT_TYPES
+            if not same_type or not _dims_agree(r.dims, c.dims):
                 raise ModelMismatchError(
                     f"{kind} {r.name!r} is {_describe(r)} in the reference but {_describe(c)} in the candidate; "
                     "compare two versions of the same model"
@@ -217,6 +247,64 @@ def _dims_agree(a: tuple[int | str | None, ...], b: tuple[int | str | None, ...]
 def _describe(spec: InputSpec) -> str:
     dims = ",".join(str(d) if d not in (None, 0) else "?" for d in spec.dims)
     return f"{onnx.helper.tensor_dtype_to_string(spec.elem_type).removeprefix('TensorProto.').lower()}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The feeds of a verification. Each iteration draws them anew, one at a time: random inputs of every batch
+    size and sample are never all held at once."""
+
+    make: Callable[[], Iterator[Feed]]
+    #: the batch sizes the feeds really have (axis 0 of the first input that has one), each once, in order
+    batch_sizes: list[int]
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self.make()
+
+    def cast_for(self, model: onnx.ModelProto) -> Draws:
+        """The same feeds with float arrays cast to `model`'s input dtypes (fp32 data for an fp16 model)."""
+        return Draws(lambda: (cast_feed(feed, model) for feed in self.make()), self.batch_sizes)
+
+
+def verification_draws(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (1, 2), seed: int = 0,
+                       samples: int = 1, shapes: Mapping[str, Shape] | None = None,
+                       inputs: Inputs | None = None) -> Draws:
+    """The feeds a verification of `model` runs: `samples` seeded random draws per batch size (drawn when
+    iterated, within `DATA_BUDGET`), or real data (an `.npz`/Polygraphy `.json` file, or a sequence of
+    `{input name: array}` dicts), checked against the model."""
+    if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
+        raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
+                             "use e.g. batch_sizes=(1, 4), samples=1")
+    if inputs is None:
+        shapes = name_the_only_input(dict(shapes or {}), input_specs(model))
+        _check_input_budget(model, batch_sizes, samples, shapes)
+
+        def draws() -> Iterator[Feed]:
+            for k, batch in enumerate(batch_sizes):
+                for j in range(samples):
+                    yield make_feeds(model, batch, seed + k * samples + j, shapes)
+
+        return Draws(draws, list(dict.fromkeys(_batch_run(model, b, shapes) for b in batch_sizes)))
+    if isinstance(inputs, (str, os.PathLike)):
+        from foldnorm.verify.data import read_feeds
+
+        where, given = str(inputs), read_feeds(inputs)
+    else:
+        where, given = "the given inputs", [dict(feed) for feed in inputs]
+    if not given:
+        raise InputSpecError(f"{where}: holds no feed; give at least one {{input name: array}}")
+    loaded = [fit_feed(feed, model, where) for feed in given]
+    sizes = [next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in loaded]
+    return Draws(lambda: iter(loaded), list(dict.fromkeys(sizes)))
+
+
+def _batch_run(model: onnx.ModelProto, batch: int, shapes: Mapping[str, Shape] | None) -> int:
+    """The batch size random draws for `batch` really have: a static batch axis keeps its own size."""
+    for spec in input_specs(model):
+        shape = concrete_shape(spec, batch, (shapes or {}).get(spec.name))
+        if shape:
+            return int(shape[0])
+    return batch
 
 
 def _check_input_budget(model: onnx.ModelProto, batch_sizes: Sequence[int], samples: int,
@@ -250,79 +338,130 @@ def compare_models(
     seed: int = 0,
     samples: int = 1,
     shapes: Mapping[str, Shape] | None = None,
-    inputs: str | os.PathLike | None = None,
+    inputs: Inputs | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     structure: bool = True,
+    metric: Metric | str = "max-rel",
+    min_cosine: float = MIN_COSINE,
+    tensors: Sequence[str] = (),
+    localize_failure: bool = False,
+    noise: bool = False,
+    save_inputs: str | os.PathLike | None = None,
+    save_outputs: str | os.PathLike | None = None,
 ) -> VerifyResult:
     """Run `reference` and `candidate` on the same inputs with ONNX Runtime and compare every output.
 
     Both accept a path or an `onnx.ModelProto`. Inputs are `samples` seeded random draws per batch size
-    (shapes from the model, `shapes` for dynamic dims), or the arrays of the `.npz` file `inputs`.
-    Tolerances default per output dtype (`DEFAULT_TOLERANCES`). With `structure` the result also says
-    whether every GroupNorm/LayerNorm/InstanceNorm of the reference is intact in the candidate, and how
-    many BatchNorms each side has. Models with different interfaces raise `ModelMismatchError`.
+    (shapes from the model, `shapes` for dynamic dims), or real data: `inputs` is an `.npz` or Polygraphy
+    `.json` file, or a sequence of `{input name: array}` feeds. Inputs are drawn in the reference's dtypes and
+    cast for the candidate. Tolerances default per candidate output dtype (`DEFAULT_TOLERANCES`); `metric`
+    (`max-rel`, `top1`, `topk:K`, `cosine` with `min_cosine`) decides float outputs. With `structure` the result
+    also says whether every GroupNorm/LayerNorm/InstanceNorm of the reference is intact in the candidate.
+    `tensors` names intermediate tensors both models compute, whose errors go into `result.tensors`;
+    `localize_failure` searches, when outputs fail, for the first tensor where the models diverge
+    (`result.localization`); `noise` measures, when an output misses its tolerance, the reference's own noise
+    floor and accepts errors within a small multiple of it (`verify.noise`). `save_inputs` and `save_outputs`
+    write the feeds and both models' outputs (`.npz` or `.json`). Models with different interfaces raise
+    `ModelMismatchError`.
     """
-    if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
-        raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
-                             "use e.g. batch_sizes=(1, 4), samples=1")
+    chosen = metric if isinstance(metric, Metric) else Metric.parse(metric, min_cosine)
     check_tolerances(rtol, atol)
     # Files are read without their weights (ONNX Runtime opens the files themselves).
     ref_model = load_model(reference, keep_weights_on_disk=True)
     cand_model = load_model(candidate, keep_weights_on_disk=True)
     check_interface(ref_model, cand_model)
-    if inputs is not None:
-        loaded = load_feeds(inputs, ref_model)
-        first = next(iter(loaded.values()), np.zeros(()))
-        batches = [int(first.shape[0])] if first.ndim else []
-
-        def draws() -> Iterator[dict[str, np.ndarray]]:
-            yield loaded
-    else:
-        _check_input_budget(ref_model, batch_sizes, samples, shapes)
-        batches = list(batch_sizes)
-
-        def draws() -> Iterator[dict[str, np.ndarray]]:  # drawn one at a time, for each model in turn
-            for k, batch in enumerate(batch_sizes):
-                for j in range(samples):
-                    yield make_feeds(ref_model, batch, seed + k * samples + j, shapes)
-    result = VerifyResult(model_label(reference), model_label(candidate), batches, seed, samples,
-                          str(inputs) if inputs is not None else None)
+    draws = verification_draws(ref_model, batch_sizes=batch_sizes, seed=seed, samples=samples, shapes=shapes,
+                               inputs=inputs)
+    cand_draws = draws.cast_for(cand_model)
+    result = VerifyResult(model_label(reference), model_label(candidate), draws.batch_sizes, seed, samples,
+                          str(inputs) if isinstance(inputs, (str, os.PathLike)) else None,
+                          requested_batch_sizes=list(batch_sizes) if inputs is None else [], metric=chosen.label)
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
+    if save_inputs is not None:
+        from foldnorm.verify.data import write_feeds
+
+        write_feeds(save_inputs, list(draws))
     names = [o.name for o in ref_model.graph.output]
     steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
-    rows: list[list[tuple[float, float, int, int]]] = [[] for _ in names]
     with temporary_directory() as tmp:
-        expected = _kept(outputs(reference, ref_model, tmp, "reference", result.reference, draws()))
-        tolerances = [_tolerances(ref_model, i, [e[i] for e in expected], steps, rtol, atol) for i in range(len(names))]
-        for e, got in zip(expected, outputs(candidate, cand_model, tmp, "candidate", result.candidate, draws())):
-            for i, row in enumerate(rows):
-                row.append(measure_error(e[i], got[i], *tolerances[i][:2]))
-    for i, name in enumerate(names):
-        r, a, step = tolerances[i]
-        result.outputs.append(OutputDiff(
-            name=name,
-            dtype=reported_dtype(ref_model, i, expected[0][i].dtype).name,
-            max_abs=max(row[0] for row in rows[i]),
-            max_rel=max(row[1] for row in rows[i]),
-            mismatched=sum(row[2] for row in rows[i]),
-            total=sum(e[i].size for e in expected),
-            rtol=r,
-            atol=a,
-            nonfinite_introduced=sum(row[3] for row in rows[i]),
-            quant_step=step,
-            allowed=outliers_allowed(sum(e[i].size for e in expected)) if step is not None else 0,
-        ))
+        labels = (result.reference, result.candidate)
+        got: Iterator[list[np.ndarray]]
+        if tensors:  # the outputs and the first chunk of tensors in one side-by-side run, the rest after
+            wanted = list(dict.fromkeys(tensors))
+            expected, both = side_by_side(ref_model, cand_model, wanted[:CHUNK], draws, cand_draws, tmp,
+                                          result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names,
+                                          run=outputs)
+            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], draws, cand_draws, tmp,
+                                                rtol=rtol, atol=atol, labels=labels, run=outputs))
+            got = iter(both)
+        else:  # one session at a time: two big models are never both loaded, the candidate's outputs not kept
+            expected = _kept(outputs(reference, ref_model, tmp, "reference", labels[0], iter(draws)))
+            got = outputs(candidate, cand_model, tmp, "candidate", labels[1], iter(cand_draws))
+        checks = [_OutputCheck.start(name, [e[i] for e in expected], _output_dtype(cand_model, i, expected[0][i]),
+                                     chosen, steps, (rtol, atol)) for i, name in enumerate(names)]
+        saved: list[list[np.ndarray]] = []
+        for e, g in zip(expected, got):
+            for i, check in enumerate(checks):
+                check.add(e[i], g[i])
+            if save_outputs is not None:
+                saved.append(g)
+        if save_outputs is not None:
+            from foldnorm.verify.data import write_outputs
+
+            write_outputs(save_outputs, names, {"reference": expected, "candidate": saved})
+        result.outputs = [check.diff() for check in checks]
+        if noise and steps is None and any(not o.ok and o.metric_ok is None and o.nonfinite_introduced == 0
+                                           for o in result.outputs):
+            result.noise = noise_floor(reference, ref_model, tmp, draws, expected, names, seed)
+            result.noise.judge(result.outputs)
+        if localize_failure and not result.numerics_ok:
+            failing = [o.name for o in result.outputs if not o.ok]
+            result.localization = localize(ref_model, cand_model, failing, draws, cand_draws, tmp,
+                                           rtol=rtol, atol=atol)
     return result
 
 
-def _tolerances(model: onnx.ModelProto, index: int, references: list[np.ndarray], steps: dict[str, float] | None,
-                rtol: float | None, atol: float | None) -> tuple[float, float, float | None]:
-    """(rtol, atol, quantization step or None) for output `index`: in steps of its quantizer for a quantized
-    reference (`steps`), else the defaults of the type it has in the model, with the user's overrides."""
-    actual = references[0].dtype
-    if steps is not None and np.issubdtype(actual, np.floating):
-        r, a = step_tolerance(steps.get(model.graph.output[index].name), references)
-        return r, a, a / QDQ_STEPS
-    return (*tolerances_for(reported_dtype(model, index, actual), rtol, atol), None)
+def _output_dtype(model: onnx.ModelProto, index: int, example: np.ndarray) -> np.dtype:
+    """The dtype output `index` has in `model` (bfloat16 for one that ran as float32 here), else `example`'s."""
+    elem = model.graph.output[index].type.tensor_type.elem_type
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else example.dtype
+
+
+@dataclass
+class _OutputCheck:
+    """One output's errors accumulated run by run, and its metric's worst score."""
+
+    stats: ErrorStats
+    metric: Metric
+    step: float | None
+    score: float | None = None
+
+    @classmethod
+    def start(cls, name: str, references: list[np.ndarray], dtype: np.dtype, metric: Metric,
+              steps: dict[str, float] | None, overrides: tuple[float | None, float | None]) -> _OutputCheck:
+        """Tolerances in steps of the output's quantizer for a quantized reference (`steps`), else by `dtype` (the
+        candidate's) with the user's overrides."""
+        step = None
+        if steps is not None and np.issubdtype(references[0].dtype, np.floating):
+            rtol, atol = step_tolerance(steps.get(name), references)
+            step = atol / QDQ_STEPS
+        else:
+            rtol, atol = tolerances_for(dtype, *overrides)
+        scored = not metric.elementwise and is_float(references[0].dtype)
+        return cls(ErrorStats(name, np.dtype(dtype).name, rtol, atol), metric, step, 1.0 if scored else None)
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """One run's pair of arrays."""
+        self.stats.add(reference, candidate)
+        if self.score is not None:
+            self.score = min(self.score, self.metric.score(reference, candidate))
+
+    def diff(self) -> OutputDiff:
+        """The output's `OutputDiff`."""
+        s = self.stats
+        return OutputDiff(s.name, s.dtype, s.max_abs, s.max_rel, s.mismatched, s.total, s.rtol, s.atol,
+                          s.nonfinite_introduced, quant_step=self.step,
+                          allowed=outliers_allowed(s.total) if self.step is not None else 0, metric=self.metric.label,
+                          score=self.score, metric_ok=None if self.score is None else self.metric.passes(self.score))

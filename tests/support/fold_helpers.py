@@ -4,6 +4,8 @@ Every folded model of these helpers passes `onnx.checker.check_model(full_check=
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -83,3 +85,12 @@ def assert_turned_off(model: onnx.ModelProto, rule: str, *, kind: str = "batchno
     assert any(r.kind == kind and r.outcome == "folded" for r in checked_fold(model, base).report.records)
     off = FoldOptions(standalone_bn=base.standalone_bn, skip=(rule,))
     return assert_refused(model, f"rule {rule} is turned off (--skip {rule})", options=off)
+
+
+def saved_pair(model: onnx.ModelProto, directory: Path) -> tuple[Path, Path]:
+    """`model` saved as `ref.onnx` and its fold as `cand.onnx` in `directory`: a pair for verify's tests."""
+    from foldnorm import save_model
+
+    onnx.save(model, directory / "ref.onnx")
+    save_model(fold_model(model).model, directory / "cand.onnx")
+    return directory / "ref.onnx", directory / "cand.onnx"

@@ -52,3 +52,24 @@ def counting_net() -> nn.Module:
 train_mode_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # left in train mode
 
 not_a_module = 42
+
+
+class PinnedBatchNet(nn.Module):
+    """Conv-BN plus a learned [2, 4, 6, 6] offset: the batch can only be 2, and torch silently makes it static."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.offset = nn.Parameter(torch.randn(2, 4, 6, 6))
+        with torch.no_grad():
+            self.bn.running_mean.normal_(0, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + self.offset
+
+
+def pinned_batch_net() -> nn.Module:
+    """`PinnedBatchNet` in eval mode."""
+    return PinnedBatchNet().eval()

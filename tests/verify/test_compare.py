@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from foldnorm.cli.main import cli
 from onnx import numpy_helper
 from support.builders import conv_bn, parse
+from support.fold_helpers import saved_pair
 
 import foldnorm
 from foldnorm.errors import InputSpecError, ModelMismatchError
@@ -45,10 +46,7 @@ def conv_weight_name(model: onnx.ModelProto) -> str:
 
 @pytest.fixture
 def pair(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    ref = conv_bn_ln(rng)
-    onnx.save(ref, tmp_path / "ref.onnx")
-    foldnorm.save_model(foldnorm.fold_model(ref).model, tmp_path / "cand.onnx")
-    return tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    return saved_pair(conv_bn_ln(rng), tmp_path)
 
 
 def run(*args: str) -> Result:
@@ -217,3 +215,19 @@ def test_fold_verification_is_compare_models(pair: tuple[Path, Path], tmp_path: 
     result = foldnorm.fold_file(pair[0], tmp_path / "out.onnx")
     assert isinstance(result.verify, foldnorm.VerifyResult)
     assert result.verify.structure is not None and result.verify.structure.intact
+
+
+def test_what_changed_is_named(pair: tuple[Path, Path]) -> None:
+    cand = onnx.load(pair[1])
+    ln = next(n for n in cand.graph.node if n.op_type == "LayerNormalization")
+    ln.attribute.append(onnx.helper.make_attribute("epsilon", 1e-3))
+    scale = initializer(cand, "ln_s")
+    cand = set_initializer(cand, "ln_s", (scale + np.float32(0.25) * (np.arange(8) == 3)).astype(np.float32))
+    onnx.save(cand, pair[1].with_name("changed.onnx"))
+    result = run("verify", str(pair[0]), str(pair[1].with_name("changed.onnx")))
+    assert result.exit_code == 3
+    assert "(LayerNormalization) changed (attribute epsilon: '(unset)' -> 0.0010000000474974513)" in result.stdout
+    assert "parameter 'ln_s' (input 1): max abs diff 0.25 (max rel " in result.stdout
+    data = json.loads(run("verify", str(pair[0]), str(pair[1].with_name("changed.onnx")), "--format", "json").stdout)
+    (changed,) = data["structure"]["protected"]
+    assert changed["status"] == "changed" and len(changed["changes"]) == 2
