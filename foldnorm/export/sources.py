@@ -32,10 +32,10 @@ def is_onnx_path(spec: str) -> bool:
     return spec.endswith(".onnx") or Path(spec).exists()
 
 
-def load_module(spec: str) -> tuple[nn.Module, Shape | None, str]:
+def load_module(spec: str) -> tuple[nn.Module, tuple[Shape, ...] | None, str]:
     """Build the module a built-in name or an import spec `package.module:attr` refers to.
 
-    Returns `(module in eval mode, its default input shape or None, a label)`.
+    Returns `(module in eval mode, its default input shapes (one per input) or None, a label)`.
     """
     from torch import nn
 
@@ -43,7 +43,7 @@ def load_module(spec: str) -> tuple[nn.Module, Shape | None, str]:
         from foldnorm.models import get_spec
 
         entry = get_spec(spec)
-        return entry.build(), entry.input_shape, entry.name
+        return entry.build(), entry.input_shapes, entry.name
     mod_name, _, attr_name = spec.partition(":")
     if not mod_name or not attr_name:
         raise InputSpecError(f"import spec {spec!r} is not of the form package.module:attr")
@@ -83,8 +83,8 @@ def resolve_source(
         return ModelSource(spec, Path(spec))
     import torch
 
-    module, default_shape, label = load_module(spec)
-    shape = input_shape or default_shape
+    module, default_shapes, label = load_module(spec)
+    shape = input_shape or (default_shapes[0] if default_shapes else None)
     if shape is None:
         raise InputSpecError(f"{spec}: give the input shape with --input-shape, e.g. 1x3x224x224")
     path = workdir / f"{label.replace(':', '_').replace('/', '_')}.onnx"
