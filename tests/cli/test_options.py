@@ -22,7 +22,7 @@ HELP_OPTIONS = {
                "--samples INTEGER RANGE", "--inputs PATH", "--rtol FLOAT RANGE", "--atol FLOAT RANGE",
                "--structure / --no-structure", "--format [text|json]", "-h, --help"],
     "bench": ["--backend [ort-cpu|ort-cuda|ort-trt|tensorrt|torch|all]", "--ort-opt TEXT", "--precision TEXT",
-              "--threads INTEGER RANGE", "--batch-size INTEGER RANGE", "--max-batch-size INTEGER RANGE",
+              "--threads INTEGER RANGE", "--batch-size TEXT", "--max-batch-size INTEGER RANGE",
               "--input-shape, --shape TEXT", "--warmup INTEGER RANGE", "--min-time FLOAT RANGE",
               "--iterations INTEGER RANGE", "--seed INTEGER RANGE", "--exporter [dynamo|legacy]",
               "--cache-dir DIRECTORY", "-o, --output DIRECTORY", "--plot", "--format [text|json|csv|markdown]",
