@@ -8,7 +8,7 @@ import click
 
 from foldnorm.fold.options import FoldOptions, StandaloneBN
 
-from .options import format_option, rule_options, standalone_bn_option
+from .options import format_option, requantize_option, rule_options, standalone_bn_option
 from .render.common import Format
 from .render.fold import render_inspect
 
@@ -18,13 +18,14 @@ from .render.fold import render_inspect
 @standalone_bn_option("Report as if `fold --standalone-bn` had this value.")
 @rule_options
 @format_option(Format)
+@requantize_option
 def inspect(input_path: Path, standalone_bn: StandaloneBN, skip: tuple[str, ...], only: tuple[str, ...],
-            fmt: Format) -> None:
+            fmt: Format, requantize: bool) -> None:
     """List every normalization node of IN.onnx and whether it can be folded, and why; nothing is written.
 
     In the table, `folded` means "fold would fold it"; `skipped` and `kept` say why not.
     """
     from foldnorm.fold.engine import inspect_model
-    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only)
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only, requantize=requantize)
     report = inspect_model(input_path, options=options)
     render_inspect(input_path, report, fmt)

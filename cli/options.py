@@ -151,3 +151,10 @@ def rule_options(f: F) -> F:
                      help="Turn this fold rule off (repeatable); the report names it where it would have run.")(f)
     return click.option("--list-rules", is_flag=True, expose_value=False, is_eager=True, callback=_list_rules,
                         help="List the fold rules (name and what each folds) and exit.")(f)
+
+
+def requantize_option(f: F) -> F:
+    """`--requantize`: let folds into quantized (QDQ) weights that cannot stay exact requantize them."""
+    return click.option("--requantize", is_flag=True,
+                        help="Quantized (QDQ) weights that cannot take a fold exactly are requantized (the report "
+                             "gives the error) instead of refused.")(f)

@@ -55,6 +55,8 @@ REGISTRY: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("resnet-bn", _lazy("resnet_bn", "ResNetBN"), ((1, 3, 224, 224),),
                   "ResNet-style Conv-BN-ReLU residual blocks and a Conv-GroupNorm block"),
+        ModelSpec("resnet18-bn", _lazy("resnet18_bn", "ResNet18BN"), ((1, 3, 224, 224),),
+                  "ResNet-18 (torchvision's layout, without torchvision): 20 Conv-BN, the int8 benchmarks' model"),
         ModelSpec("mobilenet-bn", _lazy("mobilenet_bn", "MobileNetBN"), ((1, 3, 32, 32),),
                   "depthwise separable Conv-BN-ReLU6 blocks, BN eps 1e-3"),
         ModelSpec("decoder-bn", _lazy("decoder_bn", "DecoderBN"), ((1, 3, 16, 16),),

@@ -80,7 +80,7 @@ def _footer(result: BenchResult) -> list[str]:
 
 def _folded_counts(result: BenchResult, row: BenchRow) -> tuple[int, int]:
     """BatchNorm folded and GN/LN/IN kept in the graph (or module) the row ran."""
-    report = result.torch_fold_report if row.backend == "torch" else result.fold_report
+    report = result.fold_report_for(row)
     if report is None:
         return 0, 0
     return (report.batchnorm_folded if row.variant == "folded" else 0), result.fold_report.protected_kept

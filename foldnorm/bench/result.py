@@ -54,6 +54,19 @@ class BenchRow:
 
 
 @dataclass
+class Int8Pair:
+    """The int8 (QDQ) models an int8 row times: how the unfolded one was made, its fold and verification."""
+
+    origin: str
+    fold_report: FoldReport
+    verify: VerifyResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {"origin": self.origin, "fold_report": self.fold_report.to_dict(), "verify": self.verify.to_dict()}
+
+
+@dataclass
 class BenchResult:
     """Everything one `benchmark` run measured.
 
@@ -72,11 +85,19 @@ class BenchResult:
     environment: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     torch_fold_report: FoldReport | None = None
+    #: the int8 models of `precision="int8"` rows when `benchmark` quantized a float model itself.
+    int8: Int8Pair | None = None
 
     @property
     def batchnorm_folded(self) -> int:
         """BatchNorm nodes folded away."""
         return self.fold_report.batchnorm_folded
+
+    def fold_report_for(self, row: BenchRow) -> FoldReport | None:
+        """The fold report of the graph (or module) `row` ran."""
+        if row.backend == "torch":
+            return self.torch_fold_report
+        return self.int8.fold_report if self.int8 is not None and row.precision == "int8" else self.fold_report
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -111,6 +132,7 @@ class BenchResult:
             "verify": self.verify.to_dict(),
             "fold_report": self.fold_report.to_dict(),
             "torch_fold_report": self.torch_fold_report.to_dict() if self.torch_fold_report else None,
+            "int8": self.int8.to_dict() if self.int8 else None,
             "unavailable": self.unavailable,
             "notes": self.notes,
             "environment": self.environment,

@@ -35,7 +35,7 @@ from foldnorm.bench.backends.base import (
 )
 from foldnorm.bench.environment import environment, load_note
 from foldnorm.bench.progress import Eta, Progress, Step
-from foldnorm.bench.result import BenchResult, BenchRow
+from foldnorm.bench.result import BenchResult, BenchRow, Int8Pair
 from foldnorm.bench.speedup import speedup_stats
 from foldnorm.bench.timing import Timed, TimingOptions, time_interleaved
 from foldnorm.bench.workload import Workload, model_stats, plan_workload, precision_label
@@ -46,6 +46,7 @@ from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import compare_models, measure_error
+from foldnorm.verify.quantized import is_quantized
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +59,9 @@ NEEDS_MODULE = Availability(False, "needs a PyTorch model (a built-in name, pack
                                    "not an ONNX model")
 
 DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
-Job = tuple[int, "Backend[Any]", OpenOptions]
+#: One configuration to time: batch size, backend, its open options, and what it runs ("module", or the key of
+#: a model pair: "fp32" for the model as given, "int8" for its quantized pair).
+Job = tuple[int, "Backend[Any]", OpenOptions, str]
 
 
 def benchmark(
@@ -123,36 +126,94 @@ def benchmark(
         say(Step(f"verifying the fold at batch sizes {', '.join(map(str, workload.verify_batch_sizes()))}"))
         verify = compare_models(unfolded, folded.model, batch_sizes=workload.verify_batch_sizes(),
                                 shapes=workload.shapes)
-        subject = Subject(source, unfolded, paths, workload, precision_label(unfolded))
-        jobs: list[Job] = [(b, backend, cfg) for b in workload.batch_sizes for backend in runnable
-                           for cfg in backend.configs(options, workload.inputs(b))]
-        rows, torch_report = _run_jobs(jobs, subject, timing, seed, say, unavailable)
+        pairs, int8 = _model_pairs(unfolded, paths, options.precisions, work, workload, seed, say)
+        subject = Subject(source, unfolded, pairs, workload, precision_label(unfolded))
+        rows, torch_report = _run_jobs(_jobs(runnable, options, workload, pairs), subject, timing, seed, say,
+                                       unavailable)
         if not rows and unavailable:
             raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
-        notes = [n for n in (workload.note, load_note(options.threads)) if n]
+        notes = [n for n in (workload.note, load_note(options.threads), *_int8_notes(pairs, int8)) if n]
         models = {"unfolded": model_stats(unfolded), "folded": model_stats(folded.model)}
         return BenchResult(source.label, list(workload.batch_sizes), subject.precision, rows, folded.report, verify,
-                           models, unavailable, environment(), notes, torch_report)
+                           models, unavailable, environment(), notes, torch_report, int8)
 
 
 @dataclass(frozen=True)
 class Subject:
-    """The model being benchmarked: where it came from, its unfolded form, both variants' files, what to feed it
-    and the precision its rows are labelled with."""
+    """The model being benchmarked: where it came from, its unfolded form, the unfolded/folded files per model
+    precision (`pairs`), what to feed it and the precision of its own (the label of rows run as given)."""
 
     source: ModelSource
     unfolded: onnx.ModelProto
-    paths: dict[str, str]
+    pairs: Mapping[Precision, dict[str, str]]
     workload: Workload
     precision: str
 
     def feeds_and_reference(self, batch: int, seed: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Seeded inputs at `batch`, and the reference outputs: unfolded, ONNX Runtime CPU, optimizations off."""
+        """Seeded inputs at `batch`, and the reference outputs: the model as given, unfolded, on ONNX Runtime CPU
+        with optimizations off."""
         from foldnorm.bench.backends.ort_cpu import OrtSession
 
         feeds = self.workload.feeds(self.unfolded, batch, seed)
-        with OrtSession(self.paths["unfolded"]) as session:
+        with OrtSession(str(self.source.onnx_path)) as session:
             return feeds, session.run(feeds)
+
+
+def _jobs(backends: Sequence[Backend[Any]], options: RunOptions, workload: Workload,
+          pairs: Mapping[Precision, dict[str, str]]) -> list[Job]:
+    """Every (batch size, backend, configuration, what it runs) to time: a module backend runs the module; an
+    ONNX backend runs each model pair (float, int8) in each of its configurations, an int8 pair only in those
+    that run models as given (fp32)."""
+    float_options = replace(options, precisions=tuple(p for p in options.precisions if p != "int8"))
+    jobs: list[Job] = []
+    for batch in workload.batch_sizes:
+        for backend in backends:
+            for cfg in backend.configs(float_options, workload.inputs(batch)):
+                if backend.source == "module":
+                    jobs.append((batch, backend, cfg, "module"))
+                    continue
+                jobs += [(batch, backend, replace(cfg, precision=p), p) for p in pairs
+                         if cfg.precision == "fp32" or p == "fp32"]
+    return jobs
+
+
+def _model_pairs(unfolded: onnx.ModelProto, paths: dict[str, str], precisions: Sequence[Precision], work: Path,
+                 workload: Workload, seed: int,
+                 say: Progress) -> tuple[dict[Precision, dict[str, str]], Int8Pair | None]:
+    """The unfolded/folded files to time per model precision: a QDQ model is int8 as it is; a float model is
+    fp32 (unless only int8 was asked for) and, for "int8", quantized by ONNX Runtime (calibrated at the first
+    batch size) and folded again."""
+    if is_quantized(unfolded):
+        return {"int8": paths}, None
+    pairs: dict[Precision, dict[str, str]] = {}
+    if "int8" not in precisions or any(p != "int8" for p in precisions):
+        pairs["fp32"] = paths
+    if "int8" not in precisions:
+        return pairs, None
+    from foldnorm.bench.int8 import CALIBRATION_BATCHES, quantize_qdq
+
+    say(Step("quantizing (ONNX Runtime, QDQ int8)"))
+    batch = workload.batch_sizes[0]
+    calibration = [workload.feeds(unfolded, batch, seed + 1 + k) for k in range(CALIBRATION_BATCHES)]
+    int8_path = quantize_qdq(paths["unfolded"], work / "int8.onnx", calibration)
+    say(Step("folding the int8 model"))
+    folded = fold_model(int8_path)
+    pairs["int8"] = {"unfolded": str(int8_path), "folded": str(save_model(folded.model, work / "int8-folded.onnx"))}
+    verify = compare_models(int8_path, folded.model, batch_sizes=workload.verify_batch_sizes(),
+                            shapes=workload.shapes)
+    origin = (f"ONNX Runtime quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax on "
+              f"{CALIBRATION_BATCHES} seeded random batches)")
+    return pairs, Int8Pair(origin, folded.report, verify)
+
+
+def _int8_notes(pairs: Mapping[Precision, Any], int8: Int8Pair | None) -> list[str]:
+    """What the int8 rows ran and what their errors are measured against."""
+    if int8 is not None:
+        return [f"int8 rows: {int8.origin}; errors vs the fp32 unfolded model",
+                f"int8 fold: {int8.fold_report.summary()}", f"int8 verify: {int8.verify.summary()}"]
+    if "int8" in pairs:
+        return ["int8 rows: a QDQ model; errors vs the unfolded QDQ model on ort-cpu opt=disabled"]
+    return []
 
 
 def _describe_model(model: ModelArg) -> str:
@@ -188,16 +249,16 @@ def _run_jobs(jobs: Sequence[Job], subject: Subject, timing: TimingOptions, seed
 
     Inputs and reference outputs are made once per batch size. A configuration the backend cannot open after
     all goes to `unavailable`."""
-    targets: dict[str, dict[str, Any]] = {"onnx": subject.paths}
+    targets: dict[str, dict[str, Any]] = {str(k): v for k, v in subject.pairs.items()}
     torch_report = None
     rows: list[BenchRow] = []
     eta = Eta(len(jobs))
     inputs: tuple[int, dict[str, np.ndarray], list[np.ndarray]] | None = None
-    for k, (batch, backend, cfg) in enumerate(jobs, 1):
+    for k, (batch, backend, cfg, target) in enumerate(jobs, 1):
         if inputs is None or inputs[0] != batch:
             inputs = (batch, *subject.feeds_and_reference(batch, seed))
         _, feeds, reference = inputs
-        if backend.source == "module" and "module" not in targets:
+        if target == "module" and "module" not in targets:
             say(Step("folding the PyTorch module"))
             targets["module"], torch_report = _module_variants(subject.source, feeds)
 
@@ -207,8 +268,8 @@ def _run_jobs(jobs: Sequence[Job], subject: Subject, timing: TimingOptions, seed
         precision = subject.precision if cfg.precision == "fp32" else cfg.precision
         eta.start()
         try:
-            rows.extend(_bench_config(backend, cfg, targets[backend.source], feeds, reference, batch, precision,
-                                      timing, tell, eta))
+            rows.extend(_bench_config(backend, cfg, targets[target], feeds, reference, batch, precision, timing,
+                                      tell, eta))
         except BackendUnavailableError as exc:
             unavailable[f"{backend.name} {cfg.label()}".rstrip()] = str(exc).removeprefix(f"{backend.name} ")
             eta.finish(timed=False)

@@ -19,6 +19,7 @@ import onnx
 from foldnorm.bench.backends.base import BenchInputs
 from foldnorm.errors import InputSpecError
 from foldnorm.onnxgraph.inputs import InputSpec, Shape, concrete_shape, input_specs, make_feeds
+from foldnorm.verify.quantized import is_quantized
 
 #: Short names of floating ONNX element types, as the precision column shows them.
 FLOAT_NAMES: dict[int, str] = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
@@ -56,8 +57,11 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
 
 
 def precision_label(model: onnx.ModelProto) -> str:
-    """The precision a model computes in, from its float inputs and its weights (the float dtype holding most
-    weight elements): `fp32`, `fp16`, ..., or `fp16 weights, fp32 inputs` when the two differ."""
+    """The precision a model computes in: `int8` for a quantized (QDQ) model; otherwise from its float inputs and
+    its weights (the float dtype holding most weight elements): `fp32`, `fp16`, ..., or `fp16 weights, fp32
+    inputs` when the two differ."""
+    if is_quantized(model):
+        return "int8"
     inputs = sorted({FLOAT_NAMES[s.elem_type] for s in input_specs(model) if s.elem_type in FLOAT_NAMES})
     counts: Counter[str] = Counter()
     for graph in _graphs(model.graph):

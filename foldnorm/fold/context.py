@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from foldnorm.onnxgraph.shapes import ShapeProver
 
 if TYPE_CHECKING:  # the options module reads the rule registry, whose rules read this module
     from foldnorm.fold.options import FoldOptions
+    from foldnorm.fold.rules import ChannelParams, Plan
 
 
 @dataclass
@@ -27,6 +29,11 @@ class FoldContext:
     model: onnx.ModelProto | None = None
     #: sentences the last `apply()` wants in its record (e.g. a shared weight was duplicated).
     notes: list[str] = field(default_factory=list)
+    #: set by the engine: the first plan of the "after" rules folding a subject into a given producer (raises
+    #: `Refusal` with their reasons), for a rule that folds through nodes in between (a Q/DQ pair).
+    fold_into: Callable[[onnx.NodeProto, onnx.NodeProto, ChannelParams], Plan] | None = None
+    #: set by the engine: whether an "after" rule finds constant weights in a given producer to fold into.
+    takes_fold: Callable[[onnx.NodeProto], bool] | None = None
     shapes: ShapeProver = field(init=False)
 
     def __post_init__(self) -> None:

@@ -141,6 +141,8 @@ def _fold_graph(
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)
+    ctx.fold_into = partial(_fold_into, ctx)
+    ctx.takes_fold = partial(_takes_fold, ctx)
     early = _rewrite_blocks(ctx)
     for node in list(index.nodes):
         for done in early.pop(id(node), ()):
@@ -194,7 +196,7 @@ def _initializers_to_constants(graph: onnx.GraphProto) -> None:
 
 
 def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, path: str,
-            target: onnx.NodeProto | None = None) -> FoldRecord:
+            target: onnx.NodeProto | None = None, quantization: str = "") -> FoldRecord:
     return FoldRecord(
         op_type=node.op_type,
         node=node_label(node),
@@ -204,6 +206,7 @@ def _record(node: onnx.NodeProto, kind: str, outcome: Outcome, reason: str, *, p
         target=node_label(target) if target is not None else None,
         module=module_path(node),
         graph=path,
+        quantization=quantization or None,
     )
 
 
@@ -362,6 +365,29 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     return _first_plan(ctx, node, producer, params, after, reasons)
 
 
+def _takes_fold(ctx: FoldContext, producer: onnx.NodeProto) -> bool:
+    """Whether an "after" rule (for any kind of subject) finds constant weights in `producer`
+    (`FoldContext.takes_fold`)."""
+    return any(r.has_fixed_weights(ctx, producer) for r in _rules_for(ctx, producer, _AFTER))
+
+
+def _subject_kind(ctx: FoldContext, node: onnx.NodeProto) -> str:
+    """The record kind of a subject: "batchnorm", or the kind of the subject rule that recognises `node`."""
+    if is_onnx_op(node, "BatchNormalization"):
+        return "batchnorm"
+    return next((r.kind for r in _rules_for(ctx, node, _SUBJECT) if r.operand(ctx, node) is not None), "")
+
+
+def _fold_into(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto, params: ChannelParams) -> Plan:
+    """The plan of the "after" rules folding `node` into `producer` (`FoldContext.fold_into`), or `Refusal`."""
+    reasons: list[str] = []
+    context: list[str] = []
+    plan = _fold_after(ctx, node, producer, params, reasons, context, _subject_kind(ctx, node))
+    if plan is None:
+        raise Refusal("; ".join(reasons or context))
+    return plan
+
+
 def _first_plan(ctx: FoldContext, node: onnx.NodeProto, neighbour: onnx.NodeProto, params: ChannelParams,
                 candidates: Sequence[NeighbourRule], reasons: list[str]) -> Plan | None:
     opaque = _opaque_reason(neighbour)
@@ -401,7 +427,8 @@ def _apply(ctx: FoldContext, node: onnx.NodeProto, kind: str, plan: Plan) -> Fol
     plan.apply()
     reason = "; ".join([plan.note or f"folded into {plan.target.op_type}", *ctx.notes])
     log.debug("folded %s into %s", node_label(node), node_label(plan.target))
-    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target)
+    return _record(node, kind, "folded", reason, path=ctx.index.path, target=plan.target,
+                   quantization=plan.quantization)
 
 
 def _fanout_reason(index: GraphIndex, producer: onnx.NodeProto) -> str:

@@ -34,13 +34,16 @@ class FoldOptions:
     """User-facing switches of the fold engine.
 
     `standalone_bn="affine"` lowers a BatchNorm with nothing to fold into to one Mul and one Add (the
-    `bn-affine` rule). `skip` turns the named rules off; `only`, when given, turns every other rule off.
+    `bn-affine` rule). `requantize=True` lets a fold into quantized (QDQ) weights that cannot keep their
+    integers requantize them, with the error in the report (without it such a fold is refused).
+    `skip` turns the named rules off; `only`, when given, turns every other rule off.
     Unknown rule names raise `UnknownRuleError` (a `FoldnormError`) listing the valid ones.
     """
 
     standalone_bn: StandaloneBN = "keep"
     skip: Sequence[str] = ()
     only: Sequence[str] = ()
+    requantize: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", check_rule_names(self.skip, "skip"))

@@ -24,6 +24,8 @@ class FoldRecord:
     target: str | None = None
     module: str | None = None
     graph: str = "main"
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved (a quantization point) or requantized.
+    quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
@@ -83,17 +85,26 @@ class FoldReport:
         sums = self.by_kind("branches")
         if sums:
             tail_text += f", {sum(1 for r in sums if r.outcome == 'folded')}/{len(sums)} branch sums merged"
+        quantized = self.quantization_counts()
+        quant_text = ("; into quantized weights: " + ", ".join(f"{n} {label}" for label, n in quantized.items())
+                      if quantized else "")
         return (
             f"{self.batchnorm_folded}/{self.batchnorm_total} BatchNorm folded{tail_text}; {c['folded']} folded, "
             f"{c['skipped']} skipped, {c['kept']} kept in all; {self.protected_kept} GroupNorm/LayerNorm/InstanceNorm "
-            "intact"
+            f"intact{quant_text}"
         )
+
+    def quantization_counts(self) -> dict[str, int]:
+        """Folds into quantized (QDQ) weights by label (exact, bias-rounded, moved, requantized), in that order."""
+        c = Counter(r.quantization for r in self.records if r.outcome == "folded" and r.quantization)
+        return {label: c[label] for label in ("exact", "bias-rounded", "moved", "requantized") if c[label]}
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
         return {
             "records": [r.to_dict() for r in self.records],
             "counts": self.counts(),
+            "quantization": self.quantization_counts(),
             "summary": self.summary(),
         }
 

@@ -16,6 +16,7 @@ from onnx import helper
 
 from foldnorm.onnxgraph.external import tensor_array
 from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+from foldnorm.onnxgraph.quantize import dequantize, quantize
 
 _MAX_DEPTH = 64
 
@@ -77,6 +78,8 @@ _OPS: dict[str, _Eval] = {
     "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
+    "DequantizeLinear": dequantize,
+    "QuantizeLinear": quantize,
 }
 
 

@@ -6,7 +6,8 @@ blow it up). An element is out of tolerance when `|candidate - reference| > atol
 Inf where the reference is finite ("introduced") always counts as out of tolerance.
 
 Default tolerances follow the reference output's dtype (`DEFAULT_TOLERANCES`, rtol/atol): float64 1e-9/1e-12,
-float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly.
+float32 1e-4/1e-6, float16 1e-2/1e-3, bfloat16 5e-2/1e-2; integer and bool outputs must match exactly. A
+quantized (QDQ) reference is compared in steps of each output's quantizer instead (`verify.quantized`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from foldnorm.errors import InputSpecError, ModelMismatchError, first_line
 from foldnorm.onnxgraph.external import has_weights_on_disk
 from foldnorm.onnxgraph.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label, needs_external_data
+from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
 
 # Default tolerances by the reference output's dtype: (rtol, atol).
@@ -49,11 +51,15 @@ class OutputDiff:
     rtol: float
     atol: float
     nonfinite_introduced: int
+    #: the output's quantization step when the reference is a quantized (QDQ) model and tolerances count steps.
+    quant_step: float | None = None
+    #: elements that may be out of tolerance (a quantized reference: `verify.quantized.QDQ_OUTLIERS` of them).
+    allowed: int = 0
 
     @property
     def ok(self) -> bool:
-        """Within tolerance and no NaN/Inf that the reference does not have."""
-        return self.mismatched == 0 and self.nonfinite_introduced == 0
+        """Within tolerance (but for `allowed` elements) and no NaN/Inf that the reference does not have."""
+        return self.mismatched - self.nonfinite_introduced <= self.allowed and self.nonfinite_introduced == 0
 
 
 @dataclass
@@ -105,7 +111,7 @@ class VerifyResult:
         lines = []
         for o in self.outputs:
             lines.append(f"  {o.name} ({o.dtype}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, "
-                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}, "
+                         f"{o.mismatched}/{o.total} outside rtol={o.rtol:g} atol={o.atol:g}{_in_steps(o)}, "
                          f"NaN/Inf introduced {o.nonfinite_introduced}  {'ok' if o.ok else 'FAIL'}")
         if self.structure is not None:
             lines.append(f"  {self.structure.summary()}")
@@ -128,6 +134,13 @@ class VerifyResult:
             "structure": self.structure.to_dict() if self.structure else None,
             "summary": self.summary(),
         }
+
+
+def _in_steps(diff: OutputDiff) -> str:
+    """` (4 steps of 0.005)` for an output compared in quantization steps, else nothing."""
+    if not diff.quant_step:
+        return ""
+    return f" ({diff.atol / diff.quant_step:g} steps of {diff.quant_step:.3g}; {diff.allowed} may be outside)"
 
 
 def measure_error(
@@ -262,12 +275,18 @@ def compare_models(
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
     names = [o.name for o in ref_model.graph.output]
+    steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
     with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
         expected = _run_all(reference, ref_model, Path(tmp), "reference", result.reference, feeds)
         got = _run_all(candidate, cand_model, Path(tmp), "candidate", result.candidate, feeds)
     for i, name in enumerate(names):
         dtype = expected[0][i].dtype
-        r, a = tolerances_for(dtype, rtol, atol)
+        step: float | None = None
+        if steps is not None and np.issubdtype(dtype, np.floating):
+            r, a = step_tolerance(steps.get(name), [e[i] for e in expected])
+            step = a / QDQ_STEPS
+        else:
+            r, a = tolerances_for(dtype, rtol, atol)
         rows = [measure_error(e[i], g[i], r, a) for e, g in zip(expected, got)]
         result.outputs.append(OutputDiff(
             name=name,
@@ -279,5 +298,7 @@ def compare_models(
             rtol=r,
             atol=a,
             nonfinite_introduced=sum(row[3] for row in rows),
+            quant_step=step,
+            allowed=outliers_allowed(sum(e[i].size for e in expected)) if step is not None else 0,
         ))
     return result

@@ -41,6 +41,7 @@ class Expect:
 EXPECTED: dict[str, Expect] = {
     # GroupNorm lowers to Reshape -> InstanceNormalization -> Reshape -> Mul -> Add at opset 18: still a GroupNorm.
     "resnet-bn": Expect(bn=9, folded=9, groupnorm=1),
+    "resnet18-bn": Expect(bn=20, folded=20),
     "mobilenet-bn": Expect(bn=7, folded=7),
     "decoder-bn": Expect(bn=4, folded=4),
     "mlp-bn1d": Expect(bn=2, folded=2),

@@ -24,6 +24,12 @@ W3 = _rng.normal(0, 2.0, 3).astype(np.float32)
 POS23 = _rng.uniform(0.1, 9.0, (2, 3)).astype(np.float32)
 I23 = _rng.integers(-20, 20, (2, 3)).astype(np.int64)
 NZ3 = np.array([3, -2, 7], dtype=np.int64)
+Q8 = _rng.integers(-128, 128, (2, 3)).astype(np.int8)
+QU8 = _rng.integers(0, 256, (2, 3)).astype(np.uint8)
+Q32 = _rng.integers(-(2**31), 2**31 - 1, (2, 3)).astype(np.int32)
+SCALE2 = np.array([0.02, 0.7], dtype=np.float32)
+ZERO2 = np.array([3, -5], dtype=np.int8)
+TIES23 = np.array([[0.5, 1.5, -2.5], [1000.0, -1000.0, 0.25]], dtype=np.float32)  # halves round to even; clipping
 BIG23 = np.array([[2**62 + 1, -(2**62) - 3, 2**53 + 1], [-7, 7, -9]], dtype=np.int64)  # beyond float64's integers
 
 
@@ -98,6 +104,24 @@ CASES = {
     "Sqrt": ("() => (float[2, 3] y)", "y = Sqrt (w)", {"w": POS23}, 18),
     "Reciprocal": ("() => (float[2, 3] y)", "y = Reciprocal (w)", {"w": W23}, 18),
     "Neg": ("() => (float[2, 3] y)", "y = Neg (w)", {"w": W23}, 18),
+    "DequantizeLinear int8 per tensor": ("() => (float[2, 3] y)", "y = DequantizeLinear (q, s, z)",
+                                         {"q": Q8, "s": np.array(0.05, np.float32), "z": np.array(-7, np.int8)}, 18),
+    "DequantizeLinear uint8, no zero point (opset 10)": ("() => (float[2, 3] y)", "y = DequantizeLinear (q, s)",
+                                                          {"q": QU8, "s": np.array(0.3, np.float32)}, 10),
+    "DequantizeLinear int8 per axis 0": ("() => (float[2, 3] y)", "y = DequantizeLinear <axis = 0> (q, s, z)",
+                                         {"q": Q8, "s": SCALE2, "z": ZERO2}, 18),
+    "DequantizeLinear int32 bias": ("() => (float[2, 3] y)", "y = DequantizeLinear (q, s)",
+                                    {"q": Q32, "s": np.array(3e-5, np.float32)}, 13),
+    "QuantizeLinear to int8, ties to even, saturating": ("() => (int8[2, 3] y)", "y = QuantizeLinear (w, s, z)",
+                                                         {"w": TIES23, "s": np.array(1.0, np.float32),
+                                                          "z": np.array(0, np.int8)}, 18),
+    "QuantizeLinear to uint8 without a zero point": ("() => (uint8[2, 3] y)", "y = QuantizeLinear (w, s)",
+                                                     {"w": W23, "s": np.array(0.03, np.float32)}, 13),
+    "QuantizeLinear per axis 0": ("() => (int8[2, 3] y)", "y = QuantizeLinear <axis = 0> (w, s, z)",
+                                  {"w": W23, "s": SCALE2, "z": ZERO2}, 18),
+    # a QAT export's weight: QuantizeLinear then DequantizeLinear of a float initializer
+    "QuantizeLinear then DequantizeLinear": ("() => (float[2, 3] y)", """q = QuantizeLinear <axis = 0> (w, s, z)
+        y = DequantizeLinear <axis = 0> (q, s, z)""", {"w": W23, "s": SCALE2, "z": ZERO2}, 13),
     # the raw dynamo exporter's zero bias of a bias-less conv: Expand(CastLike(0, W), Shape(W)[0:1])
     "dynamo zero bias": ("() => (float[2] y)", """zero = Constant <value_int = 0> ()
         z = CastLike (zero, w)

@@ -38,7 +38,7 @@ class Availability:
 
 
 OptLevel = Literal["disabled", "basic", "extended", "all"]
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]
 OPT_LEVELS: tuple[OptLevel, ...] = get_args(OptLevel)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
@@ -47,7 +47,8 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 class RunOptions:
     """What the user asked for; each backend turns the parts it understands into configurations.
 
-    `threads` (0: the runtime's default) applies to CPU backends, `precisions` to GPU backends;
+    `threads` (0: the runtime's default) applies to CPU backends, `precisions` fp32/fp16 to GPU backends
+    ("int8" makes the runner time an int8 QDQ pair too);
     `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT.
     """
 

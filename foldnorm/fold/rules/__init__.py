@@ -25,6 +25,7 @@ from foldnorm.fold.rules.conv_bn import ConvBatchNorm
 from foldnorm.fold.rules.conv_transpose_bn import ConvTransposeBatchNorm
 from foldnorm.fold.rules.gemm_bn import GemmBatchNorm
 from foldnorm.fold.rules.matmul_bn import MatMulBatchNorm
+from foldnorm.fold.rules.qdq_bn import QdqBatchNorm
 from foldnorm.fold.rules.rep_branches import RepBranches
 from foldnorm.fold.rules.reshape_bn import ReshapeBatchNorm
 
@@ -33,6 +34,7 @@ RULES: tuple[Rule, ...] = (
     ConvTransposeBatchNorm(),
     GemmBatchNorm(),
     MatMulBatchNorm(),
+    QdqBatchNorm(),
     ReshapeBatchNorm(),
     ConcatBatchNorm(),
     BatchNormChain(),

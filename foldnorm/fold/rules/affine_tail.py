@@ -17,6 +17,7 @@ import onnx
 
 from foldnorm.fold.bn_math import ChannelAffine
 from foldnorm.fold.context import FoldContext
+from foldnorm.fold.quantized import producer_through_pair
 from foldnorm.fold.rules.base import ChannelParams, Refusal, SubjectRule, is_float
 from foldnorm.onnxgraph.graph import is_onnx_op
 
@@ -48,7 +49,7 @@ class AffineTail(SubjectRule):
         found = _constant_operand(ctx, node)
         if found is None:
             return None
-        producer = ctx.index.producer.get(found[0])
+        producer = producer_through_pair(ctx, found[0])  # in a QDQ model: op -> Q -> DQ -> node
         if producer is not None and node.op_type in ("Add", "Sub") and is_onnx_op(producer, "MatMul"):
             return None  # an Add right after a MatMul is that MatMul's bias, not a tail to fold
         return found[0]

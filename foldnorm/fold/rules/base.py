@@ -53,6 +53,8 @@ class Plan:
     target: onnx.NodeProto
     apply: Callable[[], None]
     note: str = ""
+    #: a fold into quantized (QDQ) parameters: exact, bias-rounded, moved or requantized (`fold.quantized`).
+    quantization: str = ""
     #: normalization nodes the rewrite removes besides its subject (a "block" rule's merged BatchNorms).
     absorbed: tuple[onnx.NodeProto, ...] = ()
 

@@ -12,6 +12,23 @@ from onnx import helper
 from foldnorm.errors import InvalidModelError
 from foldnorm.fold.bn_math import Scaled, batchnorm_affine, emit
 from foldnorm.fold.context import FoldContext
+from foldnorm.fold.quantized import (
+    BIAS_ROUNDED,
+    EXACT,
+    REQUANTIZED,
+    Dequantized,
+    QuantizedWeights,
+    activation_scale,
+    axis_supported,
+    bias_on_grid,
+    dequantized_input,
+    fold_weights,
+    has_int32_biases,
+    output_step,
+    requantize_weights,
+    write_bias,
+    write_weights,
+)
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
 from foldnorm.onnxgraph.edits import absorb, bypass, shape_readers
 from foldnorm.onnxgraph.graph import attr, attribute_refs, is_onnx_op, node_label
@@ -95,24 +112,18 @@ def rewrite_plan(
     output name); `"before"`: `target` consumes node's output (it reads node's input instead; or `reader`, a
     node between them such as a Flatten, does).
     `reshape_weight` maps the checked layout of `w64` back to the weight's own layout; `also` runs last
-    (e.g. an attribute change).
+    (e.g. an attribute change). A quantized weight (`DequantizeLinear` of constants) keeps its integers and
+    takes the fold in its scale (`fold.quantized`).
     """
-    w64, dtype, axis = weight
-    b64, bias_index = bias
-    label = node_label(target)
-    new_w, problem = emit(w64, dtype, channel_axis=axis)
-    if new_w is None:
-        raise Refusal(f"not folded into {target.op_type} {label}: {problem}")
-    if reshape_weight is not None:
-        new_w = reshape_weight(new_w)
-    new_b, problem = emit(b64, dtype, channel_axis=b64.ndim - 1 if b64.ndim else 0)
-    if new_b is None:
-        raise Refusal(f"not folded into {target.op_type} {label}: bias {problem}")
+    quantized = dequantized_input(ctx, target, 1)
+    if quantized is not None:
+        out = node.output[0] if position == "after" else target.output[0]
+        writes, note, label = _quantized_writes(ctx, target, quantized, weight, bias, out, reshape_weight)
+    else:
+        writes, note, label = _float_writes(ctx, target, weight, bias, reshape_weight), "", ""
 
     def apply() -> None:
-        # The bias first: a dynamo `Expand(Shape(W))` zero bias then stops reading W before W is replaced.
-        ctx.set_param(target, bias_index, np.ascontiguousarray(new_b), "bias")
-        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
+        writes()
         if position == "after":
             absorb(ctx.index, node, target)
         else:
@@ -120,7 +131,136 @@ def rewrite_plan(
         if also is not None:
             also()
 
-    return Plan(target, apply)
+    return Plan(target, apply, note=note, quantization=label)
+
+
+def _float_writes(ctx: FoldContext, target: onnx.NodeProto, weight: tuple[np.ndarray | Scaled, np.dtype, int],
+                  bias: tuple[np.ndarray, int],
+                  reshape_weight: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[], None]:
+    """The writes of a float fold: the weight and the bias rounded once to the weight's dtype."""
+    b64, bias_index = bias
+    new_w = _emitted(target, weight)
+    if reshape_weight is not None:
+        new_w = reshape_weight(new_w)
+    new_b = _float_bias(target, b64, weight[1])
+
+    def writes() -> None:
+        # The bias first: a dynamo `Expand(Shape(W))` zero bias then stops reading W before W is replaced.
+        ctx.set_param(target, bias_index, np.ascontiguousarray(new_b), "bias")
+        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
+
+    return writes
+
+
+def _emitted(target: onnx.NodeProto, weight: tuple[np.ndarray | Scaled, np.dtype, int]) -> np.ndarray:
+    """The folded float weight rounded once to its dtype; `Refusal` when it would overflow or underflow."""
+    w64, dtype, axis = weight
+    new_w, problem = emit(w64, dtype, channel_axis=axis)
+    if new_w is None:
+        raise Refusal(f"not folded into {target.op_type} {node_label(target)}: {problem}")
+    return new_w
+
+
+def _float_bias(target: onnx.NodeProto, b64: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    new_b, problem = emit(b64, dtype, channel_axis=b64.ndim - 1 if b64.ndim else 0)
+    if new_b is None:
+        raise Refusal(f"not folded into {target.op_type} {node_label(target)}: bias {problem}")
+    return new_b
+
+
+def weight_writes(ctx: FoldContext, target: onnx.NodeProto,
+                  weight: tuple[np.ndarray | Scaled, np.dtype, int]) -> tuple[Callable[[], None], str, str]:
+    """The write of a folded weight whose bias the caller folds as a float: `(write, note, quantization label)`.
+
+    A quantized weight keeps its integers (`quantized_weights`); a float one is rounded once to its dtype.
+    """
+    dq = dequantized_input(ctx, target, 1)
+    if dq is not None:
+        new = quantized_weights(ctx, target, dq, weight)
+        note = f"folded into {target.op_type} ({weights_note(dq, new)})"
+        return (lambda: write_weights(ctx, target, dq, new)), note, REQUANTIZED if new.requantized else EXACT
+    new_w = _emitted(target, weight)
+
+    def write() -> None:
+        ctx.set_param(target, 1, np.ascontiguousarray(new_w), "weight")
+
+    return write, "", ""
+
+
+def quantized_weights(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized,
+                      weight: tuple[np.ndarray | Scaled, np.dtype, int],
+                      reshape_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> QuantizedWeights:
+    """The new parameters of `target`'s quantized weight `dq` for the fold `weight`; raises `Refusal` when the
+    fold is not exact and `--requantize` was not given."""
+    w64, _, axis = weight
+    if isinstance(w64, Scaled) and reshape_weight is None:
+        new, problem = fold_weights(dq, w64.factor, axis, axis_supported(ctx), ctx.options.requantize)
+    elif ctx.options.requantize:
+        folded = w64.exact() if isinstance(w64, Scaled) else w64
+        folded = reshape_weight(folded) if reshape_weight is not None else folded
+        new, problem = requantize_weights(dq, folded, dq.axis, "the fold is no per-output-channel scale"), None
+    else:
+        new, problem = None, ("the fold changes its quantized weight by more than a per-output-channel scale, "
+                              "which no new quantization scale gives exactly; --requantize requantizes it")
+    if new is None:
+        raise Refusal(f"not folded into {target.op_type} {node_label(target)}: {problem}")
+    return new
+
+
+def weights_note(dq: Dequantized, new: QuantizedWeights) -> str:
+    """What a fold did to a quantized weight, for the report."""
+    if new.requantized:
+        return new.requantized
+    dtype = dq.values.dtype
+    parts = [f"{dtype} weights kept, their scales multiplied by |BN scale|"]
+    if new.negated:
+        parts.append(f"{new.negated} channel(s) negated")
+    if dq.axis is None and new.axis is not None:
+        parts.append("the per-tensor scale became per-channel")
+    return ", ".join(parts)
+
+
+def _quantized_writes(ctx: FoldContext, target: onnx.NodeProto, dq: Dequantized,
+                      weight: tuple[np.ndarray | Scaled, np.dtype, int], bias: tuple[np.ndarray, int], out: str,
+                      reshape_weight: Callable[[np.ndarray], np.ndarray] | None) -> tuple[Callable[[], None], str, str]:
+    """The writes of a fold into a quantized weight and its bias, the report's note and the label."""
+    new = quantized_weights(ctx, target, dq, weight, reshape_weight)
+    b64, k = bias
+    existing = dequantized_input(ctx, target, k)
+    x_step = activation_scale(ctx, target.input[0])
+    # A new bias takes the form the model's biases have: int32 on x_scale * w_scale (ONNX Runtime's quantizer,
+    # which its fused kernels need) or float (QAT exports; TensorRT wants float biases).
+    absent = len(target.input) <= k or not target.input[k]
+    channels = b64.shape[-1] if b64.ndim else 1
+    grid_ok = new.axis in (None, weight[2]) and b64.size == channels
+    if (existing is None and not (absent and has_int32_biases(ctx))) or x_step is None or not grid_ok:
+        if existing is not None:
+            raise Refusal(f"not folded into {target.op_type} {node_label(target)}: its int32 bias cannot be "
+                          "re-derived (no per-tensor input scale, or the weight's scale is not per output channel)")
+        new_b = _float_bias(target, b64, weight[1])
+
+        def write_float_bias() -> None:
+            ctx.set_param(target, k, np.ascontiguousarray(new_b), "bias")
+
+        bias_write, rounded, fact = write_float_bias, 0.0, ""
+    else:
+        grid = np.broadcast_to(np.float32(x_step) * new.scale.reshape(-1).astype(np.float32), (channels,)).copy()
+        values, rounded, problem = bias_on_grid(b64.reshape(-1), grid)
+        if values is None:
+            raise Refusal(f"not folded into {target.op_type} {node_label(target)}: {problem}")
+        step = output_step(ctx, out)
+        in_steps = f" = {rounded / step:.2g} steps of the next quantizer" if step else ""
+        fact = f"; the int32 bias was rounded onto its grid x_scale * w_scale (by at most {rounded:.3g}{in_steps})"
+
+        def bias_write() -> None:
+            write_bias(ctx, target, k, values, grid)
+
+    def writes() -> None:
+        bias_write()
+        write_weights(ctx, target, dq, new)
+
+    label = REQUANTIZED if new.requantized else BIAS_ROUNDED if rounded > 0 else EXACT
+    return writes, f"folded into {target.op_type} ({weights_note(dq, new)}{fact})", label
 
 
 @dataclass

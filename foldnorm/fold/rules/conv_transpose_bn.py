@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from foldnorm.fold.bn_math import fold_conv_transpose
+from foldnorm.fold.bn_math import fold_bias, fold_conv_transpose, scale_output_channels
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, group_of
 from foldnorm.fold.rules.common import constant_weights, rewrite_plan
@@ -29,6 +29,9 @@ class ConvTransposeBatchNorm(NeighbourRule):
         group = group_of(convt)
         channels = weight.shape[1] * group
         affine = params.on_axis(weight.ndim, 1, channels)
+        if group == 1:  # output channel j is weight column j: a per-channel scale (quantized weights keep theirs)
+            scaled = scale_output_channels(weight, affine, axis=1)
+            return rewrite_plan(ctx, bn, convt, (scaled, weight.dtype, 1), (fold_bias(bias, affine), 2))
         w64, b64 = fold_conv_transpose(weight, bias, affine, group)
         # Checked for under/overflow per output channel: [g, I/g, O/g, k...] viewed as [O, I/g, k...].
         per_out = w64.reshape(group, weight.shape[0] // group, weight.shape[1], -1).transpose(0, 2, 1, 3)

@@ -16,7 +16,7 @@ import onnx
 from foldnorm.fold.bn_math import emit, fold_bias, scale_output_channels
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
-from foldnorm.fold.rules.common import constant_weights
+from foldnorm.fold.rules.common import constant_weights, weight_writes
 from foldnorm.onnxgraph.edits import absorb, append_bias
 from foldnorm.onnxgraph.graph import is_onnx_op, node_label
 
@@ -86,9 +86,7 @@ class MatMulBatchNorm(NeighbourRule):
                           f"MatMul {node_label(matmul)} to {bias.shape[-1]} by broadcasting")
         affine = params.on_axis(rank, -1, channels)
         scaled = scale_output_channels(weight, affine, axis=weight.ndim - 1)
-        new_w, problem = emit(scaled, weight.dtype, channel_axis=weight.ndim - 1)
-        if new_w is None:
-            raise Refusal(f"not folded into MatMul {node_label(matmul)}: {problem}")
+        write_weight, note, quantization = weight_writes(ctx, matmul, (scaled, weight.dtype, weight.ndim - 1))
         b64 = fold_bias(bias, affine)
         needs_bias = add is not None or bool(np.any(affine.shift != 0))
         new_b, problem = emit(b64, weight.dtype, channel_axis=b64.ndim - 1)
@@ -96,7 +94,7 @@ class MatMulBatchNorm(NeighbourRule):
             raise Refusal(f"not folded into MatMul {node_label(matmul)}: bias {problem}")
 
         def apply() -> None:
-            ctx.set_param(matmul, 1, np.ascontiguousarray(new_w), "weight")
+            write_weight()
             if add is not None:
                 ctx.set_param(add, bias_index, np.ascontiguousarray(new_b), "bias")
                 absorb(ctx.index, bn, add)
@@ -105,4 +103,4 @@ class MatMulBatchNorm(NeighbourRule):
             else:
                 absorb(ctx.index, bn, matmul)
 
-        return Plan(add if add is not None else matmul, apply)
+        return Plan(add if add is not None else matmul, apply, note=note, quantization=quantization)

@@ -33,6 +33,7 @@ from foldnorm.fold.bn_math import ChannelAffine, emit
 from foldnorm.fold.branch_math import Misaligned, Window, align, merge_kernels, merged_group
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.normalizations import classify
+from foldnorm.fold.quantized import dequantized_input
 from foldnorm.fold.rules.affine_tail import AffineTail
 from foldnorm.fold.rules.base import BlockRule, Plan, Refusal, group_of
 from foldnorm.fold.rules.common import batchnorm_params, constant_weights
@@ -295,6 +296,10 @@ class RepBranches(BlockRule):
         if outside is not None:
             raise Refusal(outside)
         convs = block.convs(ctx)
+        quantized = [conv for conv in convs if dequantized_input(ctx, conv, 1) is not None]
+        if quantized:
+            raise Refusal(f"Conv {node_label(quantized[0])} has quantized (QDQ) weights, which one merged Conv "
+                          "could only hold requantized")
         weights = {id(conv): constant_weights(ctx, conv) for conv in convs}
         first = weights[id(convs[0])][0]  # every Conv reads X, so every weight has X's dtype
         rank, identity = first.ndim, block.has_identity(ctx)
