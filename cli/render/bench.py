@@ -55,9 +55,8 @@ def _header(result: BenchResult) -> list[str]:
     sizes = "; ".join(f"{name} {stats.text()}" for name, stats in result.models.items())
     return [f"model: {result.model} ({result.precision}, {_batches(result)}); {sizes}",
             f"errors: against the unfolded model on ort-cpu opt=disabled {result.precision}",
-            "speed-up: median over rounds of (unfolded time / row time); each round runs both variants back to "
-            "back, so load that comes and goes cancels; IQR: 25-75% of those ratios; p50 ratio: unfolded p50 / "
-            "row p50"]
+            "speed-up: median over rounds of unfolded time / row time (each round runs both back to back, so "
+            "load that comes and goes cancels); IQR: 25-75% of those ratios; p50 ratio: unfolded p50 / row p50"]
 
 
 def _footer(result: BenchResult) -> list[str]:
