@@ -42,9 +42,14 @@ def ratios_disagree(p50_ratio: float, speedup: float) -> bool:
     return abs(p50_ratio / speedup - 1.0) > DISAGREEMENT if speedup > 0 else True
 
 
+def ratio_number(value: float) -> str:
+    """A ratio with two decimals, three where two would round a real difference from 1 to 1.00."""
+    return f"{value:.3f}" if round(value, 2) == 1.0 and value != 1.0 else f"{value:.2f}"
+
+
 def ratio_text(value: float) -> str:
-    """A speed-up as `1.09x`: two decimals, three where two would round a real difference to 1.00."""
-    return f"{value:.3f}x" if round(value, 2) == 1.0 and value != 1.0 else f"{value:.2f}x"
+    """A speed-up as `1.09x` (see `ratio_number`)."""
+    return f"{ratio_number(value)}x"
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Verdict:
 
     def text(self) -> str:
         """`1.09x faster on torch device=cpu (IQR 1.07-1.12, significant)` or `no measurable difference on ...`."""
-        iqr = f"IQR {self.iqr[0]:.2f}-{self.iqr[1]:.2f}"
+        iqr = f"IQR {ratio_number(self.iqr[0])}-{ratio_number(self.iqr[1])}"
         if not self.significant:
             return f"no measurable difference on {self.where} ({iqr})"
         if self.speedup >= 1.0:

@@ -31,7 +31,8 @@ def test_verdict_sentences() -> None:
     assert verdict_line([faster, same, slower]) == (
         "folding: 1.09x faster on torch device=cpu (IQR 1.07-1.12, significant); no measurable difference on "
         "ort-cpu opt=all (IQR 0.96-1.03); slower on ort-cpu opt=disabled: 0.93x (IQR 0.91-0.95, significant)")
-    assert _verdict(1.004, 1.001, 1.008).text() == "1.004x faster on torch device=cpu (IQR 1.00-1.01, significant)"
+    assert _verdict(1.004, 1.001, 1.008).text() == "1.004x faster on torch device=cpu (IQR 1.001-1.01, significant)"
+    assert _verdict(1.12, 1.003, 1.5).text() == "1.12x faster on torch device=cpu (IQR 1.003-1.50, significant)"
     assert not _verdict(1.2, 1.0, 1.3).significant  # an IQR that touches 1.0 does not exclude it
     assert faster.to_dict()["text"] == faster.text() and faster.to_dict()["significant"] is True
 
