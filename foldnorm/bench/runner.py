@@ -34,8 +34,9 @@ from foldnorm.bench.backends.base import (
     Session,
 )
 from foldnorm.bench.environment import environment, load_note
+from foldnorm.bench.int8 import int8_notes, model_pairs
 from foldnorm.bench.progress import Eta, Progress, Step
-from foldnorm.bench.result import BenchResult, BenchRow, Int8Pair
+from foldnorm.bench.result import BenchResult, BenchRow
 from foldnorm.bench.speedup import speedup_stats
 from foldnorm.bench.timing import Timed, TimingOptions, time_interleaved
 from foldnorm.bench.workload import Workload, model_stats, plan_workload, precision_label
@@ -46,7 +47,6 @@ from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import compare_models, measure_error
-from foldnorm.verify.quantized import is_quantized
 
 if TYPE_CHECKING:
     import torch
@@ -126,13 +126,13 @@ def benchmark(
         say(Step(f"verifying the fold at batch sizes {', '.join(map(str, workload.verify_batch_sizes()))}"))
         verify = compare_models(unfolded, folded.model, batch_sizes=workload.verify_batch_sizes(),
                                 shapes=workload.shapes)
-        pairs, int8 = _model_pairs(unfolded, paths, options.precisions, work, workload, seed, say)
+        pairs, int8 = model_pairs(unfolded, paths, options.precisions, work, workload, seed, say)
         subject = Subject(source, unfolded, pairs, workload, precision_label(unfolded))
         rows, torch_report = _run_jobs(_jobs(runnable, options, workload, pairs), subject, timing, seed, say,
                                        unavailable)
         if not rows and unavailable:
             raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
-        notes = [n for n in (workload.note, load_note(options.threads), *_int8_notes(pairs, int8)) if n]
+        notes = [n for n in (workload.note, load_note(options.threads), *int8_notes(pairs, int8)) if n]
         models = {"unfolded": model_stats(unfolded), "folded": model_stats(folded.model)}
         return BenchResult(source.label, list(workload.batch_sizes), subject.precision, rows, folded.report, verify,
                            models, unavailable, environment(), notes, torch_report, int8)
@@ -175,45 +175,6 @@ def _jobs(backends: Sequence[Backend[Any]], options: RunOptions, workload: Workl
                 jobs += [(batch, backend, replace(cfg, precision=p), p) for p in pairs
                          if cfg.precision == "fp32" or p == "fp32"]
     return jobs
-
-
-def _model_pairs(unfolded: onnx.ModelProto, paths: dict[str, str], precisions: Sequence[Precision], work: Path,
-                 workload: Workload, seed: int,
-                 say: Progress) -> tuple[dict[Precision, dict[str, str]], Int8Pair | None]:
-    """The unfolded/folded files to time per model precision: a QDQ model is int8 as it is; a float model is
-    fp32 (unless only int8 was asked for) and, for "int8", quantized by ONNX Runtime (calibrated at the first
-    batch size) and folded again."""
-    if is_quantized(unfolded):
-        return {"int8": paths}, None
-    pairs: dict[Precision, dict[str, str]] = {}
-    if "int8" not in precisions or any(p != "int8" for p in precisions):
-        pairs["fp32"] = paths
-    if "int8" not in precisions:
-        return pairs, None
-    from foldnorm.bench.int8 import CALIBRATION_BATCHES, quantize_qdq
-
-    say(Step("quantizing (ONNX Runtime, QDQ int8)"))
-    batch = workload.batch_sizes[0]
-    calibration = [workload.feeds(unfolded, batch, seed + 1 + k) for k in range(CALIBRATION_BATCHES)]
-    int8_path = quantize_qdq(paths["unfolded"], work / "int8.onnx", calibration)
-    say(Step("folding the int8 model"))
-    folded = fold_model(int8_path)
-    pairs["int8"] = {"unfolded": str(int8_path), "folded": str(save_model(folded.model, work / "int8-folded.onnx"))}
-    verify = compare_models(int8_path, folded.model, batch_sizes=workload.verify_batch_sizes(),
-                            shapes=workload.shapes)
-    origin = (f"ONNX Runtime quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax on "
-              f"{CALIBRATION_BATCHES} seeded random batches)")
-    return pairs, Int8Pair(origin, folded.report, verify)
-
-
-def _int8_notes(pairs: Mapping[Precision, Any], int8: Int8Pair | None) -> list[str]:
-    """What the int8 rows ran and what their errors are measured against."""
-    if int8 is not None:
-        return [f"int8 rows: {int8.origin}; errors vs the fp32 unfolded model",
-                f"int8 fold: {int8.fold_report.summary()}", f"int8 verify: {int8.verify.summary()}"]
-    if "int8" in pairs:
-        return ["int8 rows: a QDQ model; errors vs the unfolded QDQ model on ort-cpu opt=disabled"]
-    return []
 
 
 def _describe_model(model: ModelArg) -> str:
