@@ -13,7 +13,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints-cpu.txt -e '.[torch,ort,plot,dev]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints-cpu.txt -e '.[torch,ort,openvino,plot,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -63,6 +63,8 @@ def _check_output_dir(directory: Path) -> None:
 @exporter_option("How a PyTorch model is exported first (as in `foldnorm export`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where TensorRT engines and timing caches are kept (default: ~/.cache/foldnorm).")
+@click.option("--cuda-graph", is_flag=True,
+              help="ort-cuda, ort-trt, tensorrt: capture a run in a CUDA graph and replay it (trtexec --useCudaGraph).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also save bench.txt, bench.json (with raw samples), bench.csv and bench.md in this directory.")
 @click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
@@ -71,7 +73,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
           threads: int, batch_sizes: tuple[int, ...], max_batch_size: int | None,
           input_shapes: list[tuple[str | None, Shape]], warmup: int,
           min_time: float, iterations: int | None, seed: int, exporter: Exporter, cache_dir: Path | None,
-          output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
+          cuda_graph: bool, output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
     MODEL is a built-in name (see `foldnorm models`), an import spec package.module:attr, or a .onnx file.
@@ -102,7 +104,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
     result = benchmark(model, backends=backends, ort_opt=ort_opt, precisions=precision, threads=threads,
                        batch_size=batch_sizes, max_batch_size=max_batch_size, input_shapes=shapes,
                        warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,
-                       cache_dir=cache_dir, progress=Progress())
+                       cache_dir=cache_dir, cuda_graph=cuda_graph, progress=Progress())
     click.echo(RENDERERS[fmt](result))
     if output_dir is not None:
         for path in write_outputs(result, output_dir, plot):

@@ -88,6 +88,6 @@ def environment() -> dict[str, str | None]:
         "gpu": gpu_name(),
         "peak_rss_mb": _peak_rss_mb(),
     }
-    for pkg in ("foldnorm", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
+    for pkg in ("foldnorm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt"):
         env[pkg] = _version(pkg)
     return env

@@ -81,7 +81,8 @@ def benchmark(
     precisions: Sequence[Precision] | None = None,
     threads: int | None = None,
     max_batch_size: int | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
+    cuda_graph: bool | None = None,
     warmup: int | None = None,
     min_time_s: float | None = None,
     iterations: int | None = None,
@@ -104,7 +105,7 @@ def benchmark(
     from foldnorm.bench.backends import BACKENDS
 
     options = _replaced(options or RunOptions(), ort_opt=ort_opt, precisions=precisions, threads=threads,
-                        max_batch_size=max_batch_size, cache_dir=cache_dir)
+                        max_batch_size=max_batch_size, cache_dir=cache_dir, cuda_graph=cuda_graph)
     timing = _replaced(timing or TimingOptions(), warmup=warmup, min_time_s=min_time_s, iterations=iterations)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
     say: Progress = progress or (lambda _step: None)
