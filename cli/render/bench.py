@@ -71,8 +71,8 @@ def _footer(result: BenchResult) -> list[str]:
     lines += [f"{name}: {why}" for name, why in result.unavailable.items()]
     lines += [f"note: {n}" for n in result.notes]
     env = result.environment
-    lines.append("environment: " + ", ".join(f"{k} {env[k]}" for k in ("cpu", "gpu", "onnxruntime", "torch",
-                                                                         "tensorrt") if env.get(k)))
+    lines.append("environment: " + ", ".join(f"{k} {env[k]}" for k in ("cpu", "gpu", "onnxruntime", "openvino",
+                                                                         "torch", "tensorrt") if env.get(k)))
     lines.append(result.verdict())
     return lines
 

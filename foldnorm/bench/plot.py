@@ -83,7 +83,7 @@ def _speedup_panel(ax: Any, verdicts: Sequence[Verdict]) -> None:
 
 def _latency_panel(ax: Any, pairs: Sequence[tuple[BenchRow, BenchRow]]) -> None:
     """Each variant's samples on one shared scale: min to p99 as a line, p25-p75 as a bar, p50/p90/p99 marked."""
-    everything = np.concatenate([np.asarray(r.samples_ms or [r.latency.p50_ms]) for pair in pairs for r in pair])
+    samples_of = [np.asarray(r.samples_ms or [r.latency.p50_ms]) for pair in pairs for r in pair]
     for y, pair in enumerate(pairs):
         for offset, row in zip((-0.18, 0.18), pair):
             samples = np.asarray(row.samples_ms or [row.latency.p50_ms])
@@ -96,13 +96,14 @@ def _latency_panel(ax: Any, pairs: Sequence[tuple[BenchRow, BenchRow]]) -> None:
                         mec="black", mew=0.6, ls="none")
             ax.annotate(f"p50 {q[1]:.3g} ms", (q[4], y + offset), xytext=(6, 0), textcoords="offset points",
                         va="center", fontsize=FONT_SIZE - 2, color=colour)
-    low, high = max(everything.min(), 1e-6), everything.max()
+    low = max(min(float(s.min()) for s in samples_of), 1e-6)
+    high = max(float(np.percentile(s, 99)) for s in samples_of)  # the lines end at p99
     if high / low > 20:
         ax.set_xscale("log")
         ax.set_xlim(low / 1.3, high * 1.9)
         _plain_log_ticks(ax.xaxis)
     else:
-        ax.set_xlim(0, high * 1.22)
+        ax.set_xlim(0, high * 1.3)
     ax.set_xlabel("latency per run (ms), one scale for all rows")
     ax.grid(axis="x", alpha=0.3, which="both")
     handles = [ax.plot([], [], color=c, lw=7, alpha=0.45, label=v)[0] for v, c in VARIANT_COLOURS.items()]
