@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from foldnorm.bench.speedup import ratio_text
 from foldnorm.errors import FoldnormError
 from foldnorm.onnxgraph.atomicfile import atomic_path
 
@@ -65,7 +66,7 @@ def _speedup_panel(ax: Any, verdicts: Sequence[Verdict]) -> None:
         colour = _colour(v)
         ax.errorbar([v.speedup], [y], xerr=[[v.speedup - v.iqr[0]], [v.iqr[1] - v.speedup]], fmt="o", ms=8,
                     color=colour, elinewidth=3, capsize=5)
-        ax.annotate(f"{v.speedup:.2f}x", (v.iqr[1], y), xytext=(6, 0), textcoords="offset points", va="center",
+        ax.annotate(ratio_text(v.speedup), (v.iqr[1], y), xytext=(6, 0), textcoords="offset points", va="center",
                     color=colour, fontsize=FONT_SIZE - 1)
     ax.axvline(1.0, color="black", lw=1.2, ls="--")
     lo = min([1.0, *(v.iqr[0] for v in verdicts)])
