@@ -14,6 +14,7 @@ import click
 
 from foldnorm.bench.progress import Step, eta_text
 from foldnorm.bench.result import BenchResult, BenchRow
+from foldnorm.bench.speedup import ratio_number
 
 from .common import info, table, write_text
 
@@ -31,7 +32,7 @@ FLAG = "(!)"
 
 
 def _iqr(row: BenchRow) -> str:
-    return f"{row.speedup_iqr[0]:.2f}-{row.speedup_iqr[1]:.2f}"
+    return f"{ratio_number(row.speedup_iqr[0])}-{ratio_number(row.speedup_iqr[1])}"
 
 
 def _p50_ratio(row: BenchRow) -> str:
