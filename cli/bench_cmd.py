@@ -20,13 +20,15 @@ from .options import (
     format_option,
     input_shapes_option,
     seed_option,
+    threads_option,
 )
 from .render.bench import RENDERERS, BenchFormat, Progress, write_outputs
 from .render.common import info
 
 
-def _check_output_dir(directory: Path) -> None:
-    """Refuse an --output directory that cannot be created or written before any timing is done."""
+def _check_output_dir(directory: Path, model: str | None) -> None:
+    """Refuse an --output directory that cannot be created or written, or whose files would replace the
+    model or its data (or something that is not a file), before any timing is done."""
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -34,6 +36,12 @@ def _check_output_dir(directory: Path) -> None:
         raise OutputPathError(f"{directory}: {existing} is a file, not a directory; choose another --output directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{directory}: {existing} is not writable; choose another --output directory")
+    from foldnorm.onnxgraph.modelio import model_files
+    from foldnorm.onnxgraph.outputs import check_distinct
+
+    inputs = model_files(model) if model is not None and model.endswith(".onnx") else []
+    check_distinct([("a bench output", directory / f"bench.{ext}") for ext in ("txt", "json", "csv", "md", "png")],
+                   [("the model", f) for f in inputs])
 
 
 @click.command(short_help="Folded vs unfolded: latency and accuracy per backend.")
@@ -45,8 +53,7 @@ def _check_output_dir(directory: Path) -> None:
               help="ONNX Runtime optimization levels to time, comma-separated (disabled|basic|extended|all).")
 @click.option("--precision", default="fp32,fp16", show_default=True, callback=comma_choices(PRECISIONS),
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
+@threads_option("CPU intra-op threads for ort-cpu and torch (0: the runtime's default; at most 4x the CPUs).")
 @batch_sizes_option("Batch size of the timed runs; several, comma-separated (1,8,32), give rows per batch size. A "
                     "model with a static batch runs at its own batch only.", default="1", name="--batch-size")
 @click.option("--max-batch-size", type=click.IntRange(min=1),
@@ -87,7 +94,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
         raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
                                  param_hint="--plot")
     if output_dir is not None:
-        _check_output_dir(output_dir)
+        _check_output_dir(output_dir, model)
     if plot:
         import importlib.util
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -33,7 +32,7 @@ from foldnorm.bench.backends.base import (
     RunOptions,
     Session,
 )
-from foldnorm.bench.environment import environment, load_note
+from foldnorm.bench.environment import check_threads, environment, load_note
 from foldnorm.bench.int8 import int8_notes, model_pairs
 from foldnorm.bench.progress import Eta, Progress, Step
 from foldnorm.bench.result import BenchResult, BenchRow
@@ -45,6 +44,7 @@ from foldnorm.export.exporter import Exporter
 from foldnorm.export.sources import InputShapes, ModelArg, ModelSource, is_onnx_path, resolve_source
 from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
+from foldnorm.onnxgraph.atomicfile import temporary_directory
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import compare_models, measure_error
 
@@ -107,13 +107,14 @@ def benchmark(
     options = _replaced(options or RunOptions(), ort_opt=ort_opt, precisions=precisions, threads=threads,
                         max_batch_size=max_batch_size, cache_dir=cache_dir, cuda_graph=cuda_graph)
     timing = _replaced(timing or TimingOptions(), warmup=warmup, min_time_s=min_time_s, iterations=iterations)
+    check_threads(options.threads)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
     say: Progress = progress or (lambda _step: None)
     from_module = not (isinstance(model, onnx.ModelProto) or
                        (isinstance(model, (str, os.PathLike)) and is_onnx_path(os.fspath(model))))
     runnable, unavailable = _available([get_backend(n) for n in names], from_module, say)
     batch_sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
-    with tempfile.TemporaryDirectory(prefix="foldnorm-bench-") as tmp:
+    with temporary_directory() as tmp:
         work = Path(tmp)
         say(Step(f"exporting {_describe_model(model)} to ONNX ({exporter}, opset {opset})" if from_module
                  else f"loading {_describe_model(model)}"))

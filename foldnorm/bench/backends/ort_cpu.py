@@ -53,7 +53,7 @@ def session_options(options: OrtOptions) -> Any:
         raise FoldnormError(f"unknown ONNX Runtime optimization level {options.opt!r}; use one of {OPT_LEVELS}")
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[options.opt]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as exceptions; ORT would also print them
     if options.threads:
         so.intra_op_num_threads = options.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
