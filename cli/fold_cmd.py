@@ -14,6 +14,7 @@ from foldnorm.workflows import fold_file
 
 from .options import (
     format_option,
+    inputs_as_constants_option,
     named_shapes_option,
     requantize_option,
     rule_options,
@@ -42,15 +43,17 @@ from .render.fold import render_fold_file
 @seed_option("Seed of the verification's random inputs.")
 @format_option(Format)
 @requantize_option
+@inputs_as_constants_option
 def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verify: bool, standalone_bn: StandaloneBN,
          skip: tuple[str, ...], only: tuple[str, ...], report_path: Path | None, shapes: dict[str, Shape], seed: int,
-         fmt: Format, requantize: bool) -> None:
+         fmt: Format, requantize: bool, inputs_as_constants: bool) -> None:
     """Fold BatchNorm into neighbouring Conv/ConvTranspose/Gemm/MatMul and write OUT.
 
     Exit 3 (and nothing written) when the folded model does not compute what the input computes.
     IN may be a directory: every *.onnx in it is folded into the directory -o (exit 1 if any failed).
     """
-    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only, requantize=requantize)
+    options = FoldOptions(standalone_bn=standalone_bn, skip=skip, only=only, requantize=requantize,
+                          inputs_as_constants=inputs_as_constants)
     output = output or (input_path if in_place else None)
     if output is None:
         raise click.UsageError("give the output with -o OUT.onnx (or --in-place to replace the input)")

@@ -20,28 +20,35 @@ class FoldnormGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand, mapping `FoldnormError` to its exit code and signals to 130/143/129."""
-        from foldnorm.errors import FoldnormError
-        from foldnorm.interrupts import exit_status, signal_name, signals_as_interrupts
+        from foldnorm.interrupts import signals_as_interrupts
 
         try:
             with signals_as_interrupts():
                 return super().invoke(ctx)
-        except FoldnormError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except ModuleNotFoundError as exc:
-            hint = _install_hint(exc.name)
-            if hint is None:
-                raise
-            click.echo(f"error: this command needs {exc.name}, which is not installed; install: {hint}", err=True)
-            sys.exit(1)
-        except OSError as exc:  # the file system refused something foldnorm did not check for: still one line
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"error: {where}{exc.strerror or exc}; check the path and the file system", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt as exc:
-            click.echo(f"interrupted ({signal_name(exc)}); no partially written file was left behind", err=True)
-            sys.exit(exit_status(exc))
+        except (Exception, KeyboardInterrupt) as exc:
+            _exit_for(exc)
+            raise
+
+
+def _exit_for(exc: BaseException) -> None:
+    """Print the one line and exit with the code `exc` calls for; return for a bug (which keeps its traceback)."""
+    from foldnorm.errors import FoldnormError
+    from foldnorm.interrupts import exit_status, interrupt_in, signal_name
+
+    interrupt = interrupt_in(exc)  # a signal, perhaps wrapped by a library (onnxruntime's import does)
+    if interrupt is not None:
+        click.echo(f"interrupted ({signal_name(interrupt)}); no partially written file was left behind", err=True)
+        sys.exit(exit_status(interrupt))
+    if isinstance(exc, FoldnormError):
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if isinstance(exc, ModuleNotFoundError) and (hint := _install_hint(exc.name)) is not None:
+        click.echo(f"error: this command needs {exc.name}, which is not installed; install: {hint}", err=True)
+        sys.exit(1)
+    if isinstance(exc, OSError):  # the file system refused something foldnorm did not check for: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}; check the path and the file system", err=True)
+        sys.exit(1)
 
 
 def _install_hint(module: str | None) -> str | None:

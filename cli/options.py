@@ -184,3 +184,10 @@ def requantize_option(f: F) -> F:
     return click.option("--requantize", is_flag=True,
                         help="Quantized (QDQ) weights that cannot take a fold exactly are requantized (the report "
                              "gives the error) instead of refused.")(f)
+
+
+def inputs_as_constants_option(f: F) -> F:
+    """`--inputs-as-constants`: read initializers that are also graph inputs as constants (always below IR 4)."""
+    return click.option("--inputs-as-constants", is_flag=True,
+                        help="Read initializers that are also listed as graph inputs (overridable defaults from IR "
+                             "version 4 on) as constants: they fold, and are no longer listed as inputs.")(f)

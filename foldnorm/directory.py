@@ -119,16 +119,24 @@ def _check_other_outputs(other_outputs: Sequence[str], pairs: list[tuple[str, st
                    replaces=[(d, s) for s, d in pairs])
 
 
-def _pool_items(pool: ProcessPoolExecutor, futures: dict[Future[DirectoryItem], tuple[str, str]],
-                done: Callable[[DirectoryItem], None]) -> None:
+def _in_pool(pool: ProcessPoolExecutor, submit: Callable[[], dict[Future[DirectoryItem], tuple[str, str]]],
+             done: Callable[[DirectoryItem], None]) -> None:
+    """Submit the files (while this process ignores SIGINT, so the workers it starts ignore it from their first
+    instruction on) and collect them; interrupted at any point, it stops the workers, each removing its files."""
     try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            futures = submit()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         for future in as_completed(futures):
             try:
                 done(future.result())
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory, crashed)
                 done(DirectoryItem(*futures[future], False, f"the worker process died ({exc}); fold this "
                                    "file alone to see why"))
-    except BaseException:  # Ctrl-C or a termination signal: stop the workers, each removes its temporary files
+    except BaseException:  # Ctrl-C or a termination signal
         for process in list((pool._processes or {}).values()):
             process.terminate()
         raise
@@ -184,16 +192,9 @@ def fold_directory(
         for src, dst in pairs:
             done(_fold_one(src, dst, verify, opts, in_place, shapes, seed, extra))
         return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])
-    # spawn: workers start clean (no inherited ONNX Runtime threads or state). They are started while this
-    # process ignores SIGINT, so they ignore it from their first instruction on.
+    # spawn: workers start clean (no inherited ONNX Runtime threads or state).
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-    try:
-        futures = {pool.submit(_fold_in_worker, s, d, verify, opts, in_place, shapes, seed, extra): (s, d)
-                   for s, d in pairs}
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    _pool_items(pool, futures, done)
+    _in_pool(pool, lambda: {pool.submit(_fold_in_worker, s, d, verify, opts, in_place, shapes, seed, extra): (s, d)
+                            for s, d in pairs}, done)
     return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])

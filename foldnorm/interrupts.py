@@ -30,6 +30,18 @@ def exit_status(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt `exc` is, or was raised from or while handling (a library may wrap it in its own error)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def signal_name(exc: KeyboardInterrupt) -> str:
     """The name of the signal behind the interrupt (SIGINT for Ctrl-C)."""
     return signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"

@@ -18,7 +18,7 @@ def report_table(report: FoldReport) -> str:
     rows = [(r.op_type, r.node, r.module, r.outcome, r.target, r.reason) for r in report.records]
     body = table(["op", "node", "module", "outcome", "target", "reason"], rows) if rows else \
         "no normalization nodes found"
-    return f"{body}\n{report.summary()}"
+    return "\n".join([body, report.summary(), *(f"note: {note}" for note in report.notes)])
 
 
 def render_inspect(input_path: Path, report: FoldReport, fmt: Format) -> None:

@@ -41,6 +41,20 @@ def batchnorm_affine(
         return ChannelAffine(scale, b - m * scale)
 
 
+def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel (axis 1) mean and biased variance of `x` over every other axis, in float64: what a
+    training-mode BatchNorm normalizes `x` with."""
+    x64 = np.asarray(x, dtype=np.float64)
+    axes = tuple(a for a in range(x64.ndim) if a != 1)
+    return x64.mean(axis=axes), x64.var(axis=axes)
+
+
+def apply_affine(x: np.ndarray, affine: ChannelAffine) -> np.ndarray:
+    """`affine` applied to the channels (axis 1) of `x`, in float64."""
+    shape = (affine.channels, *([1] * (x.ndim - 2)))
+    return np.asarray(x, dtype=np.float64) * affine.scale.reshape(shape) + affine.shift.reshape(shape)
+
+
 @dataclass(frozen=True)
 class Scaled:
     """The product `base * factor` (broadcast), held unevaluated so that `emit` can compute it in float64

@@ -27,6 +27,8 @@ class FoldContext:
     options: FoldOptions
     #: the model whose main graph this is, for shape inference when a rank is not recorded (None: subgraph).
     model: onnx.ModelProto | None = None
+    #: the version of the default ONNX domain the graph's operators follow (below 7: the old operator versions).
+    opset: int = field(default_factory=onnx.defs.onnx_opset_version)
     #: sentences the last `apply()` wants in its record (e.g. a shared weight was duplicated).
     notes: list[str] = field(default_factory=list)
     #: set by the engine: the first plan of the "after" rules folding a subject into a given producer (raises

@@ -47,6 +47,7 @@ from foldnorm.fold.rules import (
     SubjectRule,
     batchnorm_params,
 )
+from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
 from foldnorm.onnxgraph.graph import (
@@ -58,7 +59,7 @@ from foldnorm.onnxgraph.graph import (
     node_label,
     subgraphs,
 )
-from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
+from foldnorm.onnxgraph.modelio import ModelLike, default_opset, load_model, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +107,38 @@ def fold_model(
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
-        validate_model(source, "the model")  # opset (BN-6 and older default to training mode), tensors, shapes
+        validate_model(source, "the model")  # opset, tensors, shapes
         model = source if in_place else copy.deepcopy(source)
     else:
         model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
-    _fold_graph(model.graph, None, None, "main", opts, report, model)
+    detached = _constant_inputs(model, opts, report)
+    opset = default_opset(model.opset_import)
+    _fold_graph(model.graph, None, None, "main", opts, report, opset, model)
     for function in model.functions:
-        _fold_function(function, opts, report)
+        _fold_function(function, opts, report, default_opset([*function.opset_import, *model.opset_import]))
     if model.ir_version < 4:
+        if detached is not None:
+            initializer_inputs.relist(model.graph, detached)
         _initializers_to_constants(model.graph)
     return FoldResult(model, report)
+
+
+def _constant_inputs(model: onnx.ModelProto, options: FoldOptions,
+                     report: FoldReport) -> initializer_inputs.DetachedInputs | None:
+    """Below IR 4 (as ONNX Runtime does), or when the options ask, read initializers listed as graph inputs as
+    constants, and say so in the report."""
+    if model.ir_version >= 4 and not options.inputs_as_constants:
+        return None
+    detached = initializer_inputs.detach(model.graph)
+    if detached.count:
+        why = (f"below IR version 4 (this model: IR {model.ir_version}), as ONNX Runtime reads them"
+               if model.ir_version < 4 else "as asked (inputs_as_constants); the folded model no longer lists them "
+               "as inputs")
+        report.notes.append(f"{detached.count} initializers also listed as graph inputs were read as constants, "
+                            f"{why}")
+    return detached
 
 
 def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> FoldReport:
@@ -135,12 +156,13 @@ def _fold_graph(
     path: str,
     options: FoldOptions,
     report: FoldReport,
+    opset: int,
     model: onnx.ModelProto | None = None,
 ) -> None:
     index = GraphIndex(graph, outer_index, path)
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
-    ctx = FoldContext(index, constants, options, model=model)
+    ctx = FoldContext(index, constants, options, model=model, opset=opset)
     ctx.fold_into = partial(_fold_into, ctx)
     ctx.takes_fold = partial(_takes_fold, ctx)
     early = _rewrite_blocks(ctx)
@@ -161,14 +183,14 @@ def _fold_graph(
         condition.check(snapshot, condition.snapshot(index, folded))
     for node in index.nodes:
         for sub_path, sub in named_subgraphs(node, path):
-            _fold_graph(sub, index, constants, sub_path, options, report)
+            _fold_graph(sub, index, constants, sub_path, options, report, opset)
 
 
-def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport) -> None:
+def _fold_function(function: onnx.FunctionProto, options: FoldOptions, report: FoldReport, opset: int) -> None:
     """Fold inside a model-local function: its body is folded as a graph; new tensors become Constant nodes."""
     path, graph = function_graph(function)
     folded_before = report.folded
-    _fold_graph(graph, None, None, path, options, report)
+    _fold_graph(graph, None, None, path, options, report, opset)
     if report.folded == folded_before:
         return
     del function.node[:]

@@ -2,8 +2,9 @@
 
 BatchNorm with running statistics is a fixed affine map and may be folded. GroupNorm, LayerNorm and
 InstanceNorm compute statistics from each input and are never altered; neither are the BatchNorm nodes an
-exporter emits for an InstanceNorm with running stats (Reshape → BN → Reshape) or for a BatchNorm whose
-statistics are computed in the graph.
+exporter emits for an InstanceNorm with running stats (Reshape to [1, N*C, ...] → BN with statistics tiled
+per sample → Reshape; any other BN between Reshapes is a BatchNorm) or for a BatchNorm whose statistics are
+computed from its input in the graph (unless that input is a constant: then the whole BN is one).
 
 `classify` is the one classifier: the fold engine's records, `survey` (the counts export reports) and
 verify's structure check all take a node's kind from it, in the main graph, in If/Loop/Scan bodies and in
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import onnx
 
 from foldnorm.errors import InvariantViolation
@@ -63,18 +65,64 @@ def classify(index: GraphIndex, node: onnx.NodeProto, constants: ConstantResolve
         return NormInfo("batchnorm", True, f"{node.domain}.BatchNormalization is a custom op, not the standard "
                         "BatchNormalization; left as it is")
     if op == "BatchNormalization":
-        producer = index.producer.get(node.input[0])
-        consumer = index.only_consumer(node.output[0])
-        if (producer is not None and producer.op_type == "Reshape" and consumer is not None
-                and consumer.op_type == "Reshape"):
+        if _tracked_instancenorm(index, node, constants):
             return NormInfo("instancenorm", True, "BatchNormalization between Reshapes stands for an InstanceNorm "
-                            "with running statistics; left as exported")
-        stats = node.input[3:5]
-        if len(stats) == 2 and any(constants.value(s) is None and not index.is_graph_input(s) for s in stats):
-            return NormInfo("batchnorm", True, "its mean/variance are computed from the input "
+                            "with running statistics (its statistics tiled per sample, its input reshaped to "
+                            "[1, N*C, ...]); left as exported")
+        x, stats = node.input[0], node.input[3:5]
+        if any(constants.value(s) is None and x in index.upstream(s) for s in stats) \
+                and constants.value(x) is None:
+            return NormInfo("batchnorm", True, "its mean/variance are computed from its input "
                             "(BatchNorm without running statistics); nothing fixed to fold")
         return NormInfo("batchnorm", False, "")
     return None
+
+
+def _tracked_instancenorm(index: GraphIndex, bn: onnx.NodeProto, constants: ConstantResolver) -> bool:
+    """Whether `bn` is the export of an InstanceNorm with running statistics, as torch writes it:
+    `Reshape(x, [1, N*C, ...]) -> BatchNormalization(mean, var tiled N times) -> Reshape back`.
+
+    The statistics are tiled by `Tile` nodes, or (constant-folded) hold N copies of their first C values, N and C
+    being the static batch and channels of `x`. Anything less is an ordinary BatchNorm between reshapes (LeViT's
+    `bn(linear(x).flatten(0, 1))`), which the rules may fold.
+    """
+    reshape = index.producer.get(bn.input[0])
+    consumer = index.only_consumer(bn.output[0])
+    if not (reshape is not None and is_onnx_op(reshape, "Reshape") and len(reshape.input) > 1
+            and consumer is not None and is_onnx_op(consumer, "Reshape")):
+        return False
+    if not _leads_with_one(index, reshape.input[1], constants):
+        return False
+    source = index.shape(reshape.input[0])
+    return len(bn.input) == 5 and all(_tiled(index, stat, source, constants) for stat in bn.input[3:5])
+
+
+def _leads_with_one(index: GraphIndex, target: str, constants: ConstantResolver) -> bool:
+    """Whether a Reshape target shape provably starts with 1: a constant, or a Concat whose first piece is one."""
+    value = constants.value(target)
+    if value is None:
+        concat = index.producer.get(target)
+        if concat is None or not is_onnx_op(concat, "Concat") or not concat.input:
+            return False
+        value = constants.value(concat.input[0])
+    return value is not None and value.ndim == 1 and value.size > 0 and int(value[0]) == 1
+
+
+def _tiled(index: GraphIndex, stat: str, source: list[int | str | None] | None,
+           constants: ConstantResolver) -> bool:
+    """Whether statistic `stat` is tiled per sample: a Tile's output, or N copies of C values (`source`: the
+    shape [N, C, ...] of the tensor before the Reshape, when recorded)."""
+    producer = index.producer.get(stat)
+    if producer is not None and is_onnx_op(producer, "Tile"):
+        return True
+    value = constants.value(stat)
+    if value is None or source is None or len(source) < 2:
+        return False
+    n, c = source[0], source[1]
+    if not (isinstance(n, int) and isinstance(c, int)) or value.size != n * c or c == 0:
+        return False
+    flat = value.reshape(-1)
+    return bool(np.array_equal(flat, np.tile(flat[:c], n)))
 
 
 def _lowered_groupnorm_tail(index: GraphIndex, node: onnx.NodeProto) -> tuple[onnx.NodeProto, ...]:

@@ -36,6 +36,9 @@ class FoldOptions:
     `standalone_bn="affine"` lowers a BatchNorm with nothing to fold into to one Mul and one Add (the
     `bn-affine` rule). `requantize=True` lets a fold into quantized (QDQ) weights that cannot keep their
     integers requantize them, with the error in the report (without it such a fold is refused).
+    `inputs_as_constants=True` reads initializers that are also listed as graph inputs (defaults a caller may
+    override, from IR version 4 on) as constants, and the folded model no longer lists them as inputs; below
+    IR 4 they are always read as constants, as ONNX Runtime reads them.
     `skip` turns the named rules off; `only`, when given, turns every other rule off.
     Unknown rule names raise `UnknownRuleError` (a `FoldnormError`) listing the valid ones.
     """
@@ -44,6 +47,7 @@ class FoldOptions:
     skip: Sequence[str] = ()
     only: Sequence[str] = ()
     requantize: bool = False
+    inputs_as_constants: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", check_rule_names(self.skip, "skip"))

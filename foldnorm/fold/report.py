@@ -37,6 +37,8 @@ class FoldReport:
     """All records of one fold run, in graph order."""
 
     records: list[FoldRecord] = field(default_factory=list)
+    #: sentences about the whole model (how its inputs were read ...).
+    notes: list[str] = field(default_factory=list)
 
     def add(self, record: FoldRecord) -> None:
         """Append one record."""
@@ -106,6 +108,7 @@ class FoldReport:
             "counts": self.counts(),
             "quantization": self.quantization_counts(),
             "summary": self.summary(),
+            "notes": list(self.notes),
         }
 
     def to_json(self) -> str:

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper
 
 from foldnorm.onnxgraph.external import tensor_array
-from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
+from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs, legacy_broadcast
 from foldnorm.onnxgraph.quantize import dequantize, quantize
 from foldnorm.onnxgraph.tensors import element_count, graph_tensors
 
@@ -85,6 +85,21 @@ def _squeeze(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
     return np.squeeze(args[0], axis=tuple(int(a) % args[0].ndim for a in axes))
 
 
+def _reduce_mean(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
+    """ONNX ReduceMean (axes as input from opset 18, an attribute before), computed in float64, rounded once."""
+    data = args[0]
+    if not np.issubdtype(data.dtype, np.floating):
+        raise TypeError(f"ReduceMean of {data.dtype} is not evaluated")
+    axes = args[1] if len(args) > 1 else attr(node, "axes")
+    if axes is None or len(axes) == 0:
+        if attr(node, "noop_with_empty_axes", 0):
+            return data
+        axes = range(data.ndim)
+    axis = tuple(sorted({int(a) % data.ndim for a in axes})) if data.ndim else None
+    mean = np.mean(data, axis=axis, dtype=np.float64, keepdims=bool(attr(node, "keepdims", 1)))
+    return np.asarray(mean).astype(data.dtype)
+
+
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """ONNX Div: integers divide exactly, truncating toward zero (as C does), not through float64."""
     if not np.issubdtype(a.dtype, np.integer):
@@ -112,9 +127,10 @@ _OPS: dict[str, _Eval] = {
     "Reshape": lambda n, a: _reshape(a[0], a[1], attr(n, "allowzero", 0)),
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
-    "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis")),
+    "Concat": lambda n, a: np.concatenate(a, axis=attr(n, "axis", 1)),  # Concat-1: axis 1 by default
     "Transpose": lambda n, a: np.transpose(a[0], attr(n, "perm")),
     "Flatten": lambda n, a: a[0].reshape(int(np.prod(a[0].shape[: attr(n, "axis", 1)])), -1),
+    "ReduceMean": _reduce_mean,
     "DequantizeLinear": dequantize,
     "QuantizeLinear": quantize,
 }
@@ -165,7 +181,8 @@ class ConstantResolver:
                 or attribute_refs(node)):
             return None
         try:
-            return self._evaluate_node(node, depth)
+            with np.errstate(all="ignore"):  # NaN and infinities are values like any other (folds refuse them)
+                return self._evaluate_node(node, depth)
         except (ValueError, TypeError, IndexError, KeyError, ArithmeticError):
             return None  # not computable here (e.g. shapes that do not broadcast): not a known constant
 
@@ -191,6 +208,8 @@ class ConstantResolver:
             return np.array(shape[start:end], dtype=np.int64)
         if op not in _ELEMENTWISE and op not in _OPS and op != "ConstantOfShape":
             return None
+        if legacy_broadcast(node):
+            return None  # opset 6 and older: the second operand aligned from `axis`, not by numpy's rules
         args: list[np.ndarray] = []
         for k, inp in enumerate(node.input):
             if not inp:

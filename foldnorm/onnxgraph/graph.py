@@ -30,6 +30,12 @@ def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
     return node.op_type in op_types and node.domain in ("", "ai.onnx")
 
 
+def legacy_broadcast(node: onnx.NodeProto) -> bool:
+    """Whether `node` broadcasts the way element-wise ops did before opset 7 (Add/Sub/Mul/Div-6 and older with
+    `broadcast=1`: the second operand aligned with the first from `axis`), not numpy's way."""
+    return is_onnx_op(node, "Add", "Sub", "Mul", "Div") and bool(attr(node, "broadcast", 0))
+
+
 def attribute_refs(node: onnx.NodeProto) -> list[str]:
     """Attributes of `node` that refer to an attribute of the enclosing function (`<epsilon: float = @eps>`).
 
@@ -174,6 +180,19 @@ class GraphIndex:
         if tensor is None or name in self.graph_inputs:
             return None
         return tensor
+
+    def upstream(self, name: str) -> Iterator[str]:
+        """`name` and every value it is computed from in this graph, each once (producers' inputs, depth first)."""
+        pending, seen = [name], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            yield current
+            producer = self.producer.get(current)
+            if producer is not None:
+                pending.extend(i for i in producer.input if i)
 
     def is_graph_input(self, name: str) -> bool:
         """Whether `name` is fed from outside (an input of this or an enclosing graph, not produced here)."""

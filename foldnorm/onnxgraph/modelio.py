@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -41,8 +42,6 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
-# Opsets of the default domain foldnorm reads (BatchNormalization-7 onwards).
-MIN_OPSET = 7
 
 
 def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: bool = False) -> onnx.ModelProto:
@@ -126,14 +125,21 @@ def _check_model_file(path: Path) -> None:
 
 
 def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
-    """Raise `InvalidModelError` unless the default-domain opset is one foldnorm reads (`path` names the model)."""
+    """Raise `InvalidModelError` when the default-domain opset is one this onnx does not know (`path` names the
+    model). Old opsets are read: the fold refuses, node by node, the old operator versions it has no rule for."""
     newest = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= newest:
+        if entry.domain in ("", "ai.onnx") and not 1 <= entry.version <= newest:
             raise InvalidModelError(
-                f"{path}: opset {entry.version} is not supported (this onnx {onnx.__version__} knows opsets "
-                f"{MIN_OPSET}-{newest}); re-export with an opset in that range."
+                f"{path}: opset {entry.version} is not one this onnx {onnx.__version__} knows (1-{newest}); "
+                f"re-export with opset {newest} or lower, or upgrade onnx."
             )
+
+
+def default_opset(imports: Iterable[onnx.OperatorSetIdProto]) -> int:
+    """The version of the default ONNX domain among `imports` (a model's or a function's; the newest if absent)."""
+    versions = [entry.version for entry in imports if entry.domain in ("", "ai.onnx")]
+    return versions[0] if versions else onnx.defs.onnx_opset_version()
 
 
 def _check_model(model: onnx.ModelProto, path: Path) -> None:

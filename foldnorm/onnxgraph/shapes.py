@@ -3,11 +3,11 @@ element types a graph proves.
 
 `onnx.checker` and shape inference serialize the whole model (hundreds of MB for a ResNet-50) before they
 look at it. On the skeleton every large tensor is replaced by a graph input of the same type and shape, so
-both see the same structure, types and shapes at a fraction of the cost. `infer_shapes` uses it to prove the
-ranks and dims of values exporters did not record (the legacy torch exporter often records none), which some
-folds need (MatMul + BN, Concat + BN). `ShapeProver` answers "what rank (dtype, length of an axis) does
-this value have" from recorded shapes, producers that keep their input's rank (dtype), and, last, that
-inference.
+both see the same structure, types and shapes at a fraction of the cost. `infer_types` uses it to prove the
+ranks, dims and element types of values exporters did not record (the legacy torch exporter often records
+none), which some folds need (MatMul + BN, Concat + BN, a standalone BN lowered to Mul + Add).
+`ShapeProver` answers "what rank (dtype, length of an axis) does this value have" from recorded shapes,
+producers that keep their input's rank (dtype), and, last, that inference.
 """
 
 from __future__ import annotations
@@ -48,20 +48,16 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """The shape of every value of the main graph that shape inference can determine (empty on failure);
-    a dim it cannot size is None."""
+def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
+    """The tensor type (element type, and shape as far as known) of every value of the main graph that shape
+    inference can determine (empty on failure)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(weightless_copy(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         log.debug("shape inference failed: %s", exc)
         return {}
-    shapes: dict[str, list[int | None]] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        t = vi.type
-        if t.HasField("tensor_type") and t.tensor_type.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
-    return shapes
+    return {vi.name: vi.type.tensor_type for vi in [*inferred.graph.value_info, *inferred.graph.output,
+                                                    *inferred.graph.input] if vi.type.HasField("tensor_type")}
 
 
 # Ops whose output has the rank of their first input (used to prove ranks without shape inference).
@@ -90,7 +86,7 @@ class ShapeProver:
         self.index = index
         self.constants = constants
         self.model = model
-        self._inferred: dict[str, list[int | None]] | None = None
+        self._inferred: dict[str, onnx.TypeProto.Tensor] | None = None
 
     def rank(self, name: str, depth: int = 0) -> int | None:
         """The rank of value `name` when the graph proves it (recorded shape, or a rank-preserving producer)."""
@@ -125,15 +121,29 @@ class ShapeProver:
         dims = self._inferred_shape(name)
         return None if dims is None else len(dims)
 
-    def _inferred_shape(self, name: str) -> list[int | None] | None:
+    def _inferred_type(self, name: str) -> onnx.TypeProto.Tensor | None:
         if self.model is None:
             return None
         if self._inferred is None:
-            self._inferred = infer_shapes(self.model)
+            self._inferred = infer_types(self.model)
         return self._inferred.get(name)
 
-    def elem_type(self, name: str, depth: int = 0) -> int | None:
-        """The ONNX element type of `name`: recorded, or that of the data input of a dtype-preserving producer."""
+    def _inferred_shape(self, name: str) -> list[int | None] | None:
+        tensor = self._inferred_type(name)
+        if tensor is None or not tensor.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+
+    def elem_type(self, name: str) -> int | None:
+        """The ONNX element type of `name`: recorded, that of the data input of a dtype-preserving producer, or,
+        last, inferred (legacy exports record few types, and long chains of such producers)."""
+        elem = self._traced_elem_type(name, 0)
+        if elem is None:
+            tensor = self._inferred_type(name)
+            elem = tensor.elem_type if tensor is not None and tensor.elem_type else None
+        return elem
+
+    def _traced_elem_type(self, name: str, depth: int) -> int | None:
         elem = self.index.elem_type(name)
         if elem is not None:
             return elem
@@ -141,4 +151,4 @@ class ShapeProver:
         if (producer is None or depth > 64 or not is_onnx_op(producer, *_DTYPE_PRESERVING)
                 or not producer.input):
             return None
-        return self.elem_type(producer.input[0], depth + 1)
+        return self._traced_elem_type(producer.input[0], depth + 1)

@@ -79,11 +79,20 @@ def test_bn_param_length_mismatch_is_a_user_error(rng: np.random.Generator) -> N
         fold_model(model)
 
 
-def test_opset6_model_given_as_a_modelproto_is_a_user_error(rng: np.random.Generator) -> None:
-    # BatchNormalization-6 defaults to is_test=0 (training): the API refuses it as a path is refused.
+def test_opset6_bn_without_is_test_is_refused_as_training_mode(rng: np.random.Generator) -> None:
+    # BatchNormalization-6 defaults to is_test=0 (training): that node is refused, not the model (issue 13, item 10).
     model = conv_bn(rng, spatial=(6, 6))
     model.opset_import[0].version = 6
-    with pytest.raises(InvalidModelError, match="opset 6 is not supported"):
+    (record,) = fold_model(model).report.records
+    assert record.outcome == "skipped"
+    assert record.reason == ("is_test=0 (BatchNormalization-6 and older, opset 6): the node computes batch "
+                             "statistics (training mode)")
+
+
+def test_a_newer_opset_than_onnx_knows_given_as_a_modelproto_is_a_user_error(rng: np.random.Generator) -> None:
+    model = conv_bn(rng, spatial=(6, 6))
+    model.opset_import[0].version = 99
+    with pytest.raises(InvalidModelError, match=r"opset 99 is not one this onnx .* knows \(1-\d+\)"):
         fold_model(model)
 
 

@@ -76,18 +76,94 @@ def test_layer_and_instance_norm_are_kept(rng: np.random.Generator) -> None:
     assert_intact(model, x, {("batchnorm", "folded"), ("instancenorm", "kept"), ("layernorm", "kept")})
 
 
-def test_reshape_bn_reshape_instance_norm_is_kept(rng: np.random.Generator) -> None:
-    # InstanceNorm2d(track_running_stats=True) as exported: [N, C, H, W] -> [1, N*C, H*W] -> BN -> back.
+@pytest.mark.parametrize("tiled", ["Tile nodes", "constant-folded"])
+def test_reshape_bn_reshape_instance_norm_is_kept(rng: np.random.Generator, tiled: str) -> None:
+    # InstanceNorm2d(track_running_stats=True) as exported: [N, C, H, W] -> [1, N*C, H*W] -> BN with the C
+    # statistics tiled N times -> back. The legacy exporter's constant folding leaves the tiled values.
+    stats = bn_params("bn", 4, rng)
     inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "fwd": np.array([1, 8, 36], np.int64),
-             "back": np.array([2, 4, 6, 6], np.int64), **bn_params("bn", 8, rng)}
+             "back": np.array([2, 4, 6, 6], np.int64), "reps": np.array([2], np.int64)}
+    if tiled == "Tile nodes":
+        inits.update(stats)
+        tiles = "\n".join(f"t_{k} = Tile (bn_{k}, reps)" for k in ("scale", "bias", "mean", "var"))
+        params = "t_scale, t_bias, t_mean, t_var"
+    else:
+        inits.update({name: np.tile(value, 2) for name, value in stats.items()})
+        tiles, params = "", bn_inputs("bn")
     model = parse(f"""
     <ir_version: 8, opset_import: ["" : 18]>
-    g (float[2, 4, 6, 6] x) => (float[2, 4, 6, 6] y) {{
+    g (float[2, 4, 6, 6] x) => (float[2, 4, 6, 6] y) <float[2, 4, 6, 6] c> {{
         c = Conv <pads = [1, 1, 1, 1]> (x, W)
         r = Reshape (c, fwd)
-        b = BatchNormalization (r, {bn_inputs("bn")})
+        {tiles}
+        b = BatchNormalization (r, {params})
         y = Reshape (b, back)
     }}
     """, inits)
     x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
     assert_intact(model, x, {("instancenorm", "kept")})
+    record = fold_model(model).report.records[0]
+    assert "InstanceNorm with running statistics" in record.reason
+
+
+@pytest.mark.parametrize("case", ["stats not tiled", "leading dim not 1"])
+def test_reshape_bn_reshape_without_the_instance_norm_pattern_is_a_batchnorm(rng: np.random.Generator,
+                                                                           case: str) -> None:
+    # A BN between Reshapes is an InstanceNorm only when the graph proves torch's pattern; else it is a BatchNorm
+    # the rules are offered (here none folds it: a rank-3 view, or statistics computed at run time).
+    channels, fwd, reps = (8, [1, 8, 36], "") if case == "stats not tiled" else (4, [2, 4, 36], "t_mean, t_var")
+    inits = {"W": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "fwd": np.array(fwd, np.int64),
+             "back": np.array([2, 4, 6, 6], np.int64), "one": np.array([1], np.int64),
+             **bn_params("bn", channels, rng)}
+    params = f"bn_scale, bn_bias, {reps}" if reps else bn_inputs("bn")
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[2, 4, 6, 6] x) => (float[2, 4, 6, 6] y) <float[2, 4, 6, 6] c> {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        r = Reshape (c, fwd)
+        t_mean = Tile (bn_mean, one)
+        t_var = Tile (bn_var, one)
+        b = BatchNormalization (r, {params})
+        y = Reshape (b, back)
+    }}
+    """, inits)
+    [record] = fold_model(model).report.records
+    assert (record.kind, record.outcome) == ("batchnorm", "skipped"), record
+    assert ("rank 3, not 2" if case == "stats not tiled" else "'t_mean' is computed at run time") in record.reason
+
+
+def _conv_then_bn(rng: np.random.Generator, stats: str, inputs: str = "") -> onnx.ModelProto:
+    """Conv -> BN whose mean and variance `bn_mean`, `bn_var` are computed by the nodes `stats` (ONNX text)."""
+    params = bn_params("bn", 6, rng)
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), "axes": np.array([0, 2, 3], np.int64),
+             "bn_scale": params["bn_scale"], "bn_bias": params["bn_bias"]}
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x{inputs}) => (float[N, 6, 6, 6] y) {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        {stats}
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, inits)
+
+
+def test_bn_with_statistics_computed_from_its_input_is_kept(rng: np.random.Generator) -> None:
+    # BatchNorm2d(track_running_stats=False) under dynamo: mean and variance are ReduceMeans of the BN's input.
+    model = _conv_then_bn(rng, """bn_mean = ReduceMean <keepdims = 0> (c, axes)
+        m = ReduceMean <keepdims = 1> (c, axes)
+        d = Sub (c, m)
+        sq = Mul (d, d)
+        bn_var = ReduceMean <keepdims = 0> (sq, axes)""")
+    [record] = fold_model(model).report.records
+    assert (record.kind, record.outcome) == ("batchnorm", "kept")
+    assert "computed from its input" in record.reason
+
+
+def test_bn_with_statistics_from_elsewhere_is_an_ordinary_batchnorm(rng: np.random.Generator) -> None:
+    # Statistics that do not come from the BN's input are no "BatchNorm without running statistics": the BN is
+    # offered to the rules, which say why they cannot fold it (here: they are filled at run time).
+    model = _conv_then_bn(rng, """bn_mean = ConstantOfShape <value = float[1] {0.25}> (n)
+        bn_var = ConstantOfShape <value = float[1] {1.5}> (n)""", inputs=", int64[1] n")
+    [record] = fold_model(model).report.records
+    assert (record.kind, record.outcome) == ("batchnorm", "skipped")
+    assert "its mean 'bn_mean' is computed at run time" in record.reason

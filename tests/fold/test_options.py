@@ -34,7 +34,7 @@ def fold_and_compare(rng: np.random.Generator, options: FoldOptions | None = Non
 
 def test_rule_names_are_the_registry_in_order() -> None:
     assert rule_names() == ("conv-bn", "conv-transpose-bn", "gemm-bn", "matmul-bn", "qdq-bn", "reshape-bn", "concat-bn",
-                            "bn-bn", "bn-conv", "bn-linear", "affine-conv", "affine-tail", "bn-affine",
+                            "bn-bn", "bn-conv", "bn-linear", "affine-conv", "affine-tail", "bn-constant", "bn-affine",
                             "rep-branches")
     assert rule_names() == tuple(rule.name for rule in RULES)
 

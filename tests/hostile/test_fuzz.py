@@ -7,7 +7,8 @@ unchanged, no temporary file left, and an output written with exit 0 loads as a 
 Mutations: tensor dims, data and types; data_location and external_data entries (locations that escape the
 directory, through `..`, an absolute path, a symlink, a FIFO; offsets and lengths that are negative, not
 numbers, too long); attribute types and values; node inputs, outputs, op types and domains; opset imports;
-graph input types and shapes; nodes inside If branches and model-local functions, and the function calls.
+graph input types and shapes; nodes inside If branches and model-local functions, and the function calls;
+branch sums and quantized (QDQ) weights.
 The quick profile runs in `make test`; `FOLDNORM_FUZZ=1` (`make fuzz`) runs the long one.
 """
 
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from support.builders import bn_inputs, bn_params, conv_bn, parse
 from support.cli import run, snapshot
+from support.qdq_builders import qdq_conv_bn
 
 from foldnorm.onnxgraph.atomicfile import TEMP_PREFIX
 from foldnorm.onnxgraph.graph import subgraphs
@@ -108,9 +110,29 @@ def _gemm_and_conv_transpose(rng: np.random.Generator) -> onnx.ModelProto:
     """, inits)
 
 
+def _branch_sum(rng: np.random.Generator) -> onnx.ModelProto:
+    """A RepVGG-style block: Conv3x3-BN + Conv1x1-BN + BN(x), added."""
+    inits = {"K": rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32),
+             "P": rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32),
+             **bn_params("a", 4, rng), **bn_params("b", 4, rng), **bn_params("i", 4, rng)}
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+        k = Conv <pads = [1, 1, 1, 1]> (x, K)
+        kb = BatchNormalization (k, {bn_inputs("a")})
+        p = Conv (x, P)
+        pb = BatchNormalization (p, {bn_inputs("b")})
+        ib = BatchNormalization (x, {bn_inputs("i")})
+        s = Add (kb, pb)
+        y = Add (s, ib)
+    }}
+    """, inits)
+
+
 BASES: dict[str, Callable[[np.random.Generator], onnx.ModelProto]] = {
     "conv-bn": conv_bn, "conv-bn external": conv_bn, "if": _if_model, "function": _function_model,
-    "dynamo bias": _dynamo_bias, "gemm+convtranspose": _gemm_and_conv_transpose,
+    "dynamo bias": _dynamo_bias, "gemm+convtranspose": _gemm_and_conv_transpose, "branch sum": _branch_sum,
+    "qdq conv-bn": qdq_conv_bn,
 }
 LOCATIONS = ["m.onnx.data", "../secret.bin", "/etc/passwd", "link_out", "fifo", "", "a\0b", "sub/../m.onnx.data",
              "missing.bin", "m.onnx", ".", "x" * 300]

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from support.builders import bn_inputs, bn_params, parse
+from support.cli import run
 from support.hostile import save_external
 
 import foldnorm
@@ -212,3 +213,23 @@ def test_every_crash_point_of_a_commit_leaves_a_consistent_pair(in_place: bool, 
         assert _pair_state(work, target) in (old, new), f"a failure at step {fail_at} left a mixed pair"
     assert fail_at > 3
     assert sorted(p.name for p in work.iterdir()) == sorted(p.name for p in reference.iterdir())
+
+
+def test_an_interrupt_a_library_wrapped_is_still_an_interrupt(tmp_path: Path, rng: np.random.Generator,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM landing in onnxruntime's import comes out as `ImportError: initialization failed` raised from it."""
+    from foldnorm.interrupts import Interrupted
+    from foldnorm.verify import compare
+
+    def wrapped(*args: object, **kwargs: object) -> None:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(compare, "outputs", wrapped)
+    src = save_external(wide_conv_bn(rng), tmp_path / "m.onnx")
+    result = run(["fold", str(src), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 143, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
+    assert temp_entries(tmp_path) == [] and not (tmp_path / "out.onnx").exists()

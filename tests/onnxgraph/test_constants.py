@@ -24,6 +24,7 @@ W3 = _rng.normal(0, 2.0, 3).astype(np.float32)
 POS23 = _rng.uniform(0.1, 9.0, (2, 3)).astype(np.float32)
 I23 = _rng.integers(-20, 20, (2, 3)).astype(np.int64)
 NZ3 = np.array([3, -2, 7], dtype=np.int64)
+DYADIC23 = np.array([[1.5, -2.25, 4.0], [0.5, 3.0, -1.25]], np.float32)  # means exact in float32: no rounding doubt
 Q8 = _rng.integers(-128, 128, (2, 3)).astype(np.int8)
 QU8 = _rng.integers(0, 256, (2, 3)).astype(np.uint8)
 Q32 = _rng.integers(-(2**31), 2**31 - 1, (2, 3)).astype(np.int32)
@@ -95,6 +96,13 @@ CASES = {
         y = ConstantOfShape <value = int64[1] {7}> (s)""", {"w": W234}, 18),
     "ConstantOfShape scalar": ("() => (float y)", """s = Constant <value = int64[0] {}> ()
         y = ConstantOfShape <value = float[1] {2.5}> (s)""", {}, 18),
+    "ReduceMean axes input, keepdims 0": ("() => (float[2] y)", """a = Constant <value = int64[1] {-1}> ()
+        y = ReduceMean <keepdims = 0> (w, a)""", {"w": DYADIC23}, 18),
+    "ReduceMean axes attribute (opset 17)": ("() => (float[1, 3] y)", "y = ReduceMean <axes = [0]> (w)",
+                                             {"w": DYADIC23}, 17),
+    "ReduceMean over every axis": ("() => (float[1, 1] y)", "y = ReduceMean (w)", {"w": DYADIC23}, 18),
+    "ReduceMean noop with empty axes": ("() => (float[2, 3] y)", "y = ReduceMean <noop_with_empty_axes = 1> (w)",
+                                        {"w": DYADIC23}, 18),
     "Add broadcast": ("() => (float[2, 3] y)", "y = Add (a, b)", {"a": W23, "b": W3}, 18),
     "Sub": ("() => (float[2, 3] y)", "y = Sub (a, b)", {"a": W23, "b": POS23}, 18),
     "Mul int64": ("() => (int64[2, 3] y)", "y = Mul (a, b)", {"a": I23, "b": NZ3}, 18),

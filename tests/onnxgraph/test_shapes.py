@@ -62,3 +62,16 @@ def test_dims_from_records_then_shape_inference(rng: np.random.Generator) -> Non
     assert (plain.dim("x", 1), plain.dim("y", -3), plain.dim("x", 0), plain.dim("x", 4)) == (4, 10, None, None)
     assert plain.dim("c", 1) is None, "nothing recorded, and a subgraph (no model) infers nothing"
     assert prover(model, with_model=True).dim("c", 1) == 6
+
+
+def test_element_types_from_shape_inference_when_no_producer_proves_them(rng: np.random.Generator) -> None:
+    # The legacy exporter records no types inside the graph; Pow is no dtype-preserving producer the prover follows.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float16[N, 4] x) => (float16[N, 4] y) {
+        p = Pow (x, two)
+        y = Relu (p)
+    }
+    """, {"two": np.array(2, np.float16)})
+    assert prover(model).elem_type("p") is None, "a subgraph (no model) proves nothing about Pow"
+    assert prover(model, with_model=True).elem_type("p") == onnx.TensorProto.FLOAT16

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnx.parser
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 _NP_TYPES: dict[str, type] = {"float": np.float32, "float16": np.float16}  # ONNX text type -> numpy
 
@@ -103,3 +103,31 @@ def assert_close(expected: list[np.ndarray], got: list[np.ndarray], rtol: float 
 def op_count(model: onnx.ModelProto, op: str) -> int:
     """How many nodes of type `op` the main graph has."""
     return sum(1 for n in model.graph.node if n.op_type == op)
+
+
+def listed_model(rng: np.random.Generator, ir_version: int, *, computed: bool = False) -> onnx.ModelProto:
+    """x -> Conv(W) -> BN, every initializer also a graph input (in the input list before x, as caffe2 wrote them).
+
+    `computed`: the BN's mean and variance are ConstantOfShape fills of a listed shape (ONNX's light models)."""
+    params = bn_params("bn", 6, rng)
+    inits = {"W": rng.normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32), **params}
+    stats = ""
+    if computed:
+        del inits["bn_mean"], inits["bn_var"]
+        inits["n"] = np.array([6], np.int64)
+        stats = """bn_mean = ConstantOfShape <value = float[1] {0.25}> (n)
+        bn_var = ConstantOfShape <value = float[1] {1.5}> (n)"""
+    model = parse(f"""
+    <ir_version: {ir_version}, opset_import: ["" : 9]>
+    g (float[2, 4, 6, 6] x) => (float[2, 6, 6, 6] y) {{
+        {stats}
+        c = Conv <pads = [1, 1, 1, 1]> (x, W)
+        y = BatchNormalization (c, {bn_inputs("bn")})
+    }}
+    """, inits, check=False)
+    listed = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for k, v in inits.items()]
+    model.graph.input.insert(0, listed[0])
+    model.graph.input.extend(listed[1:])
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -17,6 +17,7 @@ from foldnorm.fold.rules.base import (
 )
 from foldnorm.fold.rules.bn_affine import BatchNormAffine
 from foldnorm.fold.rules.bn_bn import BatchNormChain
+from foldnorm.fold.rules.bn_constant import BatchNormConstant
 from foldnorm.fold.rules.bn_conv import BatchNormConv
 from foldnorm.fold.rules.bn_linear import BatchNormLinear
 from foldnorm.fold.rules.common import batchnorm_params
@@ -42,6 +43,7 @@ RULES: tuple[Rule, ...] = (
     BatchNormLinear(),
     AffineConv(),
     AffineTail(),
+    BatchNormConstant(),
     BatchNormAffine(),
     RepBranches(),  # a "block" rule: the engine offers it every node before any per-node fold
 )

@@ -19,7 +19,7 @@ from foldnorm.fold.bn_math import ChannelAffine
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.quantized import producer_through_pair
 from foldnorm.fold.rules.base import ChannelParams, Refusal, SubjectRule, is_float
-from foldnorm.onnxgraph.graph import is_onnx_op
+from foldnorm.onnxgraph.graph import is_onnx_op, legacy_broadcast
 
 
 def _constant_operand(ctx: FoldContext, node: onnx.NodeProto) -> tuple[str, np.ndarray, int] | None:
@@ -58,6 +58,9 @@ class AffineTail(SubjectRule):
         """The per-channel map of `node`; raises `Refusal` when its constant is not per-channel."""
         found = _constant_operand(ctx, node)
         assert found is not None, "params() is asked only for a node operand() accepted"
+        if legacy_broadcast(node):
+            raise Refusal(f"it broadcasts by its broadcast/axis attributes ({node.op_type} of opset {ctx.opset}), "
+                          "not by numpy's rules")
         _, constant, const_index = found
         varying = [i for i, d in enumerate(constant.shape) if d != 1]
         if len(varying) > 1:

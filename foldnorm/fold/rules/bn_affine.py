@@ -17,6 +17,7 @@ from onnx import helper
 from foldnorm.fold.bn_math import emit
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import AloneRule, ChannelParams, Plan, Refusal
+from foldnorm.fold.rules.common import require_numpy_broadcasting
 from foldnorm.onnxgraph.graph import node_label
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class BatchNormAffine(AloneRule):
 
     def check(self, ctx: FoldContext, bn: onnx.NodeProto, params: ChannelParams) -> Plan:
         """A plan replacing `bn` by Mul + Add; raises `Refusal` when it cannot be lowered."""
+        require_numpy_broadcasting(ctx, "Mul and Add by [C, 1, ...] constants")
         x = bn.input[0]
         rank = ctx.shapes.rank(x)
         if rank is None or rank < 2:

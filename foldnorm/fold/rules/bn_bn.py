@@ -36,7 +36,7 @@ class BatchNormChain(NeighbourRule):
         """Compute the merged parameters of `first`, or raise `Refusal` saying why `bn` must stay."""
         label = f"BatchNormalization {node_label(first)}"
         try:
-            inner = batchnorm_params(ctx, first)
+            inner = batchnorm_params(ctx, first, subject=False)  # first stays: its own map only
         except Refusal as refusal:
             raise Refusal(f"{label} before it cannot be merged: {refusal.reason}") from None
         outer = params.on_axis(ctx.shapes.rank(first.output[0]), 1, inner.channels)

@@ -17,8 +17,8 @@ import onnx
 from foldnorm.fold.bn_math import ChannelAffine, fold_conv_input
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal
-from foldnorm.fold.rules.common import constant_weights, rewrite_plan
-from foldnorm.onnxgraph.graph import attr, is_onnx_op, node_label, set_attr
+from foldnorm.fold.rules.common import constant_weights, gemm_takes_bias, rewrite_plan
+from foldnorm.onnxgraph.graph import attr, is_onnx_op, node_label
 
 
 def _linear_after(ctx: FoldContext, neighbour: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -71,9 +71,9 @@ class BatchNormLinear(NeighbourRule):
         new_w = w64 if by_row else w64.T
 
         def finish() -> None:
-            set_attr(linear, "beta", 1.0)
             if not gemm:
                 linear.op_type = "Gemm"  # MatMul of a rank-2 input with a [K, N] weight, now with a bias
+            gemm_takes_bias(ctx, linear)
 
         note = f"folded into {label}" + ("" if gemm else " (now a Gemm, which carries the BN's shift as its bias)")
         plan = rewrite_plan(ctx, bn, linear, (new_w, weight.dtype, 0 if by_row else 1), (b64, 2),

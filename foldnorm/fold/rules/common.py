@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from foldnorm.errors import InvalidModelError
-from foldnorm.fold.bn_math import Scaled, batchnorm_affine, emit
+from foldnorm.fold.bn_math import Scaled, batch_statistics, batchnorm_affine, emit
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.quantized import (
     BIAS_ROUNDED,
@@ -31,26 +31,40 @@ from foldnorm.fold.quantized import (
 )
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
 from foldnorm.onnxgraph.edits import absorb, bypass, shape_readers
-from foldnorm.onnxgraph.graph import attr, attribute_refs, is_onnx_op, node_label
+from foldnorm.onnxgraph.graph import attr, attribute_refs, is_onnx_op, node_label, set_attr
 
 
-def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
+def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto, *, subject: bool = True) -> ChannelParams:
     """A BatchNormalization's inference map resolved to constants; raises `Refusal` when it has none.
 
+    BatchNormalization-1/6 (opset below 7) are read with `is_test=1`; `consumed_inputs` plays no part.
+    A training-mode BN whose input is a constant (weight standardisation) normalizes with that constant's
+    statistics, so it too is a fixed map, valid where the BN itself is folded away (`subject`): not for a rule
+    that rewrites the node's parameters and keeps it (its statistics would still be taken from the input).
     Parameters of different lengths make the model invalid (`InvalidModelError`), not a refusal.
     """
-    if attr(bn, "training_mode", 0):
+    training = bool(attr(bn, "training_mode", 0))
+    legacy_training = ctx.opset < 7 and not attr(bn, "is_test", 0)  # BatchNormalization-1/6 default to training
+    x = ctx.constant(bn.input[0]) if (training or legacy_training) and subject else None
+    if training and x is None:
         raise Refusal("training_mode=1: the node computes batch statistics")
+    if legacy_training and x is None:
+        raise Refusal(f"is_test=0 (BatchNormalization-6 and older, opset {ctx.opset}): the node computes batch "
+                      "statistics (training mode)")
     if attr(bn, "spatial", 1) == 0:
         raise Refusal("spatial=0 (BatchNormalization-7 and older): per-element statistics are not supported")
-    if len([o for o in bn.output if o]) > 1:
+    extra = [o for o in bn.output[1:] if o]
+    if extra and (x is None or any(ctx.index.uses(o) for o in extra)):
         raise Refusal("the node also outputs running statistics (training graph)")
+    roles = ("scale", "bias") if x is not None else ("scale", "bias", "mean", "var")  # training: x's statistics
     values = []
-    for role, name in zip(("scale", "bias", "mean", "var"), bn.input[1:5]):
+    for role, name in zip(roles, bn.input[1:5]):
         value = ctx.constant(name)
         if value is None:
             raise Refusal(f"its {role} {name!r} is {_origin(ctx, name)}, not a constant")
         values.append(value)
+    if x is not None:
+        values.extend(batch_statistics(x))
     sizes = {v.size for v in values}
     if len(sizes) != 1:
         raise InvalidModelError(
@@ -65,9 +79,21 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
 
 
 def _origin(ctx: FoldContext, name: str) -> str:
-    """Where a value that is not a constant comes from, for a reason sentence."""
-    return ctx.constants.reason(name) or ("a graph input" if ctx.index.is_graph_input(name) else
-                                          "computed at run time")
+    """Where a value that is not a constant comes from, for a reason sentence (naming the initializers also listed
+    as graph inputs it comes from: defaults a caller may override, unless read as constants)."""
+    index = ctx.index
+    budget = ctx.constants.reason(name)  # the constant evaluator's budget stopped it
+    if budget is not None:
+        return budget
+    hint = "which a caller may override; --inputs-as-constants reads such inputs as constants"
+    if name in index.graph_inputs and name in index.initializers:
+        return f"an initializer also listed as a graph input ({hint})"
+    defaults = [v for v in index.upstream(name) if v in index.graph_inputs and v in index.initializers]
+    origin = "a graph input" if index.is_graph_input(name) else "computed at run time"
+    if defaults:
+        listed = ", ".join(repr(v) for v in defaults[:3]) + (", ..." if len(defaults) > 3 else "")
+        origin += f" from {listed} (initializers also listed as graph inputs, {hint})"
+    return origin
 
 
 def constant_weights(
@@ -328,3 +354,18 @@ def fold_into_producer(ctx: FoldContext, bn: onnx.NodeProto, producer: onnx.Node
         except Refusal as refusal:
             reasons.append(refusal.reason)
     raise Refusal(f"{what}: " + ("; ".join(reasons) if reasons else "no rule folds into it"))
+
+
+def gemm_takes_bias(ctx: FoldContext, gemm: onnx.NodeProto) -> None:
+    """After a fold wrote a Gemm's C: beta becomes 1 and, below opset 7 (Gemm-1/6), `broadcast=1` lets the new C
+    ([N], or the old C's shape) broadcast over the output as it does from Gemm-7 on."""
+    set_attr(gemm, "beta", 1.0)
+    if ctx.opset < 7:
+        set_attr(gemm, "broadcast", 1)
+
+
+def require_numpy_broadcasting(ctx: FoldContext, what: str) -> None:
+    """Refuse a rewrite that writes `what` into a graph of opset below 7, where element-wise ops (and Gemm's C)
+    broadcast only through `broadcast`/`axis` attributes foldnorm does not write."""
+    if ctx.opset < 7:
+        raise Refusal(f"opset {ctx.opset}: {what} would need the broadcasting of opset 7 and later")

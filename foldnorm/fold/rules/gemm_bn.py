@@ -14,8 +14,8 @@ import onnx
 from foldnorm.fold.bn_math import fold_bias, scale_output_channels
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal
-from foldnorm.fold.rules.common import constant_weights, rewrite_plan
-from foldnorm.onnxgraph.graph import attr, set_attr
+from foldnorm.fold.rules.common import constant_weights, gemm_takes_bias, rewrite_plan
+from foldnorm.onnxgraph.graph import attr
 
 
 class GemmBatchNorm(NeighbourRule):
@@ -37,4 +37,4 @@ class GemmBatchNorm(NeighbourRule):
         scaled = scale_output_channels(weight, affine, axis=axis)
         b64 = fold_bias(bias if beta != 0 else None, affine, beta)
         return rewrite_plan(ctx, bn, gemm, (scaled, weight.dtype, axis), (b64, 2),
-                            also=lambda: set_attr(gemm, "beta", 1.0))
+                            also=lambda: gemm_takes_bias(ctx, gemm))

@@ -16,14 +16,14 @@ import onnx
 from foldnorm.fold.bn_math import emit, fold_bias, scale_output_channels
 from foldnorm.fold.context import FoldContext
 from foldnorm.fold.rules.base import ChannelParams, NeighbourRule, Plan, Refusal, is_float
-from foldnorm.fold.rules.common import constant_weights, weight_writes
+from foldnorm.fold.rules.common import constant_weights, require_numpy_broadcasting, weight_writes
 from foldnorm.onnxgraph.edits import absorb, append_bias
-from foldnorm.onnxgraph.graph import is_onnx_op, node_label
+from foldnorm.onnxgraph.graph import is_onnx_op, legacy_broadcast, node_label
 
 
 def _bias_add_parts(ctx: FoldContext, add: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
     """For `Add(MatMul(A, B), c)` with a constant `c`: the MatMul and the index of `c`; else None."""
-    if not is_onnx_op(add, "Add") or len(add.input) != 2:
+    if not is_onnx_op(add, "Add") or len(add.input) != 2 or legacy_broadcast(add):
         return None
     for k in (0, 1):
         matmul = ctx.index.producer.get(add.input[k])
@@ -89,6 +89,8 @@ class MatMulBatchNorm(NeighbourRule):
         write_weight, note, quantization = weight_writes(ctx, matmul, (scaled, weight.dtype, weight.ndim - 1))
         b64 = fold_bias(bias, affine)
         needs_bias = add is not None or bool(np.any(affine.shift != 0))
+        if add is None and needs_bias:
+            require_numpy_broadcasting(ctx, f"a bias Add after MatMul {node_label(matmul)}")
         new_b, problem = emit(b64, weight.dtype, channel_axis=b64.ndim - 1)
         if new_b is None:
             raise Refusal(f"not folded into MatMul {node_label(matmul)}: bias {problem}")

@@ -69,3 +69,18 @@ def test_cli_fold_standalone_affine(rng: np.random.Generator, tmp_path: Path) ->
     folded = onnx.load(str(out))
     onnx.checker.check_model(folded, full_check=True)
     assert [n.op_type for n in folded.graph.node] == ["Relu", "Mul", "Add"]
+
+
+def test_standalone_bn_whose_input_type_only_shape_inference_proves_lowers(rng: np.random.Generator) -> None:
+    # Legacy exports record no types inside the graph, and long chains (DPN's Concat/Add/Slice, 30 blocks deep)
+    # or ops the prover does not follow (Pow) hide the input's dtype from the producers (issue 13, item 7).
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float16[N, 4, 6, 6] x) => (float16[N, 4, 6, 6] y) {{
+        p = Pow (x, two)
+        y = BatchNormalization (p, {bn_inputs("bn")})
+    }}
+    """, {"two": np.array(2, np.float16), **bn_params("bn", 4, rng, np.float32)})
+    feeds = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float16)}
+    result = assert_folds(model, feeds, rtol=5e-3, options=FoldOptions(standalone_bn="affine"))
+    assert [n.op_type for n in result.model.graph.node] == ["Pow", "Mul", "Add"]
