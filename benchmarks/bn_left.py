@@ -37,7 +37,7 @@ from foldnorm import FoldOptions, compare_models, fold_model
 from foldnorm.bench.backends.base import OPT_LEVELS, OptLevel
 from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 from foldnorm.bench.environment import cpu_count, cpu_model
-from foldnorm.bench.runner import paired_speedup
+from foldnorm.bench.speedup import paired_speedup
 from foldnorm.bench.timing import Timed, time_interleaved
 from foldnorm.onnxgraph.inputs import make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model

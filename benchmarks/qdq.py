@@ -74,7 +74,7 @@ def zoo_row(name: str, work: Path, batches: int) -> str:
     spec = get_spec(name)
     float_path = work / f"{name}.onnx"
     torch.manual_seed(0)  # the conv and linear weights: the same model every run
-    export_onnx(spec.build(), [torch.randn(spec.input_shape)], float_path)
+    export_onnx(spec.build(), spec.example_inputs(), float_path)
     model = onnx.load(float_path)
     float_report = fold_model(model).report
     label = name

@@ -34,11 +34,9 @@ def one_case(name: str, exporter: Exporter, opset: int, dtype: ExportDtype, work
     spec = get_spec(name)
     module = spec.build()
     path = workdir / f"{name}-{exporter}-{opset}-{dtype}.onnx"
-    shape = spec.input_shape
-    if exporter == "legacy" and name == "stylenet-in":
-        shape = (2, *shape[1:])
+    shapes = [(2, *s[1:]) if exporter == "legacy" and name == "stylenet-in" else s for s in spec.input_shapes]
     try:
-        export_onnx(module, [torch.randn(shape)], path, exporter=exporter, opset=opset,
+        export_onnx(module, [torch.randn(shape) for shape in shapes], path, exporter=exporter, opset=opset,
                     dtype=dtype, dynamic_batch=not (exporter == "legacy" and name == "stylenet-in"))
     except Exception as exc:
         return "-", "-", f"no export: {str(exc).splitlines()[0][:70]}"

@@ -13,7 +13,15 @@ from foldnorm.errors import OutputPathError, VerificationError
 from foldnorm.export.exporter import Exporter
 from foldnorm.onnxgraph.inputs import Shape
 
-from .options import comma_choices, exporter_option, format_option, input_shape_option, seed_option, threads_option
+from .options import (
+    batch_sizes_option,
+    comma_choices,
+    exporter_option,
+    format_option,
+    input_shapes_option,
+    seed_option,
+    threads_option,
+)
 from .render.bench import RENDERERS, BenchFormat, Progress, write_outputs
 from .render.common import info
 
@@ -46,12 +54,13 @@ def _check_output_dir(directory: Path, model: str | None) -> None:
 @click.option("--precision", default="fp32,fp16", show_default=True, callback=comma_choices(PRECISIONS),
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
 @threads_option("CPU intra-op threads for ort-cpu and torch (0: the runtime's default; at most 4x the CPUs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size of the timed runs (throughput is samples/s at this size).")
+@batch_sizes_option("Batch size of the timed runs; several, comma-separated (1,8,32), give rows per batch size. A "
+                    "model with a static batch runs at its own batch only.", default="1", name="--batch-size")
 @click.option("--max-batch-size", type=click.IntRange(min=1),
-              help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: --batch-size).")
-@input_shape_option("Input shape, e.g. 1x3x224x224: a PyTorch model is exported with it (default: a built-in "
-                    "model's own); for a one-input .onnx file it sizes dynamic dims.")
+              help="Largest batch a TensorRT engine accepts (dynamic-batch models; default: the batch timed).")
+@input_shapes_option("Input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs, in order or "
+                     "named. A PyTorch model is exported with them (default: a built-in model's own); for an .onnx "
+                     "file they size dynamic dims.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per variant before timing.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -68,14 +77,16 @@ def _check_output_dir(directory: Path, model: str | None) -> None:
 @click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
 @format_option(BenchFormat)
 def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel], precision: list[Precision],
-          threads: int, batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int,
+          threads: int, batch_sizes: tuple[int, ...], max_batch_size: int | None,
+          input_shapes: list[tuple[str | None, Shape]], warmup: int,
           min_time: float, iterations: int | None, seed: int, exporter: Exporter, cache_dir: Path | None,
           cuda_graph: bool, output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
     MODEL is a built-in name (see `foldnorm models`), an import spec package.module:attr, or a .onnx file.
     Every row's accuracy is measured against the unfolded model on ONNX Runtime CPU with optimizations
-    disabled; backends that cannot run here are listed with the reason and an install hint.
+    disabled; backends that cannot run here are listed with the reason and an install hint. The output ends
+    with the verdict: per configuration, the speed-up of folding and whether its IQR excludes 1.0.
     """
     from foldnorm.bench.runner import benchmark
 
@@ -95,8 +106,10 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
         from foldnorm.models import DEFAULT_MODEL
 
         model = DEFAULT_MODEL
+    shapes = ({name: shape for name, shape in input_shapes if name} if any(n for n, _ in input_shapes)
+              else [shape for _, shape in input_shapes] or None)
     result = benchmark(model, backends=backends, ort_opt=ort_opt, precisions=precision, threads=threads,
-                       batch_size=batch_size, max_batch_size=max_batch_size, input_shape=input_shape,
+                       batch_size=batch_sizes, max_batch_size=max_batch_size, input_shapes=shapes,
                        warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,
                        cache_dir=cache_dir, cuda_graph=cuda_graph, progress=Progress())
     click.echo(RENDERERS[fmt](result))

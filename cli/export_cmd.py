@@ -49,8 +49,8 @@ def export(model: str, output: Path, input_shapes: list[tuple[str | None, Shape]
     from foldnorm.export.exporter import export_onnx
     from foldnorm.export.sources import load_module
 
-    module, default_shape, label = load_module(model)
-    shapes = [shape for _, shape in input_shapes] or ([default_shape] if default_shape else [])
+    module, default_shapes, label = load_module(model)
+    shapes = [shape for _, shape in input_shapes] or list(default_shapes or ())
     if not shapes:
         raise click.BadParameter("give --input-shape for an import spec, e.g. 1x3x224x224",
                                  param_hint="--input-shape")

@@ -90,14 +90,9 @@ def data_options(f: F) -> F:
                              "several feeds) or a JSON file from polygraphy run --save-inputs.")(f)
 
 
-def batch_sizes_option(help: str, default: str = "1,2") -> Callable[[F], F]:
-    """`--batch-sizes 1,4`: positive batch sizes, comma-separated."""
-    return click.option("--batch-sizes", callback=_batch_sizes, default=default, show_default=True, help=help)
-
-
-def input_shape_option(help: str) -> Callable[[F], F]:
-    """`--input-shape/--shape 1x3x224x224`, once (a `NAME:` prefix is allowed and ignored)."""
-    return click.option("--input-shape", "--shape", "input_shape", callback=_shape, help=help)
+def batch_sizes_option(help: str, default: str = "1,2", name: str = "--batch-sizes") -> Callable[[F], F]:
+    """`--batch-sizes 1,4` (or another `name`): positive batch sizes, comma-separated, as `batch_sizes`."""
+    return click.option(name, "batch_sizes", callback=_batch_sizes, default=default, show_default=True, help=help)
 
 
 def input_shapes_option(help: str) -> Callable[[F], F]:
@@ -124,16 +119,6 @@ def comma_choices(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Pa
         return values
 
     return parse
-
-
-def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Shape | None:
-    """Click callback: parse `1x3x224x224` (a `NAME:` prefix, as in the other commands, is allowed)."""
-    if value is None:
-        return None
-    try:
-        return parse_named_shape(value)[1]
-    except InputSpecError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -33,16 +35,18 @@ def randomize_norms(module: nn.Module, seed: int = 0) -> None:
                 var.copy_(torch.rand(var.shape, generator=g) * 2.0 + 0.1)
 
 
-def calibrate(module: nn.Module, input_shape: tuple[int, ...], steps: int = 4, seed: int = 0) -> nn.Module:
-    """Randomize norms, update BN statistics with a few train-mode passes on random data, return eval mode.
+def calibrate(module: nn.Module, input_shapes: Sequence[tuple[int, ...]], steps: int = 4,
+              seed: int = 0) -> nn.Module:
+    """Randomize norms, update BN statistics with a few train-mode passes on random data (one tensor per input
+    shape, batch at least 4), return eval mode.
 
     Modules whose statistics are frozen (no train-mode update) keep the random statistics.
     """
     randomize_norms(module, seed)
     g = torch.Generator().manual_seed(seed + 1)
-    batch = (max(input_shape[0], 4), *input_shape[1:])
+    batches = [(max(shape[0], 4), *shape[1:]) for shape in input_shapes]
     module.train()
     with torch.no_grad():
         for _ in range(steps):
-            module(torch.randn(batch, generator=g) * 1.5 + 0.3)
+            module(*(torch.randn(batch, generator=g) * 1.5 + 0.3 for batch in batches))
     return module.eval()

@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 
 def render_models(specs: Iterable[ModelSpec], fmt: Format) -> None:
-    """Name, input shape and description of each model."""
-    rows = [{"name": s.name, "input_shape": list(s.input_shape), "description": s.description} for s in specs]
+    """Name, input shapes (one per input) and description of each model."""
+    rows = [{"name": s.name, "input_shapes": [list(shape) for shape in s.input_shapes], "description": s.description}
+            for s in specs]
     if fmt == "json":
         emit_json(rows)
         return
-    click.echo(table(["name", "input shape", "description"],
-                     [[r["name"], "x".join(map(str, r["input_shape"])), r["description"]] for r in rows]))
+    click.echo(table(["name", "input shapes", "description"],
+                     [[r["name"], " ".join("x".join(map(str, shape)) for shape in r["input_shapes"]), r["description"]]
+                      for r in rows]))

@@ -61,15 +61,21 @@ def gpu_name() -> str | None:
     return names[0].strip() if done.returncode == 0 and names else None
 
 
-def load_note() -> str | None:
-    """A warning when other processes compete for the CPUs (1-minute load average above the CPU count)."""
-    if not hasattr(os, "getloadavg"):
-        return None
-    load, cpus = os.getloadavg()[0], cpu_count()
+def busy_note(load: float, cpus: int, threads: int) -> str | None:
+    """A warning when the 1-minute load average `load` exceeds the CPU count; the advice to use one thread only
+    where the benchmark ran with more (`threads`: 0 is the runtime's default, usually every CPU)."""
     if load <= cpus:
         return None
+    advice = "" if threads == 1 else "; --threads 1 avoids thread-pool stalls on a busy machine"
     return (f"load average {load:.1f} on {cpus} CPUs: other processes compete for the CPU, so CPU timings are "
-            "noisy (read the speed-up IQR); --threads 1 avoids thread-pool stalls on a busy machine")
+            f"noisy (read the speed-up IQR){advice}")
+
+
+def load_note(threads: int = 0) -> str | None:
+    """`busy_note` for this machine now (None where the OS has no load average)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return busy_note(os.getloadavg()[0], cpu_count(), threads)
 
 
 def _peak_rss_mb() -> str | None:

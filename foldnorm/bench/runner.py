@@ -1,28 +1,31 @@
-"""Benchmark folded against unfolded: latency and accuracy per backend, configuration and precision.
+"""Benchmark folded against unfolded: latency and accuracy per backend, configuration, precision and batch size.
 
-Inputs are generated once and reused by every row. Both variants of one configuration are timed by the
-one interleaved loop in `foldnorm.bench.timing`. Every row's outputs are compared with the reference: the
-unfolded model on ONNX Runtime, CPU, optimizations disabled, fp32.
+Backends that cannot run here are reported before anything is prepared. Inputs are generated once per batch
+size and reused by every row. Both variants of one configuration are timed by the one interleaved loop in
+`foldnorm.bench.timing`. Every row's outputs are compared with the reference: the unfolded model on ONNX
+Runtime, CPU, optimizations disabled, in the model's own precision.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import onnx
 
 from foldnorm.bench.backends import get_backend
 from foldnorm.bench.backends.base import (
     Availability,
     Backend,
-    BenchInputs,
+    OpenOptions,
     OptionsT,
     OptLevel,
     Precision,
@@ -30,125 +33,46 @@ from foldnorm.bench.backends.base import (
     Session,
 )
 from foldnorm.bench.environment import check_threads, environment, load_note
-from foldnorm.bench.timing import LatencyStats, Timed, TimingOptions, time_interleaved
+from foldnorm.bench.int8 import int8_notes, model_pairs
+from foldnorm.bench.progress import Eta, Progress, Step
+from foldnorm.bench.result import BenchResult, BenchRow
+from foldnorm.bench.speedup import speedup_stats
+from foldnorm.bench.timing import Timed, TimingOptions, time_interleaved
+from foldnorm.bench.workload import Workload, model_stats, plan_workload, precision_label
 from foldnorm.errors import BackendUnavailableError
 from foldnorm.export.exporter import Exporter
-from foldnorm.export.sources import ModelSource, resolve_source
+from foldnorm.export.sources import InputShapes, ModelArg, ModelSource, is_onnx_path, resolve_source
 from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
 from foldnorm.onnxgraph.atomicfile import temporary_directory
-from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model
-from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
-from foldnorm.verify.quantized import is_quantized
+from foldnorm.verify.compare import compare_models, measure_error
 
 if TYPE_CHECKING:
+    import torch
     from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("unfolded", "folded")
-NEEDS_MODULE = Availability(False, "needs a PyTorch model (a built-in name or package.module:attr), not an .onnx file")
+NEEDS_MODULE = Availability(False, "needs a PyTorch model (a built-in name, package.module:attr or an nn.Module), "
+                                   "not an ONNX model")
 
-Progress = Callable[[str, "float | None"], None]
 DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
-
-
-@dataclass
-class BenchRow:
-    """One variant on one backend configuration."""
-
-    backend: str
-    config: str
-    precision: str
-    variant: str
-    latency: LatencyStats
-    throughput: float
-    speedup: float
-    speedup_iqr: tuple[float, float]
-    max_abs: float
-    max_rel: float
-    nonfinite: int
-    build_s: float
-    peak_mem_mb: float | None
-    samples_ms: list[float] = field(default_factory=list, repr=False)
-
-    def to_dict(self, samples: bool = False) -> dict[str, Any]:
-        """Plain JSON-ready data (raw samples only when asked)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
-        data["latency"] = self.latency.to_dict()
-        if samples:
-            data["samples_ms"] = self.samples_ms
-        return data
-
-
-@dataclass
-class Int8Pair:
-    """The int8 (QDQ) models an int8 row times: how the unfolded one was made, its fold and verification."""
-
-    origin: str
-    fold_report: FoldReport
-    verify: VerifyResult
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return {"origin": self.origin, "fold_report": self.fold_report.to_dict(), "verify": self.verify.to_dict()}
-
-
-@dataclass
-class BenchResult:
-    """Everything one `benchmark` run measured."""
-
-    model: str
-    batch_size: int
-    rows: list[BenchRow]
-    fold_report: FoldReport
-    verify: VerifyResult
-    unavailable: dict[str, str] = field(default_factory=dict)
-    environment: dict[str, str | None] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    torch_fold_report: FoldReport | None = None
-    #: the int8 models of `precision="int8"` rows when `benchmark` quantized a float model itself.
-    int8: Int8Pair | None = None
-
-    @property
-    def batchnorm_folded(self) -> int:
-        """BatchNorm nodes folded away."""
-        return self.fold_report.batchnorm_folded
-
-    def fold_report_for(self, row: BenchRow) -> FoldReport | None:
-        """The fold report of the graph (or module) `row` ran."""
-        if row.backend == "torch":
-            return self.torch_fold_report
-        return self.int8.fold_report if self.int8 is not None and row.precision == "int8" else self.fold_report
-
-    def to_dict(self, samples: bool = False) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return {
-            "model": self.model,
-            "batch_size": self.batch_size,
-            "batchnorm_total": self.fold_report.batchnorm_total,
-            "batchnorm_folded": self.batchnorm_folded,
-            "protected_kept": self.fold_report.protected_kept,
-            "rows": [r.to_dict(samples) for r in self.rows],
-            "verify": self.verify.to_dict(),
-            "fold_report": self.fold_report.to_dict(),
-            "torch_fold_report": self.torch_fold_report.to_dict() if self.torch_fold_report else None,
-            "int8": self.int8.to_dict() if self.int8 else None,
-            "unavailable": self.unavailable,
-            "notes": self.notes,
-            "environment": self.environment,
-        }
+#: One configuration to time: batch size, backend, its open options, and what it runs ("module", or the key of
+#: a model pair: "fp32" for the model as given, "int8" for its quantized pair).
+Job = tuple[int, "Backend[Any]", OpenOptions, str]
 
 
 def benchmark(
-    model: str,
+    model: ModelArg,
     *,
+    example_inputs: Sequence[torch.Tensor] | None = None,
     backends: Sequence[str] = ("ort-cpu",),
     options: RunOptions | None = None,
     timing: TimingOptions | None = None,
-    batch_size: int = 1,
-    input_shape: Shape | None = None,
+    batch_size: int | Sequence[int] = 1,
+    input_shapes: InputShapes | None = None,
     seed: int = 0,
     exporter: Exporter = "dynamo",
     opset: int = 18,
@@ -163,17 +87,20 @@ def benchmark(
     min_time_s: float | None = None,
     iterations: int | None = None,
 ) -> BenchResult:
-    """Fold `model` (an .onnx path, built-in name or import spec) and time both variants on each backend.
+    """Fold `model` and time both variants on each backend, at each batch size.
 
-    `backends` are registry names or "all". `options` (what to run: optimization levels, precisions,
-    threads, TensorRT profile and cache) and `timing` (warm-up, minimum time, exact iterations) default to
-    `RunOptions()` and `TimingOptions()`; the keywords after `progress` are conveniences that replace single
-    fields of those objects (None: keep it). Backends that cannot run here are listed in `unavailable` with
-    the reason and an install hint; asking only for unavailable backends raises `BackendUnavailableError`.
-    `precisions` fp32/fp16 apply to GPU backends (CPU rows are fp32); "int8" adds rows for an int8 (QDQ)
-    pair on every ONNX backend configuration that runs models as given: the model quantized by ONNX Runtime's
-    static quantizer (`bench.int8`; errors then measured against the float model) and that model folded. A
-    model that is already QDQ gives int8 rows only.
+    `model` is an .onnx path or an `onnx.ModelProto`, a built-in name, an import spec `package.module:attr`,
+    or an `nn.Module`; a PyTorch model is exported with `example_inputs`, else with random inputs of
+    `input_shapes` (one shape per input in order, or `{name: shape}`), else a built-in model's own. For an ONNX
+    model `input_shapes` size its dynamic dims. `batch_size` is one size or several (a sweep: rows per batch);
+    a model whose batch axis is static runs at its own batch only, and a note says so. `backends` are registry
+    names or "all". `options` (what to run: optimization levels, precisions, threads, TensorRT profile and
+    cache) and `timing` (warm-up, minimum time, exact iterations) default to `RunOptions()` and
+    `TimingOptions()`; the keywords after `progress` are conveniences that replace single fields of those
+    objects (None: keep it). Backends that cannot run here are listed in `unavailable` with the reason and an
+    install hint (and reported to `progress` before anything is prepared); asking only for unavailable
+    backends raises `BackendUnavailableError`. `precisions` apply to GPU backends; other rows run in the
+    model's own precision and are labelled with it.
     """
     from foldnorm.bench.backends import BACKENDS
 
@@ -182,109 +109,142 @@ def benchmark(
     timing = _replaced(timing or TimingOptions(), warmup=warmup, min_time_s=min_time_s, iterations=iterations)
     check_threads(options.threads)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
-    chosen = [get_backend(n) for n in names]
-    say: Progress = progress or (lambda _msg, _frac: None)
+    say: Progress = progress or (lambda _step: None)
+    from_module = not (isinstance(model, onnx.ModelProto) or
+                       (isinstance(model, (str, os.PathLike)) and is_onnx_path(os.fspath(model))))
+    runnable, unavailable = _available([get_backend(n) for n in names], from_module, say)
+    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
     with temporary_directory() as tmp:
         work = Path(tmp)
-        say(f"preparing {model}", None)
-        source = resolve_source(model, work, input_shape=input_shape, opset=opset, exporter=exporter)
+        say(Step(f"exporting {_describe_model(model)} to ONNX ({exporter}, opset {opset})" if from_module
+                 else f"loading {_describe_model(model)}"))
+        source = resolve_source(model, work, example_inputs=example_inputs, input_shapes=input_shapes, opset=opset,
+                                exporter=exporter)
         unfolded = load_model(source.onnx_path)
-        say("folding", None)
+        say(Step("folding"))
         folded = fold_model(unfolded)
         paths = {"unfolded": str(source.onnx_path), "folded": str(save_model(folded.model, work / "folded.onnx"))}
-        shapes = _input_shapes(unfolded, source.input_shape or input_shape, batch_size)
-        verify = compare_models(unfolded, folded.model, batch_sizes=sorted({1, 2, batch_size}), shapes=shapes)
-        feeds = make_feeds(unfolded, batch_size, seed, shapes)
-        from foldnorm.bench.backends.ort_cpu import OrtSession
-
-        with OrtSession(paths["unfolded"]) as session:
-            reference = session.run(feeds)
-        float_options = replace(options, precisions=tuple(p for p in options.precisions if p != "int8"))
-        pairs, int8 = _model_pairs(unfolded, paths, options.precisions, work, feeds, shapes, batch_size, seed, say)
-        inputs = BenchInputs({k: tuple(v.shape) for k, v in feeds.items()},
-                             {s.name: not isinstance(s.dims[0], int) or s.dims[0] <= 0
-                              for s in input_specs(unfolded) if s.dims})
-        targets: dict[str, dict[str, Any]] = {"onnx": paths}
-        torch_report = None
-        rows: list[BenchRow] = []
-        unavailable: dict[str, str] = {}
-        for backend in chosen:
-            status = backend.availability()
-            if status.ok and backend.source == "module" and source.module is None:
-                status = NEEDS_MODULE
-            if not status.ok:
-                log.info("skipping %s: %s", backend.name, status.message())
-                unavailable[backend.name] = status.message()
-                continue
-            if backend.source == "module" and "module" not in targets:
-                say("folding the PyTorch module", None)
-                targets["module"], torch_report = _module_variants(source, feeds)
-            for cfg in backend.configs(float_options, inputs):
-                runs = [(cfg, targets["module"])] if backend.source == "module" else \
-                    [(replace(cfg, precision=p), pair) for p, pair in pairs.items() if cfg.precision == "fp32" or
-                     p == "fp32"]
-                for run_cfg, target in runs:
-                    try:
-                        rows.extend(_bench_config(backend, run_cfg, target, feeds, reference, batch_size, timing,
-                                                  say))
-                    except BackendUnavailableError as exc:
-                        unavailable[f"{backend.name} {cfg.label()}"] = str(exc).removeprefix(f"{backend.name} ")
+        workload = plan_workload(unfolded, batch_sizes, None if from_module else input_shapes)
+        say(Step(f"verifying the fold at batch sizes {', '.join(map(str, workload.verify_batch_sizes()))}"))
+        verify = compare_models(unfolded, folded.model, batch_sizes=workload.verify_batch_sizes(),
+                                shapes=workload.shapes)
+        pairs, int8 = model_pairs(unfolded, paths, options.precisions, work, workload, seed, say)
+        subject = Subject(source, unfolded, pairs, workload, precision_label(unfolded))
+        rows, torch_report = _run_jobs(_jobs(runnable, options, workload, pairs), subject, timing, seed, say,
+                                       unavailable)
         if not rows and unavailable:
             raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
-        notes = [n for n in (load_note(), *_int8_notes(pairs, int8)) if n]
-        return BenchResult(source.label, batch_size, rows, folded.report, verify, unavailable, environment(),
-                           notes, torch_report, int8)
+        notes = [n for n in (workload.note, load_note(options.threads), *int8_notes(pairs, int8)) if n]
+        models = {"unfolded": model_stats(unfolded), "folded": model_stats(folded.model)}
+        return BenchResult(source.label, list(workload.batch_sizes), subject.precision, rows, folded.report, verify,
+                           models, unavailable, environment(), notes, torch_report, int8)
 
 
-def _model_pairs(unfolded: Any, paths: dict[str, str], precisions: Sequence[Precision], work: Path,
-                 feeds: dict[str, np.ndarray], shapes: dict[str, Shape] | None, batch_size: int, seed: int,
-                 say: Progress) -> tuple[dict[Precision, dict[str, str]], Int8Pair | None]:
-    """The unfolded/folded files to time per model precision: a QDQ model is int8 as it is; a float model is
-    fp32 (unless only int8 was asked for) and, for "int8", quantized by ONNX Runtime and folded again."""
-    if is_quantized(unfolded):
-        return {"int8": paths}, None
-    pairs: dict[Precision, dict[str, str]] = {}
-    if "int8" not in precisions or any(p != "int8" for p in precisions):
-        pairs["fp32"] = paths
-    if "int8" not in precisions:
-        return pairs, None
-    from foldnorm.bench.int8 import CALIBRATION_BATCHES, quantize_qdq
+@dataclass(frozen=True)
+class Subject:
+    """The model being benchmarked: where it came from, its unfolded form, the unfolded/folded files per model
+    precision (`pairs`), what to feed it and the precision of its own (the label of rows run as given)."""
 
-    say("quantizing (ONNX Runtime, QDQ int8)", None)
-    calibration = [make_feeds(unfolded, batch_size, seed + 1 + k, shapes) for k in range(CALIBRATION_BATCHES)]
-    int8_path = quantize_qdq(paths["unfolded"], work / "int8.onnx", calibration)
-    say("folding the int8 model", None)
-    folded = fold_model(int8_path)
-    pairs["int8"] = {"unfolded": str(int8_path), "folded": str(save_model(folded.model, work / "int8-folded.onnx"))}
-    verify = compare_models(int8_path, folded.model, batch_sizes=sorted({1, 2, batch_size}), shapes=shapes)
-    origin = (f"ONNX Runtime quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax on "
-              f"{CALIBRATION_BATCHES} seeded random batches)")
-    return pairs, Int8Pair(origin, folded.report, verify)
+    source: ModelSource
+    unfolded: onnx.ModelProto
+    pairs: Mapping[Precision, dict[str, str]]
+    workload: Workload
+    precision: str
+
+    def feeds_and_reference(self, batch: int, seed: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Seeded inputs at `batch`, and the reference outputs: the model as given, unfolded, on ONNX Runtime CPU
+        with optimizations off."""
+        from foldnorm.bench.backends.ort_cpu import OrtSession
+
+        feeds = self.workload.feeds(self.unfolded, batch, seed)
+        with OrtSession(str(self.source.onnx_path)) as session:
+            return feeds, session.run(feeds)
 
 
-def _int8_notes(pairs: Mapping[Precision, Any], int8: Int8Pair | None) -> list[str]:
-    """What the int8 rows ran and what their errors are measured against."""
-    if int8 is not None:
-        return [f"int8 rows: {int8.origin}; errors vs the fp32 unfolded model",
-                f"int8 fold: {int8.fold_report.summary()}", f"int8 verify: {int8.verify.summary()}"]
-    if "int8" in pairs:
-        return ["int8 rows: a QDQ model; errors vs the unfolded QDQ model on ort-cpu opt=disabled"]
-    return []
+def _jobs(backends: Sequence[Backend[Any]], options: RunOptions, workload: Workload,
+          pairs: Mapping[Precision, dict[str, str]]) -> list[Job]:
+    """Every (batch size, backend, configuration, what it runs) to time: a module backend runs the module; an
+    ONNX backend runs each model pair (float, int8) in each of its configurations, an int8 pair only in those
+    that run models as given (fp32)."""
+    float_options = replace(options, precisions=tuple(p for p in options.precisions if p != "int8"))
+    jobs: list[Job] = []
+    for batch in workload.batch_sizes:
+        for backend in backends:
+            for cfg in backend.configs(float_options, workload.inputs(batch)):
+                if backend.source == "module":
+                    jobs.append((batch, backend, cfg, "module"))
+                    continue
+                jobs += [(batch, backend, replace(cfg, precision=p), p) for p in pairs
+                         if cfg.precision == "fp32" or p == "fp32"]
+    return jobs
+
+
+def _describe_model(model: ModelArg) -> str:
+    """How progress lines name the model."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return "the ONNX model" if isinstance(model, onnx.ModelProto) else type(model).__name__
+
+
+def _available(backends: Sequence[Backend[Any]], from_module: bool,
+               say: Progress) -> tuple[list[Backend[Any]], dict[str, str]]:
+    """The backends that can run here, and why each other cannot (reported at once, before any preparation);
+    raises `BackendUnavailableError` when none can."""
+    runnable, unavailable = [], {}
+    for backend in backends:
+        status = backend.availability()
+        if status.ok and backend.source == "module" and not from_module:
+            status = NEEDS_MODULE
+        if status.ok:
+            runnable.append(backend)
+            continue
+        log.info("skipping %s: %s", backend.name, status.message())
+        unavailable[backend.name] = status.message()
+        say(Step(f"skipping {backend.name}: {status.message()}"))
+    if not runnable:
+        raise BackendUnavailableError("; ".join(f"{k} {v}" for k, v in unavailable.items()))
+    return runnable, unavailable
+
+
+def _run_jobs(jobs: Sequence[Job], subject: Subject, timing: TimingOptions, seed: int, say: Progress,
+              unavailable: dict[str, str]) -> tuple[list[BenchRow], FoldReport | None]:
+    """Time every (batch size, backend, configuration) in turn, with `config k of N` and an ETA on `say`.
+
+    Inputs and reference outputs are made once per batch size. A configuration the backend cannot open after
+    all goes to `unavailable`."""
+    targets: dict[str, dict[str, Any]] = {str(k): v for k, v in subject.pairs.items()}
+    torch_report = None
+    rows: list[BenchRow] = []
+    eta = Eta(len(jobs))
+    inputs: tuple[int, dict[str, np.ndarray], list[np.ndarray]] | None = None
+    for k, (batch, backend, cfg, target) in enumerate(jobs, 1):
+        if inputs is None or inputs[0] != batch:
+            inputs = (batch, *subject.feeds_and_reference(batch, seed))
+        _, feeds, reference = inputs
+        if target == "module" and "module" not in targets:
+            say(Step("folding the PyTorch module"))
+            targets["module"], torch_report = _module_variants(subject.source, feeds)
+
+        def tell(action: str, fraction: float | None = None, k: int = k) -> None:
+            say(Step(f"config {k} of {len(jobs)}: {action}", fraction, eta.left(fraction)))
+
+        precision = subject.precision if cfg.precision == "fp32" else cfg.precision
+        eta.start()
+        try:
+            rows.extend(_bench_config(backend, cfg, targets[target], feeds, reference, batch, precision, timing,
+                                      tell, eta))
+        except BackendUnavailableError as exc:
+            unavailable[f"{backend.name} {cfg.label()}".rstrip()] = str(exc).removeprefix(f"{backend.name} ")
+            eta.finish(timed=False)
+        else:
+            eta.finish()
+    return rows, torch_report
 
 
 def _replaced(base: DataclassT, **given: Any) -> DataclassT:
     """`base` with the fields the caller gave as keywords (None: not given); sequences become tuples."""
     changes = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
     return replace(base, **changes)
-
-
-def _input_shapes(model: Any, shape: Shape | None, batch_size: int) -> dict[str, Shape] | None:
-    """The one input's shape (a PyTorch model's example shape, or the user's for an .onnx file with dynamic
-    dims), with the batch axis set to `batch_size`."""
-    specs = input_specs(model)
-    if shape is None or len(specs) != 1:
-        return None
-    return {specs[0].name: (batch_size, *shape[1:])}
 
 
 def _module_variants(source: ModelSource, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], FoldReport]:
@@ -300,15 +260,15 @@ def _module_variants(source: ModelSource, feeds: Mapping[str, np.ndarray]) -> tu
 
 
 def _bench_config(backend: Backend[OptionsT], cfg: OptionsT, targets: Mapping[str, Any],
-                  feeds: dict[str, np.ndarray], reference: list[np.ndarray], batch_size: int, timing: TimingOptions,
-                  say: Progress) -> list[BenchRow]:
+                  feeds: dict[str, np.ndarray], reference: list[np.ndarray], batch_size: int, precision: str,
+                  timing: TimingOptions, tell: Callable[[str, float | None], None], eta: Eta) -> list[BenchRow]:
     """Open both variants, measure their accuracy, time them interleaved, and return one row per variant."""
-    label = cfg.label()
+    name = " ".join(p for p in (backend.name, cfg.label(), precision, f"batch {batch_size}") if p)
     sessions: dict[str, Session] = {}
     build_s: dict[str, float] = {}
     with ExitStack() as opened:
         for variant in VARIANTS:
-            say(f"opening {backend.name} {label} {variant}", None)
+            tell(f"opening {name}: {variant}", None)
             start = time.perf_counter()
             sessions[variant] = opened.enter_context(backend.open(targets[variant], cfg))
             build_s[variant] = time.perf_counter() - start
@@ -316,33 +276,27 @@ def _bench_config(backend: Backend[OptionsT], cfg: OptionsT, targets: Mapping[st
         prepared = {v: s.prepare(feeds) for v, s in sessions.items()}
         timed = {v: Timed(partial(s.run_timed, prepared[v]), s.synchronize, s.device_timer())
                  for v, s in sessions.items()}
-        title = f"timing {backend.name} {label}"
+        tell(f"warm-up {name} ({timing.warmup} runs per variant)", None)
+
+        def on_progress(fraction: float) -> None:
+            if fraction == 0.0:
+                eta.timing()
+            tell(f"timing {name}", fraction)
+
         exact = timing.iterations  # --iterations is exact; otherwise at least 10 runs and min_time_s each
         stats, samples = time_interleaved(timed, warmup=timing.warmup,
                                           min_time_s=0.0 if exact else timing.min_time_s,
-                                          max_iterations=exact, min_iterations=exact or 10,
-                                          on_progress=lambda frac: say(title, frac))
+                                          max_iterations=exact, min_iterations=exact or 10, on_progress=on_progress)
         memory = {v: s.peak_memory_bytes() for v, s in sessions.items()}
-    precision = cfg.precision
     mem_mb = {v: None if m is None else m / 2**20 for v, m in memory.items()}
     rows = []
     for v in VARIANTS:
-        speedup, iqr = paired_speedup(samples["unfolded"], samples[v])
+        speedup, iqr, p50_ratio = speedup_stats(samples["unfolded"], samples[v])
         max_abs, max_rel, nonfinite = accuracy[v]
-        rows.append(BenchRow(backend.name, label, precision, v, stats[v], stats[v].throughput(batch_size), speedup,
-                             iqr, max_abs, max_rel, nonfinite, build_s[v], mem_mb[v], [s * 1e3 for s in samples[v]]))
+        rows.append(BenchRow(backend.name, cfg.label(), precision, v, batch_size, stats[v],
+                             stats[v].throughput(batch_size), speedup, iqr, p50_ratio, max_abs, max_rel, nonfinite,
+                             build_s[v], mem_mb[v], [s * 1e3 for s in samples[v]]))
     return rows
-
-
-def paired_speedup(base: Sequence[float], other: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Median and interquartile range of the per-round ratios base/other.
-
-    Both samples of a round ran back to back, so load that comes and goes hits both; the ratio of each
-    pair cancels it where the ratio of two medians would not.
-    """
-    ratios = np.asarray(base, dtype=np.float64) / np.maximum(np.asarray(other, dtype=np.float64), 1e-12)
-    lo, mid, hi = np.percentile(ratios, [25, 50, 75])
-    return float(mid), (float(lo), float(hi))
 
 
 def _accuracy(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float, int]:

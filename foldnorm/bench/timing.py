@@ -80,14 +80,16 @@ def time_interleaved(
     """Time every variant round-robin (order reversed every other round) until each has run for
     `min_time_s` and at least `min_iterations` times, or `max_iterations` is reached.
 
-    `on_progress` gets the fraction done (0..1) after every round. Returns the statistics and the raw
-    samples (seconds) per variant.
+    `on_progress` gets 0.0 when the warm-up is over, then the fraction done (0..1) after every round. Returns
+    the statistics and the raw samples (seconds) per variant.
     """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name].run()
             variants[name].sync()
+    if on_progress is not None:
+        on_progress(0.0)
     samples: dict[str, list[float]] = {n: [] for n in names}
     spent = dict.fromkeys(names, 0.0)
     rounds = 0

@@ -119,7 +119,7 @@ def test_torch_backend_on_cuda() -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
-    result = benchmark("support.bench_models:tiny", backends=["torch"], input_shape=(1, 3, 16, 16), warmup=2,
+    result = benchmark("support.bench_models:tiny", backends=["torch"], input_shapes=[(1, 3, 16, 16)], warmup=2,
                        iterations=5)
     cuda_rows = [r for r in result.rows if r.config.startswith("device=cuda")]
     assert {r.precision for r in cuda_rows} == {"fp32", "fp16"}

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from foldnorm.cli.main import cli
 
 from foldnorm.bench import RunOptions, TimingOptions
+from foldnorm.bench.progress import Step
 from foldnorm.bench.runner import benchmark
 from foldnorm.errors import BackendUnavailableError
 
@@ -102,7 +103,7 @@ def test_all_runs_what_is_available_and_lists_the_rest(model_path: str) -> None:
 def test_torch_backend_on_cpu_from_an_import_spec() -> None:
     pytest.importorskip("torch")
     result = benchmark("support.bench_models:tiny", backends=["ort-cpu", "torch"], ort_opt=["disabled"],
-                       input_shape=(1, 3, 16, 16), batch_size=2, warmup=1, iterations=3)
+                       input_shapes=[(1, 3, 16, 16)], batch_size=2, warmup=1, iterations=3)
     torch_rows = [r for r in result.rows if r.backend == "torch"]
     assert [(r.config, r.variant) for r in torch_rows] == [("device=cpu", "unfolded"), ("device=cpu", "folded")]
     for row in torch_rows:
@@ -123,20 +124,23 @@ def test_progress_draws_bars_on_a_terminal(monkeypatch: pytest.MonkeyPatch, caps
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     progress = Progress()
-    progress("opening", None)
+    progress(Step("opening"))
     for frac in (0.25, 0.5, 1.0):
-        progress("timing ort-cpu", frac)
+        progress(Step("timing ort-cpu", frac, 65.0 * (1 - frac)))
     err = capsys.readouterr().err
-    assert err.startswith("opening\n") and "\rtiming ort-cpu [#####" in err and "100%\n" in err
+    assert err.startswith("opening\n") and "\rtiming ort-cpu [#####" in err and "100% [0:00 left]" in err
+    assert "50% [0:32 left]" in err and err.endswith("\n")
 
 
 def test_progress_is_plain_lines_otherwise(capsys: pytest.CaptureFixture) -> None:
     from foldnorm.cli.bench_cmd import Progress
 
     progress = Progress()
-    for frac in (0.5, 1.0):
-        progress("timing ort-cpu", frac)
-    assert capsys.readouterr().err == "timing ort-cpu\n"
+    progress(Step("config 2 of 3: warm-up ort-cpu", None, 70.0))
+    for frac in (0.0, 0.5, 1.0):
+        progress(Step("config 2 of 3: timing ort-cpu", frac, 10.0))
+    assert capsys.readouterr().err == ("config 2 of 3: warm-up ort-cpu [1:10 left]\n"
+                                       "config 2 of 3: timing ort-cpu [0:10 left]\n")
 
 
 def test_onnx_file_with_dynamic_dims_takes_a_shape(tmp_path: Path, rng: np.random.Generator) -> None:

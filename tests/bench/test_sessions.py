@@ -18,6 +18,7 @@ from foldnorm.bench.backends import get_backend
 from foldnorm.bench.backends.base import Session
 from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 from foldnorm.bench.backends.torch_eager import TorchOptions, TorchSession
+from foldnorm.bench.progress import Step
 from foldnorm.errors import InputSpecError
 
 
@@ -114,15 +115,15 @@ def test_verify_closes_both_sessions_also_when_ort_cannot_run_the_model(tmp_path
 
 
 @pytest.mark.parametrize(("stop_at", "sessions"), [
-    ("opening ort-cpu opt=disabled folded", 4),  # verify's two, the reference, the unfolded variant
-    ("timing ort-cpu opt=disabled", 5),  # ... and the folded variant
+    ("config 1 of 1: opening ort-cpu opt=disabled fp32 batch 1: folded", 4),  # verify's two, the reference, unfolded
+    ("config 1 of 1: timing ort-cpu opt=disabled fp32 batch 1", 5),  # ... and the folded variant
     (None, 5),
 ])
 def test_bench_closes_every_session_also_when_interrupted(model_path: str, opened: list[Session],
                                                           stop_at: str | None, sessions: int) -> None:
-    def progress(message: str, fraction: float | None) -> None:
-        if message == stop_at:
-            raise Stop(message)
+    def progress(step: Step) -> None:
+        if step.message == stop_at:
+            raise Stop(step.message)
 
     def bench() -> foldnorm.BenchResult:
         return foldnorm.benchmark(model_path, ort_opt=["disabled"], warmup=0, iterations=2, progress=progress)

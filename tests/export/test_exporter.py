@@ -93,7 +93,7 @@ def test_bfloat16_export_is_written_but_not_checked(tmp_path: Path) -> None:
 
 def test_external_data(tmp_path: Path) -> None:
     spec = get_spec("conv3d-bn")
-    result = export_onnx(spec.build(), [torch.randn(spec.input_shape)], tmp_path / "m.onnx", external_data=True,
+    result = export_onnx(spec.build(), spec.example_inputs(), tmp_path / "m.onnx", external_data=True,
                          exporter="legacy")
     assert result.ok and result.external_data
     assert (tmp_path / "m.onnx.data").stat().st_size > 0

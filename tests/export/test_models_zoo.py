@@ -58,6 +58,7 @@ EXPECTED: dict[str, Expect] = {
     # Each of the 3 folds as 4 records (Sub, Mul, Div, Add); Sqrt is part of the constant.
     "scratch-bn": Expect(bn=0, folded=12),
     "frozen-bn": Expect(bn=0, folded=4),  # 2 frozen BNs, a Mul and an Add each
+    "two-input-bn": Expect(bn=3, folded=3),  # two Conv-BN on the image input, Linear-BN1d on the feature input
 }
 
 # Legacy exports of these need a static batch (torch refuses InstanceNorm with running stats otherwise).
@@ -79,7 +80,7 @@ class ZooExports:
         if name not in self.done:
             spec = get_spec(name)
             module = spec.build()
-            self.done[name] = module, export_onnx(module, [torch.randn(spec.input_shape)], self.root / f"{name}.onnx")
+            self.done[name] = module, export_onnx(module, spec.example_inputs(), self.root / f"{name}.onnx")
         return self.done[name]
 
 
@@ -158,7 +159,7 @@ def _bn_after_conv(model: onnx.ModelProto) -> set[str]:
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_legacy_export(name: str, tmp_path: Path) -> None:
     spec = get_spec(name)
-    result = export_onnx(spec.build(), [torch.randn(spec.input_shape)], tmp_path / "m.onnx", exporter="legacy",
+    result = export_onnx(spec.build(), spec.example_inputs(), tmp_path / "m.onnx", exporter="legacy",
                          dynamic_batch=name not in LEGACY_STATIC)
     assert result.ok, result.summary()
     assert survey(onnx.load(result.path)) == EXPECTED[name].counts
@@ -178,11 +179,11 @@ def test_bn_statistics_are_calibrated_not_defaults() -> None:
 
 def test_scratch_bn_updates_running_stats_with_momentum() -> None:
     spec = get_spec("scratch-bn")
-    randomized = calibrate(spec.factory(), spec.input_shape, steps=0)
-    trained = calibrate(spec.factory(), spec.input_shape, steps=4)
+    randomized = calibrate(spec.factory(), spec.input_shapes, steps=0)
+    trained = calibrate(spec.factory(), spec.input_shapes, steps=4)
     assert not torch.allclose(randomized.bn1.running_mean, trained.bn1.running_mean)
     # eval uses the running statistics: the same input gives the same output twice
-    x = torch.randn(spec.input_shape)
+    (x,) = spec.example_inputs()
     with torch.no_grad():
         assert torch.equal(trained(x), trained(x))
 
@@ -200,4 +201,7 @@ def test_models_command_text_and_json() -> None:
         assert name in text.output
     data = json.loads(runner.invoke(cli, ["models", "--format", "json"]).output)
     assert [d["name"] for d in data] == list(REGISTRY)
-    assert data[0]["input_shape"] == list(get_spec(data[0]["name"]).input_shape)
+    assert data[0]["input_shapes"] == [list(shape) for shape in get_spec(data[0]["name"]).input_shapes]
+    two = next(d for d in data if d["name"] == "two-input-bn")
+    assert two["input_shapes"] == [[1, 3, 32, 32], [1, 6]]
+    assert "1x3x32x32 1x6" in text.output

@@ -26,7 +26,7 @@ def ort_quantized(name: str, tmp: Path, per_channel: bool = True) -> tuple[Path,
     torch.manual_seed(0)  # the weights: the same draw whatever ran before (mlp-bn1d misses 4 steps at seeds 7, 9)
     spec = get_spec(name)
     float_path = tmp / f"{name}.onnx"
-    export_onnx(spec.build(), [torch.randn(spec.input_shape)], float_path)
+    export_onnx(spec.build(), spec.example_inputs(), float_path)
     model = onnx.load(float_path)
     calibration = [make_feeds(model, 2, 10 + k) for k in range(8)]
     return float_path, quantize_qdq(float_path, tmp / f"{name}.int8.onnx", calibration, per_channel=per_channel)

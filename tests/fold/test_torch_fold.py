@@ -176,7 +176,7 @@ def test_builtin_model_folds_every_bn() -> None:
 
     spec = get_spec("resnet-bn")
     model = spec.build()
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(spec.input_shapes[0]).astype(np.float32))
     result = fold_module(model, example_inputs=[x])
     assert count_bn(result.module) == 0
     assert result.report.folded == result.report.batchnorm_total > 0

@@ -34,16 +34,18 @@ class TorchOptions(OpenOptions):
 
 
 class TorchSession(Session):
-    """A module on one device and dtype, run under `torch.inference_mode`."""
+    """A module on one device, run under `torch.inference_mode`: in float16 for `precision="fp16"`, otherwise in
+    the module's own floating dtype (an fp16 module stays fp16); floating inputs are cast to that dtype."""
 
     def __init__(self, module: nn.Module, options: TorchOptions) -> None:
         import torch
 
         self._torch = torch
         self.device = torch.device(options.device)
-        self.dtype = torch.float16 if options.precision == "fp16" else torch.float32
         if options.threads and self.device.type == "cpu":
             torch.set_num_threads(options.threads)
+        own = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        self.dtype = torch.float16 if options.precision == "fp16" else own
         self._meter: PeakMeter | None = None
         self._events: tuple[Any, Any] | None = None
         if self.device.type == "cuda":
