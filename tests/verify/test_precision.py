@@ -164,7 +164,7 @@ def test_fp32_against_fp16_of_a_built_in_model(tmp_path: Path) -> None:
 
     spec = get_spec("resnet-bn")
     module = spec.build()
-    example = [torch.randn(spec.input_shape, generator=torch.Generator().manual_seed(0))]
+    example = [torch.randn(spec.input_shapes[0], generator=torch.Generator().manual_seed(0))]
     fp32 = foldnorm.export_onnx(module, example, tmp_path / "fp32.onnx", exporter="legacy")
     fp16 = foldnorm.export_onnx(module, example, tmp_path / "fp16.onnx", exporter="legacy", dtype="float16")
     assert fp32.ok and fp16.dtype == "float16"
