@@ -1,7 +1,8 @@
 # `make run`: export, fold, verify and benchmark the built-in default model.
 # `make test`: ruff, mypy and the test suite. Both create .venv on first use.
 # `make test-fast`: ruff, mypy and the tests not marked slow (no zoo exports, no fresh-process README runs).
-# `make fuzz`: the property tests' long profile (FUZZ_EXAMPLES per test); summary in benchmarks/results/fuzz.txt.
+# `make fuzz`: the long profiles of the fold property tests (FUZZ_EXAMPLES per test; summary in
+# benchmarks/results/fuzz.txt) and of the hostile-model fuzzer (HOSTILE_FUZZ_EXAMPLES; hostile_fuzz.txt).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints-cpu.txt -e '.[torch,ort,plot,dev]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints-cpu.txt -e '.[torch,ort,openvino,plot,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,19 +33,23 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 FUZZ_EXAMPLES ?= 1000
-FUZZ_OUT := benchmarks/results/fuzz.txt
+HOSTILE_FUZZ_EXAMPLES ?= 5000
 RULE_PROPERTIES := tests/fold/rules/test_rep_branches.py::test_random_blocks_merge_or_refuse_with_a_reason
 
+# $(call fuzz_run,SUMMARY FILE,EXAMPLES,TESTS): the long hypothesis profile of TESTS, its statistics in SUMMARY FILE.
+define fuzz_run
+	mkdir -p $(dir $(1))
+	{ echo "make fuzz: $(3) with $(2) examples per test ($$(date -u '+%Y-%m-%d %H:%M UTC'))"; \
+	  FOLDNORM_FUZZ=1 FOLDNORM_FUZZ_EXAMPLES=$(2) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	    $(3) --hypothesis-show-statistics 2>&1; echo "exit status: $$?"; } > $(1).tmp
+	mv $(1).tmp $(1)
+	tail -n 3 $(1)
+	grep -q "exit status: 0" $(1)
+endef
+
 fuzz: $(STAMP)
-	mkdir -p $(dir $(FUZZ_OUT))
-	{ echo "make fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ($$(date -u '+%Y-%m-%d %H:%M UTC'))"; \
-	  FOLDNORM_FUZZ=1 FOLDNORM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
-	    tests/fold/test_properties.py $(RULE_PROPERTIES) --hypothesis-show-statistics 2>&1; \
-	  echo "exit status: $$?"; } \
-	  > $(FUZZ_OUT).tmp
-	mv $(FUZZ_OUT).tmp $(FUZZ_OUT)
-	tail -n 3 $(FUZZ_OUT)
-	grep -q "exit status: 0" $(FUZZ_OUT)
+	$(call fuzz_run,benchmarks/results/fuzz.txt,$(FUZZ_EXAMPLES),tests/fold/test_properties.py $(RULE_PROPERTIES))
+	$(call fuzz_run,benchmarks/results/hostile_fuzz.txt,$(HOSTILE_FUZZ_EXAMPLES),tests/hostile/test_fuzz.py)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -13,13 +13,14 @@ from foldnorm.errors import OutputPathError, VerificationError
 from foldnorm.export.exporter import Exporter
 from foldnorm.onnxgraph.inputs import Shape
 
-from .options import comma_choices, exporter_option, format_option, input_shape_option, seed_option
+from .options import comma_choices, exporter_option, format_option, input_shape_option, seed_option, threads_option
 from .render.bench import RENDERERS, BenchFormat, Progress, write_outputs
 from .render.common import info
 
 
-def _check_output_dir(directory: Path) -> None:
-    """Refuse an --output directory that cannot be created or written before any timing is done."""
+def _check_output_dir(directory: Path, model: str | None) -> None:
+    """Refuse an --output directory that cannot be created or written, or whose files would replace the
+    model or its data (or something that is not a file), before any timing is done."""
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -27,6 +28,12 @@ def _check_output_dir(directory: Path) -> None:
         raise OutputPathError(f"{directory}: {existing} is a file, not a directory; choose another --output directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{directory}: {existing} is not writable; choose another --output directory")
+    from foldnorm.onnxgraph.modelio import model_files
+    from foldnorm.onnxgraph.outputs import check_distinct
+
+    inputs = model_files(model) if model is not None and model.endswith(".onnx") else []
+    check_distinct([("a bench output", directory / f"bench.{ext}") for ext in ("txt", "json", "csv", "md", "png")],
+                   [("the model", f) for f in inputs])
 
 
 @click.command(short_help="Folded vs unfolded: latency and accuracy per backend.")
@@ -38,8 +45,7 @@ def _check_output_dir(directory: Path) -> None:
               help="ONNX Runtime optimization levels to time, comma-separated (disabled|basic|extended|all).")
 @click.option("--precision", default="fp32,fp16", show_default=True, callback=comma_choices(PRECISIONS),
               help="Precisions for GPU backends (tensorrt, ort-trt, torch on CUDA), comma-separated.")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="CPU intra-op threads for ort-cpu and torch (0: the runtime's default).")
+@threads_option("CPU intra-op threads for ort-cpu and torch (0: the runtime's default; at most 4x the CPUs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the timed runs (throughput is samples/s at this size).")
 @click.option("--max-batch-size", type=click.IntRange(min=1),
@@ -55,6 +61,8 @@ def _check_output_dir(directory: Path) -> None:
 @exporter_option("How a PyTorch model is exported first (as in `foldnorm export`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where TensorRT engines and timing caches are kept (default: ~/.cache/foldnorm).")
+@click.option("--cuda-graph", is_flag=True,
+              help="ort-cuda, ort-trt, tensorrt: capture a run in a CUDA graph and replay it (trtexec --useCudaGraph).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also save bench.txt, bench.json (with raw samples), bench.csv and bench.md in this directory.")
 @click.option("--plot", is_flag=True, help="With --output: also save bench.png (needs foldnorm[plot]).")
@@ -62,7 +70,7 @@ def _check_output_dir(directory: Path) -> None:
 def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel], precision: list[Precision],
           threads: int, batch_size: int, max_batch_size: int | None, input_shape: Shape | None, warmup: int,
           min_time: float, iterations: int | None, seed: int, exporter: Exporter, cache_dir: Path | None,
-          output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
+          cuda_graph: bool, output_dir: Path | None, plot: bool, fmt: BenchFormat) -> None:
     """Benchmark MODEL folded against unfolded (default: the built-in resnet-bn).
 
     MODEL is a built-in name (see `foldnorm models`), an import spec package.module:attr, or a .onnx file.
@@ -75,7 +83,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
         raise click.BadParameter("--plot writes bench.png into the --output directory; give --output DIR",
                                  param_hint="--plot")
     if output_dir is not None:
-        _check_output_dir(output_dir)
+        _check_output_dir(output_dir, model)
     if plot:
         import importlib.util
 
@@ -90,7 +98,7 @@ def bench(model: str | None, backends: tuple[str, ...], ort_opt: list[OptLevel],
     result = benchmark(model, backends=backends, ort_opt=ort_opt, precisions=precision, threads=threads,
                        batch_size=batch_size, max_batch_size=max_batch_size, input_shape=input_shape,
                        warmup=warmup, min_time_s=min_time, iterations=iterations, seed=seed, exporter=exporter,
-                       cache_dir=cache_dir, progress=Progress())
+                       cache_dir=cache_dir, cuda_graph=cuda_graph, progress=Progress())
     click.echo(RENDERERS[fmt](result))
     if output_dir is not None:
         for path in write_outputs(result, output_dir, plot):

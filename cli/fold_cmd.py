@@ -64,7 +64,7 @@ def fold(input_path: Path, output: Path | None, in_place: bool, jobs: int, verif
     info(f"folding {input_path}")
     try:
         result = fold_file(input_path, output, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed)
+                           seed=seed, other_outputs=[report_path] if report_path else [])
     except VerificationError as exc:
         if exc.result is not None:
             render_fold_file(exc.result, fmt, report_path)

@@ -17,7 +17,8 @@ def fold_dir(input_dir: Path, output_dir: Path, *, jobs: int, verify: bool, opti
              fmt: Format, report_path: Path | None, shapes: dict[str, Shape], seed: int) -> None:
     """Fold every model of `input_dir` (`report_path`: the per-model JSON); exit 1 when any of them failed."""
     result = fold_directory(input_dir, output_dir, jobs=jobs, verify=verify, options=options, in_place=in_place,
-                            progress=directory_progress, shapes=shapes, seed=seed)
+                            progress=directory_progress, shapes=shapes, seed=seed,
+                            other_outputs=[report_path] if report_path else [])
     render_fold_directory(result, fmt, report_path)
     if not result.ok:
         raise FoldnormError(f"{len(result.failed)} of {len(result.items)} models failed; see the lines above")

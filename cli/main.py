@@ -15,15 +15,17 @@ class FoldnormGroup(click.Group):
     """A click group that turns user errors into one line on stderr and the documented exit code.
 
     0 ok, 1 user error, 2 usage error (click's own), 3 verification failed. Anything else is a bug and
-    keeps its traceback.
+    keeps its traceback. SIGTERM and SIGHUP are handled like Ctrl-C: exit 128 + the signal number.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand, mapping `FoldnormError` to its exit code."""
+        """Run the subcommand, mapping `FoldnormError` to its exit code and signals to 130/143/129."""
         from foldnorm.errors import FoldnormError
+        from foldnorm.interrupts import exit_status, signal_name, signals_as_interrupts
 
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
         except FoldnormError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -33,9 +35,13 @@ class FoldnormGroup(click.Group):
                 raise
             click.echo(f"error: this command needs {exc.name}, which is not installed; install: {hint}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; no partially written file was left behind", err=True)
-            sys.exit(130)
+        except OSError as exc:  # the file system refused something foldnorm did not check for: still one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}; check the path and the file system", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted ({signal_name(exc)}); no partially written file was left behind", err=True)
+            sys.exit(exit_status(exc))
 
 
 def _install_hint(module: str | None) -> str | None:

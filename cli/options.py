@@ -3,6 +3,7 @@ them (malformed values are usage errors, exit 2). Choices come from the library'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar, get_args
 
@@ -44,11 +45,12 @@ def exporter_option(help: str) -> Callable[[F], F]:
 
 def tolerance_options(f: F) -> F:
     """`--rtol` and `--atol`: override the per-dtype tolerances of the comparison."""
-    f = click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance (default per dtype: "
-                     "fp32 1e-6, fp16 1e-3, bf16 1e-2, fp64 1e-12, integers 0).")(f)
-    return click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance, times the reference "
-                        "output's max |value| (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2, fp64 1e-9, "
-                        "integers 0).")(f)
+    f = click.option("--atol", type=click.FloatRange(min=0), callback=_tolerance,
+                     help="Absolute tolerance (default per dtype: fp32 1e-6, fp16 1e-3, bf16 1e-2, fp64 1e-12, "
+                          "integers 0).")(f)
+    return click.option("--rtol", type=click.FloatRange(min=0), callback=_tolerance,
+                        help="Relative tolerance, times the reference output's max |value| (default per dtype: "
+                             "fp32 1e-4, fp16 1e-2, bf16 5e-2, fp64 1e-9, integers 0).")(f)
 
 
 def batch_sizes_option(help: str, default: str = "1,2") -> Callable[[F], F]:
@@ -134,6 +136,30 @@ def _shape_list(ctx: click.Context, param: click.Parameter,
     if len(named) > 1:
         raise click.BadParameter("name every input (NAME:1x3x224x224) or none of them")
     return parsed
+
+
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: a tolerance is finite (FloatRange lets NaN and infinity through; NaN would make every
+    comparison pass)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a finite number >= 0; give e.g. 1e-4")
+    return value
+
+
+def threads_option(help: str) -> Callable[[F], F]:
+    """`--threads N`: 0 (the runtime's default) up to 4x the CPUs this process may use."""
+    return click.option("--threads", type=click.IntRange(min=0), default=0, callback=_threads, help=help)
+
+
+def _threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """Click callback: 0 (the runtime's default) up to 4x the CPUs this process may use."""
+    from foldnorm.bench.environment import check_threads
+
+    try:
+        check_threads(value)
+    except InputSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _rule_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:

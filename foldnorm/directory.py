@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -14,8 +16,10 @@ from typing import Any
 
 from foldnorm.errors import FoldnormError, OutputPathError
 from foldnorm.fold.options import FoldOptions
+from foldnorm.interrupts import exit_status, raise_on_signals
 from foldnorm.onnxgraph.inputs import Shape
-from foldnorm.onnxgraph.modelio import check_output_path
+from foldnorm.onnxgraph.modelio import check_output_path, model_files
+from foldnorm.onnxgraph.outputs import check_distinct, resolved
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +70,12 @@ class DirectoryResult:
 
 
 def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: bool,
-              shapes: Mapping[str, Shape] | None, seed: int) -> DirectoryItem:
+              shapes: Mapping[str, Shape] | None, seed: int, other_outputs: Sequence[str]) -> DirectoryItem:
     from foldnorm.workflows import fold_file
 
     try:
         result = fold_file(src, dst, verify=verify, options=options, in_place=in_place, shapes=shapes,
-                           seed=seed)
+                           seed=seed, other_outputs=other_outputs)
     except FoldnormError as exc:
         return DirectoryItem(src, dst, False, str(exc))
     except Exception as exc:  # a bug on one model must not hide the results of the others
@@ -80,6 +84,56 @@ def _fold_one(src: str, dst: str, verify: bool, options: FoldOptions, in_place: 
                          "please report it with this model)")
     verified = f"; verify: {result.verify.summary()}" if result.verify else ""
     return DirectoryItem(src, dst, True, result.report.summary() + verified)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _start_worker() -> None:
+    """A worker leaves Ctrl-C to its parent (an idle worker that is terminated just ends)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _fold_in_worker(*args: Any) -> DirectoryItem:
+    """`_fold_one` in a worker: terminated mid-fold, it removes its temporary files and ends."""
+    previous = raise_on_signals()
+    try:
+        return _fold_one(*args)
+    except KeyboardInterrupt as exc:  # the fold removed its files on the way here
+        os._exit(exit_status(exc))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _check_other_outputs(other_outputs: Sequence[str], pairs: list[tuple[str, str]], src_dir: Path) -> None:
+    """Refuse, before any work, an extra output (a report) that is an input, an output or an input's data file."""
+    if not other_outputs:
+        return
+    inputs: list[tuple[str, str | Path]] = [("an input", s) for s, _ in pairs]
+    if any(resolved(o).is_relative_to(resolved(src_dir)) and Path(o).exists() for o in other_outputs):
+        inputs += [("an input's data file", f) for s, _ in pairs for f in model_files(s)[1:]]
+    outputs = [*(("an output", d) for _, d in pairs), *(("an output's data file", d + ".data") for _, d in pairs)]
+    check_distinct([*(("another output", o) for o in other_outputs), *outputs], inputs,
+                   replaces=[(d, s) for s, d in pairs])
+
+
+def _pool_items(pool: ProcessPoolExecutor, futures: dict[Future[DirectoryItem], tuple[str, str]],
+                done: Callable[[DirectoryItem], None]) -> None:
+    try:
+        for future in as_completed(futures):
+            try:
+                done(future.result())
+            except BrokenProcessPool as exc:  # a worker died (killed, out of memory, crashed)
+                done(DirectoryItem(*futures[future], False, f"the worker process died ({exc}); fold this "
+                                   "file alone to see why"))
+    except BaseException:  # Ctrl-C or a termination signal: stop the workers, each removes its temporary files
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fold_directory(
@@ -93,13 +147,17 @@ def fold_directory(
     progress: Callable[[DirectoryItem], None] | None = None,
     shapes: Mapping[str, Shape] | None = None,
     seed: int = 0,
+    other_outputs: Sequence[str | os.PathLike] = (),
 ) -> DirectoryResult:
     """Fold every `*.onnx` in `input_dir` into `output_dir` (same file names), `jobs` files at a time.
 
     Each file is folded (and verified) in its own worker process; a file that fails is recorded in the
     result with its error and the others go on. `progress` is called as each file finishes; `shapes` sizes
     dynamic input dims and `seed` seeds the inputs of the verification (see `fold_file`).
-    `output_dir` must exist; it may be `input_dir` only with `in_place`.
+    `output_dir` must exist; it may be `input_dir` only with `in_place`. `other_outputs` are files the caller
+    will write too (a report): none may be an input, an input's data file or an output.
+    Ctrl-C (SIGINT) reaches only this process: the workers ignore it, and are terminated (each removing its
+    temporary files) when this process is interrupted.
     """
     src_dir, dst_dir = Path(input_dir), Path(output_dir)
     if jobs < 1:
@@ -112,6 +170,8 @@ def fold_directory(
         raise FoldnormError(f"{src_dir}: holds no .onnx files; give a directory of ONNX models.")
     pairs = [(str(p), str(dst_dir / p.name)) for p in sources]
     check_output_path(pairs[0][1], pairs[0][0], in_place=in_place)  # a shared mistake fails once, up front
+    extra = [str(o) for o in other_outputs]
+    _check_other_outputs(extra, pairs, src_dir)
     opts = options or FoldOptions()
     items: dict[str, DirectoryItem] = {}
 
@@ -122,21 +182,18 @@ def fold_directory(
 
     if jobs == 1:
         for src, dst in pairs:
-            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed))
-    else:
-        # spawn: workers start clean (no inherited ONNX Runtime threads or state).
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pairs)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures: dict[Future[DirectoryItem], tuple[str, str]] = {
-                pool.submit(_fold_one, s, d, verify, opts, in_place, shapes, seed): (s, d) for s, d in pairs}
-            try:
-                for future in as_completed(futures):
-                    try:
-                        done(future.result())
-                    except BrokenProcessPool as exc:  # a worker died (killed, out of memory, crashed)
-                        done(DirectoryItem(*futures[future], False, f"the worker process died ({exc}); fold this "
-                                       "file alone to see why"))
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            done(_fold_one(src, dst, verify, opts, in_place, shapes, seed, extra))
+        return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])
+    # spawn: workers start clean (no inherited ONNX Runtime threads or state). They are started while this
+    # process ignores SIGINT, so they ignore it from their first instruction on.
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        futures = {pool.submit(_fold_in_worker, s, d, verify, opts, in_place, shapes, seed, extra): (s, d)
+                   for s, d in pairs}
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    _pool_items(pool, futures, done)
     return DirectoryResult(str(src_dir), str(dst_dir), [items[s] for s, _ in pairs])

@@ -70,6 +70,11 @@ class InvariantViolation(AssertionError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of `exc`'s message (its type name when the message is empty), for quoting in an error."""
+    """The first line of `exc`'s message (its type name when the message is empty), for quoting in an error.
+
+    For an OS error, its reason alone ("File name too long"): the sentence quoting it names the path already.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from foldnorm.cli.main import cli
 from support.builders import conv_bn, parse
+from support.cli import assert_user_error, run, snapshot
 
 import foldnorm
 from foldnorm.errors import FoldnormError, OutputPathError
@@ -97,25 +98,6 @@ BAD: dict[str, tuple[Callable[[Path, Path, np.random.Generator], Path], str]] = 
     "missing external data": (_missing_external_data, "external data"),
     "unsupported opset": (_opset_99, "opset 99"),
 }
-
-
-def run(args: list[str]) -> Result:
-    result = CliRunner().invoke(cli, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
-
-
-def snapshot(d: Path) -> dict[str, bytes | None]:
-    return {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
-
-
-def assert_user_error(result: Result, bad: Path, needle: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 3, result.stderr
-    assert str(bad) in result.stderr
-    assert needle.lower() in result.stderr.lower()
 
 
 @pytest.mark.parametrize("case", list(BAD))

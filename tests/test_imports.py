@@ -1,4 +1,4 @@
-"""`import foldnorm` and `foldnorm --help` must not load torch, onnxruntime, tensorrt or matplotlib."""
+"""`import foldnorm` and `foldnorm --help` must not load torch, onnxruntime, tensorrt, openvino or matplotlib."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "onnxruntime", "tensorrt", "matplotlib")
+HEAVY = ("torch", "onnxruntime", "tensorrt", "openvino", "matplotlib")
 
 
 @pytest.mark.parametrize(

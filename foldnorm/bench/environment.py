@@ -10,6 +10,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from foldnorm.errors import InputSpecError
+
 
 def _version(package: str) -> str | None:
     try:
@@ -31,6 +33,15 @@ def cpu_model() -> str:
 def cpu_count() -> int:
     """CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(threads: int) -> None:
+    """Raise `InputSpecError` unless `threads` is 0 (the runtime's default) up to 4x the CPUs this process
+    may use (ONNX Runtime crashes on absurd thread counts instead of refusing them)."""
+    limit = 4 * cpu_count()
+    if not 0 <= threads <= limit:
+        raise InputSpecError(f"threads={threads}: give 0 (the runtime's default) up to {limit} (4x the {cpu_count()} "
+                             "CPUs this process may use)")
 
 
 def gpu_name() -> str | None:
@@ -82,6 +93,6 @@ def environment() -> dict[str, str | None]:
         "gpu": gpu_name(),
         "peak_rss_mb": _peak_rss_mb(),
     }
-    for pkg in ("foldnorm", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
+    for pkg in ("foldnorm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt"):
         env[pkg] = _version(pkg)
     return env

@@ -8,7 +8,6 @@ unfolded model on ONNX Runtime, CPU, optimizations disabled, fp32.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -30,13 +29,14 @@ from foldnorm.bench.backends.base import (
     RunOptions,
     Session,
 )
-from foldnorm.bench.environment import environment, load_note
+from foldnorm.bench.environment import check_threads, environment, load_note
 from foldnorm.bench.timing import LatencyStats, Timed, TimingOptions, time_interleaved
 from foldnorm.errors import BackendUnavailableError
 from foldnorm.export.exporter import Exporter
 from foldnorm.export.sources import ModelSource, resolve_source
 from foldnorm.fold.engine import fold_model
 from foldnorm.fold.report import FoldReport
+from foldnorm.onnxgraph.atomicfile import temporary_directory
 from foldnorm.onnxgraph.inputs import Shape, input_specs, make_feeds
 from foldnorm.onnxgraph.modelio import load_model, save_model
 from foldnorm.verify.compare import VerifyResult, compare_models, measure_error
@@ -157,7 +157,8 @@ def benchmark(
     precisions: Sequence[Precision] | None = None,
     threads: int | None = None,
     max_batch_size: int | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
+    cuda_graph: bool | None = None,
     warmup: int | None = None,
     min_time_s: float | None = None,
     iterations: int | None = None,
@@ -177,12 +178,13 @@ def benchmark(
     from foldnorm.bench.backends import BACKENDS
 
     options = _replaced(options or RunOptions(), ort_opt=ort_opt, precisions=precisions, threads=threads,
-                        max_batch_size=max_batch_size, cache_dir=cache_dir)
+                        max_batch_size=max_batch_size, cache_dir=cache_dir, cuda_graph=cuda_graph)
     timing = _replaced(timing or TimingOptions(), warmup=warmup, min_time_s=min_time_s, iterations=iterations)
+    check_threads(options.threads)
     names = list(BACKENDS) if "all" in backends else list(dict.fromkeys(backends))
     chosen = [get_backend(n) for n in names]
     say: Progress = progress or (lambda _msg, _frac: None)
-    with tempfile.TemporaryDirectory(prefix="foldnorm-bench-") as tmp:
+    with temporary_directory() as tmp:
         work = Path(tmp)
         say(f"preparing {model}", None)
         source = resolve_source(model, work, input_shape=input_shape, opset=opset, exporter=exporter)

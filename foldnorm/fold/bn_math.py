@@ -36,9 +36,9 @@ def batchnorm_affine(
 ) -> ChannelAffine:
     """The affine map of an inference BatchNorm, computed in float64."""
     g, b, m, v = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (gamma, beta, mean, var))
-    with np.errstate(divide="ignore", invalid="ignore"):  # non-finite results are refused by the caller
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite results: the caller refuses
         scale = g / np.sqrt(v + float(eps))
-    return ChannelAffine(scale, b - m * scale)
+        return ChannelAffine(scale, b - m * scale)
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ class Scaled:
     factor: np.ndarray
 
     def exact(self) -> np.ndarray:
-        """The product in float64."""
-        return np.multiply(self.base, self.factor, dtype=np.float64)
+        """The product in float64 (inf * 0 is NaN without a warning: `emit` refuses non-finite values)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.multiply(self.base, self.factor, dtype=np.float64)
 
     def rounded(self, dtype: np.dtype) -> np.ndarray:
         """The product computed in float64, rounded once to `dtype`."""

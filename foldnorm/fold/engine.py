@@ -58,7 +58,7 @@ from foldnorm.onnxgraph.graph import (
     node_label,
     subgraphs,
 )
-from foldnorm.onnxgraph.modelio import ModelLike, check_opset, load_model
+from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def fold_model(
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
-        check_opset(source, "the model")  # BatchNormalization-6 and older default to training mode
+        validate_model(source, "the model")  # opset (BN-6 and older default to training mode), tensors, shapes
         model = source if in_place else copy.deepcopy(source)
     else:
         model = load_model(source)

@@ -4,11 +4,18 @@ Exporters hand parameters over as `Constant` nodes, `Identity` chains (the legac
 identical tensors that way), `Cast`/`CastLike`, and the raw dynamo exporter's `Expand(Shape(W))` zero
 bias. A value is constant when it depends only on initializers and constant nodes; `CastLike` and `Shape`
 only need the static type or shape of their graph-input argument.
+
+Evaluation is bounded (a 1 kB model can ask for a ConstantOfShape of 10^10 elements): each value's size is
+computed from its inputs' shapes before numpy allocates it, and a value over `ElementBudget.per_value`
+elements, or one that would take the values computed so far past `ElementBudget.total`, is not a constant;
+`reason()` says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,8 +24,38 @@ from onnx import helper
 from foldnorm.onnxgraph.external import tensor_array
 from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs
 from foldnorm.onnxgraph.quantize import dequantize, quantize
+from foldnorm.onnxgraph.tensors import element_count, graph_tensors
 
 _MAX_DEPTH = 64
+ELEMENT_FLOOR = 64 << 20  # elements one computed value may always have
+
+
+@dataclass
+class ElementBudget:
+    """How many elements the evaluator may materialise: per value, and in all (`spent` so far)."""
+
+    per_value: int
+    total: int
+    spent: int = 0
+
+    @classmethod
+    def for_graph(cls, graph: onnx.GraphProto) -> ElementBudget:
+        """max(64 Mi, 2x the graph's largest tensor) per value; max(4x that, 2x all its tensors) in all."""
+        counts = [element_count(t) for t in graph_tensors(graph)]
+        per_value = max(ELEMENT_FLOOR, 2 * max(counts, default=0))
+        return cls(per_value, max(4 * per_value, 2 * sum(counts)))
+
+    def refusal(self, elements: int) -> str | None:
+        """Why a value of `elements` elements may not be computed (None: it may, and it is counted)."""
+        elements = max(elements, 0)
+        if elements > self.per_value:
+            return (f"a value too large to evaluate ({elements:.3g} elements; the constant evaluator stops at "
+                    f"{self.per_value:.3g})")
+        if self.spent + elements > self.total:
+            return (f"a value the constant evaluator did not compute (its budget of {self.total:.3g} elements "
+                    "for this model is spent)")
+        self.spent += elements
+        return None
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -89,7 +126,9 @@ class ConstantResolver:
     def __init__(self, index: GraphIndex, outer: ConstantResolver | None = None) -> None:
         self.index = index
         self.outer = outer
+        self.budget: ElementBudget = outer.budget if outer is not None else ElementBudget.for_graph(index.graph)
         self._cache: dict[str, np.ndarray | None] = {}
+        self._reasons: dict[str, str] = {}
 
     def value(self, name: str, depth: int = 0) -> np.ndarray | None:
         """The constant value of `name`, or None when it depends on a graph input or is unknown."""
@@ -104,6 +143,13 @@ class ConstantResolver:
     def forget(self, name: str) -> None:
         """Drop a cached value after the graph changed it."""
         self._cache.pop(name, None)
+        self._reasons.pop(name, None)
+
+    def reason(self, name: str) -> str | None:
+        """Why `name` is not a constant when the evaluator's budget stopped it (None otherwise)."""
+        if name in self._reasons or name in self.index.producer or self.outer is None:
+            return self._reasons.get(name)
+        return self.outer.reason(name)
 
     def _evaluate(self, name: str, depth: int) -> np.ndarray | None:
         index = self.index
@@ -129,7 +175,7 @@ class ConstantResolver:
             return _constant_attr(node)
         if op == "CastLike":
             target = self.index.elem_type(node.input[1])
-            source = self.value(node.input[0], depth + 1)
+            source = self._input(node, 0, depth)
             if target is None or source is None:
                 return None
             return source.astype(_np_dtype(target))
@@ -138,31 +184,54 @@ class ConstantResolver:
             start, end = attr(node, "start", 0), attr(node, "end", None)
             shape = self.index.shape(node.input[0])
             if shape is None or not all(isinstance(d, int) for d in shape[start:end]):
-                known = self.value(node.input[0], depth + 1)
+                known = self._input(node, 0, depth)
                 if known is None:
                     return None
                 shape = list(known.shape)
             return np.array(shape[start:end], dtype=np.int64)
-        if op == "ConstantOfShape":
-            shape_value = self.value(node.input[0], depth + 1)
-            if shape_value is None:
-                return None
-            fill = attr(node, "value")
-            fill_arr = tensor_array(fill) if fill is not None else np.zeros(1, np.float32)
-            return np.full([int(d) for d in shape_value], fill_arr.reshape(-1)[0], dtype=fill_arr.dtype)
+        if op not in _ELEMENTWISE and op not in _OPS and op != "ConstantOfShape":
+            return None
         args: list[np.ndarray] = []
-        for inp in node.input:
+        for k, inp in enumerate(node.input):
             if not inp:
                 continue
-            value = self.value(inp, depth + 1)
+            value = self._input(node, k, depth)
             if value is None:
                 return None
             args.append(value)
+        refusal = self.budget.refusal(_output_elements(op, args))
+        if refusal is not None:
+            self._reasons[node.output[0]] = refusal
+            return None
+        if op == "ConstantOfShape":
+            fill = attr(node, "value")
+            fill_arr = tensor_array(fill) if fill is not None else np.zeros(1, np.float32)
+            return np.full([int(d) for d in args[0]], fill_arr.reshape(-1)[0], dtype=fill_arr.dtype)
         if op in _ELEMENTWISE:
             out = _ELEMENTWISE[op](*args)
             return np.asarray(out, dtype=args[0].dtype)
-        fn = _OPS.get(op)
-        return None if fn is None else np.asarray(fn(node, args))
+        return np.asarray(_OPS[op](node, args))
+
+    def _input(self, node: onnx.NodeProto, k: int, depth: int) -> np.ndarray | None:
+        """The value of input `k` of `node`; a value the budget stopped stops `node` for the same reason."""
+        value = self.value(node.input[k], depth + 1)
+        why = self.reason(node.input[k]) if value is None else None
+        if why is not None:
+            self._reasons[node.output[0]] = why
+        return value
+
+
+def _output_elements(op: str, args: Sequence[np.ndarray]) -> int:
+    """The elements `op` would produce from `args`, computed from their shapes before anything is allocated."""
+    if op == "ConstantOfShape":
+        return math.prod(int(d) for d in args[0].reshape(-1))
+    if op == "Expand":
+        return math.prod(np.broadcast_shapes(args[0].shape, tuple(int(d) for d in args[1].reshape(-1))))
+    if op in _ELEMENTWISE:
+        return math.prod(np.broadcast_shapes(*(a.shape for a in args)))
+    if op == "Concat":
+        return sum(a.size for a in args)
+    return 0 if op == "Identity" else args[0].size  # Identity is the same array; the rest copy at most their input
 
 
 def _constant_attr(node: onnx.NodeProto) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -124,6 +125,13 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
     if np.issubdtype(dtype, np.floating) or dtype.kind == "V" or "float" in dtype.name:
         return rng.standard_normal(size=shape).astype(dtype)
     raise InputSpecError(f"cannot make random inputs of type {dtype.name}; give real inputs with --inputs FILE.npz")
+
+
+def feed_bytes(model: onnx.ModelProto, batch_size: int = 1, shapes: Mapping[str, Shape] | None = None) -> int:
+    """The bytes `make_feeds` allocates for these arguments, from the shapes alone (values are drawn as 8-byte
+    numbers first, so each element counts 8 bytes however narrow its type)."""
+    shapes = dict(shapes or {})
+    return sum(8 * math.prod(concrete_shape(s, batch_size, shapes.get(s.name))) for s in input_specs(model))
 
 
 def make_feeds(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import stat
 from pathlib import Path
 
 import onnx
@@ -12,17 +17,24 @@ import onnx.checker
 import onnx.shape_inference
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError, first_line
+from foldnorm.onnxgraph.atomicfile import refuse_non_regular, sweep_stale, temp_name
+from foldnorm.onnxgraph.consistency import check_consistency
 from foldnorm.onnxgraph.external import (
-    all_tensors,
+    data_files,
     has_weights_on_disk,
     in_memory_bytes,
-    point_to_files,
+    load_weights,
+    locate_weights,
+    rename_data_file,
     write_with_external_data,
 )
+from foldnorm.onnxgraph.outputs import check_output_path
 from foldnorm.onnxgraph.shapes import weightless_copy
+from foldnorm.onnxgraph.tensors import all_tensors, check_tensors
+
+log = logging.getLogger(__name__)
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -46,12 +58,7 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file; check the path.")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory; give the path of an .onnx file.")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path}: the file is empty; re-export the model.")
+    _check_model_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except PermissionError as exc:
@@ -63,20 +70,59 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: parsed, but holds no graph; give an .onnx model file.")
     check_opset(model, path)
-    _check_external_files(model, path)
+    check_tensors(model, str(path))
+    locate_weights(model, path)
     if check:
         _check_model(model, path)
-    if keep_weights_on_disk:
-        point_to_files(model, path.parent)
-        return model
-    try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{path}: its external data could not be read ({first_line(exc)}); "
-            "keep the .data file next to the model."
-        ) from exc
+    check_consistency(model, str(path))
+    if not keep_weights_on_disk:
+        try:
+            load_weights(model)
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: its external data could not be read ({first_line(exc)}); keep the "
+                                 ".data file next to the model.") from exc
     return model
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The model file at `path` and the data files it names (resolved), read without its weights.
+
+    For checking outputs against inputs before any work; a file that is not a readable model is just
+    itself (loading it reports the problem).
+    """
+    files = [Path(path)]
+    with contextlib.suppress(DecodeError, json_format.Error, ValueError, RuntimeError, OSError):
+        model = onnx.load(str(path), load_external_data=False)
+        locations = {e.value for t in all_tensors(model) for e in t.external_data if e.key == "location"}
+        files.extend((Path(path).parent / loc).resolve() for loc in sorted(locations) if "\0" not in loc)
+    return files
+
+
+def validate_model(model: onnx.ModelProto, label: str) -> None:
+    """The checks of a loaded `ModelProto` that need no file: opset, tensor sizes, convolution shapes.
+
+    Raises `InvalidModelError` naming `label`; nothing is read from disk. (The length of raw data held in the
+    message is checked when a tensor is read: `load_model` checked it for a file already.)
+    """
+    check_opset(model, label)
+    check_tensors(model, label, inline_bytes=False)
+    check_consistency(model, label)
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse a model path that is missing, unreadable, not a regular file or empty, before opening it."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ModelLoadError(f"{path}: no such file; check the path.") from None
+        raise ModelLoadError(f"{path}: cannot be read ({first_line(exc)}); check the path.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"{path}: is a directory; give the path of an .onnx file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"{path}: is not a regular file (a device or a pipe); give the path of an .onnx file.")
+    if info.st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty; re-export the model.")
 
 
 def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
@@ -90,36 +136,15 @@ def check_opset(model: onnx.ModelProto, path: Path | str) -> None:
             )
 
 
-def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
-    sizes: dict[Path, int] = {}
-    for tensor in all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        data = path.parent / info.location
-        if data not in sizes:
-            if not data.is_file():
-                raise ModelLoadError(
-                    f"{path}: its external data file {data} is missing; copy it next to the model "
-                    "(it is written beside the .onnx at export)."
-                )
-            sizes[data] = data.stat().st_size
-        end = (info.offset or 0) + (info.length or 0)
-        if end > sizes[data]:
-            raise ModelLoadError(
-                f"{path}: its external data file {data} is truncated ({sizes[data]} bytes, tensor "
-                f"{tensor.name!r} needs {end}); copy the complete file next to the model."
-            )
-
-
 def _check_model(model: onnx.ModelProto, path: Path) -> None:
     """Run onnx.checker and strict shape inference on the model's weightless skeleton (both would otherwise
     serialize every weight: the cost of a second load)."""
+    light = weightless_copy(model)
     try:
-        light = weightless_copy(model)
         onnx.checker.check_model(light)
         onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        # (onnx raises a bare ValueError for, e.g., a graph input of element type 0)
         raise InvalidModelError(
             f"{path}: the model is invalid ({_brief(exc)}); fix or re-export it (onnx.checker and shape "
             "inference must pass)."
@@ -138,61 +163,84 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return in_memory_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
-def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike, in_place: bool = False) -> Path:
-    """Validate an output path before any work is done; refuse to overwrite an input unless `in_place`."""
-    out = Path(output)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"{out}: directory {parent} does not exist; create it first.")
-    if out.is_dir():
-        raise OutputPathError(f"{out}: is a directory; give a file name such as {out / 'model.onnx'}.")
-    if out.exists() and not out.stat().st_mode & 0o222:
-        raise OutputPathError(f"{out}: the file is read-only; make it writable or choose another output path.")
-    try:
-        probe, probe_name = tempfile.mkstemp(prefix=".foldnorm-probe-", dir=parent)
-        os.close(probe)
-        os.unlink(probe_name)
-    except OSError as exc:
-        raise OutputPathError(
-            f"{out}: directory {parent} is not writable ({first_line(exc)}); choose another output path."
-        ) from None
-    for inp in inputs:
-        if not in_place and out.exists() and Path(inp).exists() and out.resolve() == Path(inp).resolve():
-            raise OutputPathError(
-                f"{out}: output is the input file; choose another output path (or pass --in-place)."
-            )
-    return out
-
-
 class StagedModel:
-    """A model written to a hidden temporary folder beside its destination, not yet moved into place."""
+    """A model written to a temporary folder beside its destination, not yet moved into place.
 
-    def __init__(self, output: Path, tmpdir: Path, data_name: str | None) -> None:
+    `commit()` moves it so that a crash at any point leaves either the old (model, data) pair or the new
+    one, both consistent. With no data file, or none yet at `<output>.data`, that is two renames: the data
+    file, then the model. When an older data file holds the name, the new data first goes in place under
+    an interim name `<output>.<8 hex digits>.data` with a model that refers to it; then the data file is
+    linked (copied where links are not supported) to `<output>.data` and the model that refers to that name
+    replaces the interim one. Interim files left by a crash are removed by the next commit of `output`
+    (except those in `keep`: files still in use).
+    """
+
+    def __init__(self, output: Path, tmpdir: Path, data_name: str | None, keep: frozenset[Path] = frozenset()) -> None:
         self.output = output
         self.tmpdir = tmpdir
         self.data_name = data_name
+        self.keep = keep
         self.path = tmpdir / output.name
+        self.interim = _interim_name(output) if data_name and (output.parent / data_name).exists() else None
 
     def commit(self) -> Path:
-        """Move the staged files into place (data file first, then the model) and return the output path."""
+        """Move the staged files into place and return the output path."""
+        placed: Path | None = None
         try:
             if self.data_name is not None:
-                os.replace(self.tmpdir / self.data_name, self.output.parent / self.data_name)
+                placed = self.output.parent / (self.interim or self.data_name)
+                os.replace(self.tmpdir / (self.interim or self.data_name), placed)
+            refuse_non_regular(self.output)
             os.replace(self.path, self.output)
-        except OSError as exc:
-            raise OutputPathError(f"{self.output}: cannot write ({first_line(exc)}); choose a writable path.") \
-                from exc
+        except BaseException as exc:
+            if placed is not None:  # the old pair stays in place, untouched
+                with contextlib.suppress(OSError):
+                    placed.unlink()
+            if isinstance(exc, OSError):
+                raise OutputPathError(f"{self.output}: cannot write ({first_line(exc)}); choose a writable "
+                                      "path.") from exc
+            raise
+        in_use = placed if self.interim is not None else None  # the data file the model in place refers to
+        try:
+            if in_use is not None and self.data_name is not None:
+                self._rename_interim(in_use, self.data_name)
+                in_use = None
+        except OSError as exc:  # the new pair is in place under the interim name: consistent, usable
+            log.warning("%s: its data file keeps the name %s (%s)", self.output, self.interim, first_line(exc))
         finally:
             self.discard()
+            self._remove_interim_files(in_use)
         return self.output
+
+    def _rename_interim(self, interim: Path, data_name: str) -> None:
+        """Give the data file its own name: a second name for it, then the model that refers to that name."""
+        linked = self.tmpdir / "linked.data"
+        try:
+            os.link(interim, linked)
+        except OSError:
+            shutil.copyfile(interim, linked)
+        os.replace(linked, self.output.parent / data_name)
+        os.replace(self.tmpdir / "final.onnx", self.output)
+
+    def _remove_interim_files(self, in_use: Path | None) -> None:
+        """Remove interim data files of `output` (left by this commit or a crashed one), except `in_use`."""
+        pattern = re.compile(re.escape(self.output.name) + r"\.[0-9a-f]{8}\.data")
+        keep = {p.resolve() for p in [*self.keep, *([in_use] if in_use else [])]}
+        for old in self.output.parent.iterdir():
+            if pattern.fullmatch(old.name) and old.resolve() not in keep:
+                with contextlib.suppress(OSError):
+                    old.unlink()
 
     def discard(self) -> None:
         """Remove whatever is still staged."""
-        for leftover in self.tmpdir.iterdir() if self.tmpdir.is_dir() else ():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        with contextlib.suppress(OSError):
-            self.tmpdir.rmdir()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _interim_name(out: Path) -> str:
+    while True:
+        name = f"{out.name}.{secrets.token_hex(4)}.data"
+        if not (out.parent / name).exists():
+            return name
 
 
 def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None,
@@ -201,27 +249,34 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
     """Write `model` next to `output` under a temporary name; `commit()` moves it into place atomically.
 
     `external_data=None` stores tensors externally when the model would exceed protobuf's 2 GiB limit or
-    keeps weights on disk; they go to `<output name>.data`. `keep_in_memory=False` is for a caller that
-    drops `model` right after: its written tensors are then not read back (see
-    `foldnorm.onnxgraph.external.write_with_external_data`). On any error or interrupt nothing is left behind.
+    keeps weights on disk; they go to `<output name>.data` (see `StagedModel` for how an old pair is
+    replaced). `keep_in_memory=False` is for a caller that drops `model` right after: its written tensors
+    are then not read back (see `foldnorm.onnxgraph.external.write_with_external_data`). On any error or
+    interrupt nothing is left behind.
     """
     out = check_output_path(output, *inputs, in_place=in_place)
     if external_data is None:
         external_data = has_weights_on_disk(model) or needs_external_data(model)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".foldnorm-", dir=out.parent))
-    staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None)
+    sweep_stale(out.parent)
+    tmpdir = temp_name(out.parent)
     try:
+        tmpdir.mkdir(mode=0o700)
+        keep = frozenset() if in_place else frozenset(data_files(model))
+        staged = StagedModel(out, tmpdir, out.name + ".data" if external_data else None, keep)
         if staged.data_name is not None:
-            if not write_with_external_data(model, staged.path, staged.data_name, keep_in_memory=keep_in_memory):
-                staged.data_name = None
+            name = staged.interim or staged.data_name
+            if not write_with_external_data(model, staged.path, name, keep_in_memory=keep_in_memory):
+                staged.data_name = staged.interim = None
+            elif staged.interim is not None:
+                rename_data_file(staged.path, staged.interim, staged.data_name, tmpdir / "final.onnx")
         else:
             onnx.save_model(model, str(staged.path))
     except OSError as exc:
-        staged.discard()
+        shutil.rmtree(tmpdir, ignore_errors=True)
         raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
                               "space.") from exc
     except BaseException:
-        staged.discard()
+        shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     return staged
 

@@ -12,22 +12,25 @@ quantized (QDQ) reference is compared in steps of each output's quantizer instea
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from foldnorm.errors import InputSpecError, ModelMismatchError, first_line
-from foldnorm.onnxgraph.external import has_weights_on_disk
-from foldnorm.onnxgraph.inputs import InputSpec, Shape, input_specs, load_feeds, make_feeds, output_specs
-from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label, needs_external_data
+from foldnorm.errors import InputSpecError, ModelMismatchError
+from foldnorm.onnxgraph.atomicfile import temporary_directory
+from foldnorm.onnxgraph.inputs import InputSpec, Shape, feed_bytes, input_specs, load_feeds, make_feeds, output_specs
+from foldnorm.onnxgraph.modelio import ModelLike, load_model, model_label
+from foldnorm.verify.ortrun import outputs, reported_dtype
 from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
+
+# Random inputs of one verification (all batch sizes and samples), and the reference outputs it keeps.
+DATA_BUDGET = 2 << 30
 
 # Default tolerances by the reference output's dtype: (rtol, atol).
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -169,9 +172,17 @@ def measure_error(
 
 
 def tolerances_for(dtype: np.dtype, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    """The (rtol, atol) to use for an output of `dtype`, with user overrides."""
+    """The (rtol, atol) to use for an output of `dtype`, with user overrides (finite numbers >= 0)."""
+    check_tolerances(rtol, atol)
     default_rtol, default_atol = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
     return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
+
+
+def check_tolerances(rtol: float | None, atol: float | None) -> None:
+    """Raise `InputSpecError` unless each given tolerance is a finite number >= 0 (NaN would pass anything)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputSpecError(f"{name}={value}: a tolerance is a finite number >= 0; give e.g. {name}=1e-4")
 
 
 def check_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
@@ -208,30 +219,27 @@ def _describe(spec: InputSpec) -> str:
     return f"{onnx.helper.tensor_dtype_to_string(spec.elem_type).removeprefix('TensorProto.').lower()}[{dims}]"
 
 
-def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
-    """What ONNX Runtime opens: the file itself, the serialized model, or a copy written to `workdir`."""
-    if not isinstance(source, onnx.ModelProto):
-        return str(source)
-    if not has_weights_on_disk(model) and not needs_external_data(model):
-        return model.SerializeToString()
-    from foldnorm.onnxgraph.modelio import save_model
+def _check_input_budget(model: onnx.ModelProto, batch_sizes: Sequence[int], samples: int,
+                        shapes: Mapping[str, Shape] | None) -> None:
+    """Refuse, before anything is drawn, random inputs over `DATA_BUDGET` in all."""
+    need = samples * sum(feed_bytes(model, b, shapes) for b in batch_sizes)
+    if need > DATA_BUDGET:
+        raise InputSpecError(f"the verification's random inputs would take {need / 2**30:.3g} GiB ({samples} "
+                             f"sample(s) at batch sizes {list(batch_sizes)[:8]}), over its {DATA_BUDGET >> 30} GiB "
+                             "limit; use fewer samples, smaller batch sizes or smaller shapes")
 
-    return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
-
-def _run_all(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str, label: str,
-             feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    """Outputs of `model` for every feed, one session at a time (so two big models are never both loaded)."""
-    from foldnorm.bench.backends.ort_cpu import OrtSession
-
-    with OrtSession(_session_source(source, model, workdir, role)) as session:
-        try:
-            return [session.run(f) for f in feeds]
-        except Exception as exc:  # ORT raises untyped errors for inputs the graph cannot take
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            raise InputSpecError(f"{label}: ONNX Runtime cannot run the {role} on these inputs ({first_line(exc)}); "
-                                 "give shapes the model accepts (--shape NAME:1x3x224x224)") from None
+def _kept(runs: Iterator[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The reference outputs of every draw, refused once they pass `DATA_BUDGET`."""
+    kept: list[list[np.ndarray]] = []
+    held = 0
+    for result in runs:
+        held += sum(np.asarray(o).nbytes for o in result)
+        if held > DATA_BUDGET:
+            raise InputSpecError(f"the reference outputs of {len(kept) + 1} draws take over "
+                                 f"{DATA_BUDGET >> 30} GiB; use fewer samples or smaller batch sizes")
+        kept.append(result)
+    return kept
 
 
 def compare_models(
@@ -258,47 +266,63 @@ def compare_models(
     if samples < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise InputSpecError(f"batch sizes {list(batch_sizes)} and samples {samples} must be positive; "
                              "use e.g. batch_sizes=(1, 4), samples=1")
+    check_tolerances(rtol, atol)
     # Files are read without their weights (ONNX Runtime opens the files themselves).
     ref_model = load_model(reference, keep_weights_on_disk=True)
     cand_model = load_model(candidate, keep_weights_on_disk=True)
     check_interface(ref_model, cand_model)
     if inputs is not None:
-        feeds = [load_feeds(inputs, ref_model)]
-        first = next(iter(feeds[0].values()), np.zeros(()))
+        loaded = load_feeds(inputs, ref_model)
+        first = next(iter(loaded.values()), np.zeros(()))
         batches = [int(first.shape[0])] if first.ndim else []
+
+        def draws() -> Iterator[dict[str, np.ndarray]]:
+            yield loaded
     else:
-        feeds = [make_feeds(ref_model, batch, seed + k * samples + j, shapes)
-                 for k, batch in enumerate(batch_sizes) for j in range(samples)]
+        _check_input_budget(ref_model, batch_sizes, samples, shapes)
         batches = list(batch_sizes)
+
+        def draws() -> Iterator[dict[str, np.ndarray]]:  # drawn one at a time, for each model in turn
+            for k, batch in enumerate(batch_sizes):
+                for j in range(samples):
+                    yield make_feeds(ref_model, batch, seed + k * samples + j, shapes)
     result = VerifyResult(model_label(reference), model_label(candidate), batches, seed, samples,
                           str(inputs) if inputs is not None else None)
     if structure:
         result.structure = compare_structure(ref_model, cand_model)
     names = [o.name for o in ref_model.graph.output]
     steps = output_steps(ref_model) if rtol is None and atol is None and is_quantized(ref_model) else None
-    with tempfile.TemporaryDirectory(prefix="foldnorm-verify-") as tmp:
-        expected = _run_all(reference, ref_model, Path(tmp), "reference", result.reference, feeds)
-        got = _run_all(candidate, cand_model, Path(tmp), "candidate", result.candidate, feeds)
+    rows: list[list[tuple[float, float, int, int]]] = [[] for _ in names]
+    with temporary_directory() as tmp:
+        expected = _kept(outputs(reference, ref_model, tmp, "reference", result.reference, draws()))
+        tolerances = [_tolerances(ref_model, i, [e[i] for e in expected], steps, rtol, atol) for i in range(len(names))]
+        for e, got in zip(expected, outputs(candidate, cand_model, tmp, "candidate", result.candidate, draws())):
+            for i, row in enumerate(rows):
+                row.append(measure_error(e[i], got[i], *tolerances[i][:2]))
     for i, name in enumerate(names):
-        dtype = expected[0][i].dtype
-        step: float | None = None
-        if steps is not None and np.issubdtype(dtype, np.floating):
-            r, a = step_tolerance(steps.get(name), [e[i] for e in expected])
-            step = a / QDQ_STEPS
-        else:
-            r, a = tolerances_for(dtype, rtol, atol)
-        rows = [measure_error(e[i], g[i], r, a) for e, g in zip(expected, got)]
+        r, a, step = tolerances[i]
         result.outputs.append(OutputDiff(
             name=name,
-            dtype=np.dtype(dtype).name,
-            max_abs=max(row[0] for row in rows),
-            max_rel=max(row[1] for row in rows),
-            mismatched=sum(row[2] for row in rows),
+            dtype=reported_dtype(ref_model, i, expected[0][i].dtype).name,
+            max_abs=max(row[0] for row in rows[i]),
+            max_rel=max(row[1] for row in rows[i]),
+            mismatched=sum(row[2] for row in rows[i]),
             total=sum(e[i].size for e in expected),
             rtol=r,
             atol=a,
-            nonfinite_introduced=sum(row[3] for row in rows),
+            nonfinite_introduced=sum(row[3] for row in rows[i]),
             quant_step=step,
             allowed=outliers_allowed(sum(e[i].size for e in expected)) if step is not None else 0,
         ))
     return result
+
+
+def _tolerances(model: onnx.ModelProto, index: int, references: list[np.ndarray], steps: dict[str, float] | None,
+                rtol: float | None, atol: float | None) -> tuple[float, float, float | None]:
+    """(rtol, atol, quantization step or None) for output `index`: in steps of its quantizer for a quantized
+    reference (`steps`), else the defaults of the type it has in the model, with the user's overrides."""
+    actual = references[0].dtype
+    if steps is not None and np.issubdtype(actual, np.floating):
+        r, a = step_tolerance(steps.get(model.graph.output[index].name), references)
+        return r, a, a / QDQ_STEPS
+    return (*tolerances_for(reported_dtype(model, index, actual), rtol, atol), None)

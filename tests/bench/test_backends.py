@@ -16,7 +16,8 @@ from foldnorm.bench.backends.fp16 import to_float16
 from foldnorm.bench.backends.ort_cpu import OrtOptions
 from foldnorm.bench.backends.ort_gpu import OrtGpuOptions
 from foldnorm.bench.backends.torch_eager import TorchOptions
-from foldnorm.bench.backends.trt import TrtOptions, engine_key, shape_profiles
+from foldnorm.bench.backends.trt import TrtOptions, shape_profiles
+from foldnorm.bench.backends.trt_engine import engine_key
 from foldnorm.bench.runner import benchmark
 from foldnorm.bench.timing import Timed, time_interleaved
 from foldnorm.errors import InputSpecError
@@ -59,7 +60,7 @@ def test_timing_loop_uses_the_device_clock_when_given() -> None:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]
+    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch", "openvino"]
     for backend in BACKENDS.values():
         status = backend.availability()  # never raises, whatever is installed
         assert status.ok or status.message().startswith("unavailable: ")

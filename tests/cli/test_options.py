@@ -21,12 +21,12 @@ HELP_OPTIONS = {
     "verify": ["--batch-sizes TEXT", "--shape, --input-shape NAME:1x3x224x224", "--seed INTEGER RANGE",
                "--samples INTEGER RANGE", "--inputs PATH", "--rtol FLOAT RANGE", "--atol FLOAT RANGE",
                "--structure / --no-structure", "--format [text|json]", "-h, --help"],
-    "bench": ["--backend [ort-cpu|ort-cuda|ort-trt|tensorrt|torch|all]", "--ort-opt TEXT", "--precision TEXT",
+    "bench": ["--backend [ort-cpu|ort-cuda|ort-trt|tensorrt|torch|openvino|all]", "--ort-opt TEXT", "--precision TEXT",
               "--threads INTEGER RANGE", "--batch-size INTEGER RANGE", "--max-batch-size INTEGER RANGE",
               "--input-shape, --shape TEXT", "--warmup INTEGER RANGE", "--min-time FLOAT RANGE",
               "--iterations INTEGER RANGE", "--seed INTEGER RANGE", "--exporter [dynamo|legacy]",
-              "--cache-dir DIRECTORY", "-o, --output DIRECTORY", "--plot", "--format [text|json|csv|markdown]",
-              "-h, --help"],
+              "--cache-dir DIRECTORY", "--cuda-graph", "-o, --output DIRECTORY", "--plot",
+              "--format [text|json|csv|markdown]", "-h, --help"],
     "models": ["--format [text|json]", "-h, --help"],
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from foldnorm.bench.backends.base import Availability, Backend, BenchInputs, OpenOptions, RunOptions, Session
+from foldnorm.bench.backends.openvino_cpu import OpenVinoBackend
 from foldnorm.bench.backends.ort_cpu import OrtCpuBackend
 from foldnorm.bench.backends.ort_gpu import OrtGpuBackend
 from foldnorm.bench.backends.torch_eager import TorchBackend
@@ -17,6 +18,7 @@ BACKENDS: dict[str, Backend[Any]] = {b.name: b for b in (
     OrtGpuBackend("ort-trt", "TensorrtExecutionProvider", "ONNX Runtime, TensorRT execution provider"),
     TensorRTBackend(),
     TorchBackend(),
+    OpenVinoBackend(),
 )}
 
 

@@ -49,14 +49,16 @@ class RunOptions:
 
     `threads` (0: the runtime's default) applies to CPU backends, `precisions` fp32/fp16 to GPU backends
     ("int8" makes the runner time an int8 QDQ pair too);
-    `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT.
+    `max_batch_size` (None: the benchmarked batch) and `cache_dir` (None: ~/.cache/foldnorm) to TensorRT;
+    `cuda_graph` (replay each run from a captured CUDA graph) to ort-cuda, ort-trt and tensorrt.
     """
 
     ort_opt: tuple[OptLevel, ...] = ("disabled", "all")
     threads: int = 0
     precisions: tuple[Precision, ...] = ("fp32", "fp16")
     max_batch_size: int | None = None
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = None
+    cuda_graph: bool = False
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def session_options(options: OrtOptions) -> Any:
         raise FoldnormError(f"unknown ONNX Runtime optimization level {options.opt!r}; use one of {OPT_LEVELS}")
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[options.opt]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as exceptions; ORT would also print them
     if options.threads:
         so.intra_op_num_threads = options.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
@@ -61,15 +61,18 @@ def session_options(options: OrtOptions) -> Any:
 
 
 class OrtSession(HostSession):
-    """An `onnxruntime.InferenceSession` behind the `Session` contract (CPU unless `providers` say otherwise)."""
+    """An `onnxruntime.InferenceSession` behind the `Session` contract (CPU unless `providers` say otherwise);
+    `config` adds session config entries."""
 
     def __init__(self, model: str | bytes, options: OrtOptions | None = None,
-                 providers: Sequence[Any] = ("CPUExecutionProvider",)) -> None:
+                 providers: Sequence[Any] = ("CPUExecutionProvider",), config: Mapping[str, str] | None = None) -> None:
         import onnxruntime as ort
 
+        so = session_options(options or OrtOptions())
+        for key, value in (config or {}).items():
+            so.add_session_config_entry(key, value)
         try:
-            self._session = ort.InferenceSession(model, session_options(options or OrtOptions()),
-                                                 providers=list(providers))
+            self._session = ort.InferenceSession(model, so, providers=list(providers))
         except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
             where = model if isinstance(model, str) else "model"
             raise FoldnormError(

@@ -10,11 +10,13 @@ import copy
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from foldnorm.bench.backends.base import Availability, BenchInputs, OpenOptions, RunOptions, Session, Source
+from foldnorm.bench.backends.memory import PeakMeter
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,12 +44,18 @@ class TorchSession(Session):
         self.dtype = torch.float16 if options.precision == "fp16" else torch.float32
         if options.threads and self.device.type == "cpu":
             torch.set_num_threads(options.threads)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.module = copy.deepcopy(module).eval().to(self.device, self.dtype)
+        self._meter: PeakMeter | None = None
         self._events: tuple[Any, Any] | None = None
         if self.device.type == "cuda":
+            self._meter = PeakMeter(partial(torch.cuda.memory_allocated, self.device),
+                                    partial(torch.cuda.reset_peak_memory_stats, self.device),
+                                    partial(torch.cuda.max_memory_allocated, self.device))
             self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+
+        def load() -> nn.Module:
+            return copy.deepcopy(module).eval().to(self.device, self.dtype)
+
+        self.module = self._meter.keeping(load) if self._meter else load()
 
     def _tensors(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         torch = self._torch
@@ -57,10 +65,15 @@ class TorchSession(Session):
             out.append(t.to(self.dtype) if t.is_floating_point() else t)
         return out
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run once; outputs back on the host as float32 (fp16 runs included) for comparison."""
+    def _forward(self, feeds: Mapping[str, np.ndarray]) -> Any:
         with self._torch.inference_mode():
-            result = self.module(*self._tensors(feeds))
+            return self.module(*self._tensors(feeds))
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; outputs back on the host as float32 (fp16 runs included) for comparison. On CUDA the run's
+        memory is measured (see `peak_memory_bytes`)."""
+        forward = partial(self._forward, feeds)
+        result = self._meter.running(forward) if self._meter else forward()
         outputs = result if isinstance(result, (tuple, list)) else [result]
         return [o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for o in outputs]
 
@@ -91,10 +104,9 @@ class TorchSession(Session):
         return lambda: float(start.elapsed_time(end)) / 1e3
 
     def peak_memory_bytes(self) -> int | None:
-        """Peak CUDA memory allocated by torch since this session was made (None on the CPU)."""
-        if self.device.type != "cuda":
-            return None
-        return int(self._torch.cuda.max_memory_allocated(self.device))
+        """CUDA memory of this session alone: its module's weights plus the highest rise of a `run` (None on the
+        CPU). The other variant, open at the same time, is not counted."""
+        return None if self._meter is None else self._meter.bytes()
 
     def _release(self) -> None:
         """Drop the module."""

@@ -66,7 +66,8 @@ def batchnorm_params(ctx: FoldContext, bn: onnx.NodeProto) -> ChannelParams:
 
 def _origin(ctx: FoldContext, name: str) -> str:
     """Where a value that is not a constant comes from, for a reason sentence."""
-    return "a graph input" if ctx.index.is_graph_input(name) else "computed at run time"
+    return ctx.constants.reason(name) or ("a graph input" if ctx.index.is_graph_input(name) else
+                                          "computed at run time")
 
 
 def constant_weights(
@@ -90,7 +91,8 @@ def constant_weights(
     if len(node.input) > bias_index and node.input[bias_index]:
         bias = ctx.constant(node.input[bias_index])
         if bias is None:
-            raise Refusal(f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is not a constant")
+            raise Refusal(f"the bias {node.input[bias_index]!r} of {node.op_type} {label} is "
+                          f"{_origin(ctx, node.input[bias_index])}, not a constant")
     return weight, bias
 
 
