@@ -16,6 +16,7 @@ from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model
 from foldnorm.onnxgraph.outputs import check_distinct
+from foldnorm.onnxgraph.store import TensorStore
 from foldnorm.verify.compare import VerifyResult, compare_models
 
 
@@ -63,19 +64,22 @@ def fold_file(
         check_output_path(path)
     if output_path is not None:
         check_output_path(output_path, input_path, in_place=in_place)
-    # Weights stay on disk: the engine reads the ones it folds, the writer copies the rest file to file.
-    model = load_model(input_path, keep_weights_on_disk=True)
-    _check_distinct(input_path, output_path, other_outputs, data_files(model), in_place)
-    folded = fold_model(model, options=options, in_place=True)
-    del model
-    result = FoldFileResult(str(input_path), None, folded.report, None)
-    if output_path is None:
-        if verify:
-            result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed,
-                                           shapes=shapes)
-            _raise_if_different(result)
-        return result
-    staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
+    # Weights stay on disk (inline ones in the input file itself): the engine reads the ones it folds, keeps
+    # the new ones in a store, and the writer copies every one of them into the output, file to file.
+    with TensorStore() as store:
+        model = load_model(input_path, keep_weights_on_disk=True)
+        _check_distinct(input_path, output_path, other_outputs, data_files(model), in_place)
+        folded = fold_model(model, options=options, in_place=True, store=store)
+        del model
+        result = FoldFileResult(str(input_path), None, folded.report, None)
+        if output_path is None:
+            if verify:
+                result.verify = compare_models(input_path, folded.model, batch_sizes=batch_sizes, seed=seed,
+                                               shapes=shapes)
+                _raise_if_different(result)
+            return result
+        staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,),
+                             keep_in_memory=False)
     try:
         del folded  # the staged file holds it now; ONNX Runtime reads it from there
         if verify:

@@ -59,6 +59,7 @@ from foldnorm.onnxgraph.graph import (
     subgraphs,
 )
 from foldnorm.onnxgraph.modelio import ModelLike, load_model, validate_model
+from foldnorm.onnxgraph.store import TensorStore
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def fold_model(
     *,
     options: FoldOptions | None = None,
     in_place: bool = False,
+    store: TensorStore | None = None,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of `source` (a path or `ModelProto`; never modified).
 
@@ -103,6 +105,8 @@ def fold_model(
     per-channel Mul/Add/Sub/Div after a linear op). Protected normalizations (GroupNorm, LayerNorm,
     InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`. `in_place=True` edits a
     given `ModelProto` itself instead of a copy (for a caller that hands the model over: no copy of the weights).
+    With a `store`, the big tensors the fold writes into the main graph go there instead of the message
+    (`foldnorm.onnxgraph.store`); the returned model can then be read and written while the store is open.
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
@@ -112,7 +116,8 @@ def fold_model(
         model = load_model(source)
     opts = options or FoldOptions()
     report = FoldReport()
-    _fold_graph(model.graph, None, None, "main", opts, report, model)
+    # (IR 3 turns new initializers into Constant nodes, which must hold their values.)
+    _fold_graph(model.graph, None, None, "main", opts, report, model, store if model.ir_version >= 4 else None)
     for function in model.functions:
         _fold_function(function, opts, report)
     if model.ir_version < 4:
@@ -123,9 +128,17 @@ def fold_model(
 def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> FoldReport:
     """What `fold_model` would do to `source`, without writing anything: the report of a fold run on a copy.
 
-    `folded` in the report means "can be folded"; `skipped` and `kept` carry the reason.
+    `folded` in the report means "can be folded"; `skipped` and `kept` carry the reason. A file is read
+    without the values of its weights (the producers' weight tensors: only their shapes and types; BN
+    parameters, biases and per-channel constants are read), so its cost does not grow with them; a fold that
+    `fold` refuses because of those values (a folded weight beyond its type's range, an int8 weight that
+    cannot be negated) shows as `folded` here.
     """
-    return fold_model(source, options=options).report
+    if isinstance(source, onnx.ModelProto):
+        return fold_model(source, options=options).report
+    with TensorStore(values=False) as store:
+        return fold_model(load_model(source, keep_weights_on_disk=True), options=options, in_place=True,
+                          store=store).report
 
 
 def _fold_graph(
@@ -136,8 +149,9 @@ def _fold_graph(
     options: FoldOptions,
     report: FoldReport,
     model: onnx.ModelProto | None = None,
+    store: TensorStore | None = None,
 ) -> None:
-    index = GraphIndex(graph, outer_index, path)
+    index = GraphIndex(graph, outer_index, path, store)
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model)

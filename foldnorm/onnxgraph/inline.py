@@ -13,8 +13,7 @@ file: the small skeleton is serialized, then each such tensor's bytes are copied
 from __future__ import annotations
 
 import mmap
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from foldnorm.onnxgraph import wire
+from foldnorm.onnxgraph.tensors import known_type, tensor_nbytes
 
 # ModelProto.graph, GraphProto.initializer; TensorProto fields.
 _GRAPH, _INITIALIZER = 7, 5
@@ -29,8 +29,6 @@ _DIMS, _DATA_TYPE, _NAME, _RAW_DATA, _DOC, _EXTERNAL_DATA, _DATA_LOCATION, _META
 # The fields a plain raw-data tensor may have; any other (typed data, segments, external data) and it is
 # left in the message for the loader's checks.
 _PLAIN = frozenset({_DIMS, _DATA_TYPE, _NAME, _RAW_DATA, _DOC, _METADATA})
-# Files smaller than this are parsed whole: there is nothing worth leaving out.
-MIN_FILE = 1 << 20
 
 
 def read_skeleton(path: Path, threshold: int) -> tuple[onnx.ModelProto, list[tuple[int, int, int]]] | None:
@@ -41,7 +39,7 @@ def read_skeleton(path: Path, threshold: int) -> tuple[onnx.ModelProto, list[tup
     there is nothing to leave out or the file is laid out in a way this reader leaves to the protobuf parser
     (a graph in several pieces, a symlinked file, malformed wire data): the caller then parses it whole.
     """
-    if path.is_symlink() or path.stat().st_size < MIN_FILE:
+    if path.is_symlink():
         return None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
@@ -59,6 +57,12 @@ def read_skeleton(path: Path, threshold: int) -> tuple[onnx.ModelProto, list[tup
         model.ParseFromString(skeleton)
     except DecodeError:  # the whole-file parse reports it
         return None
+    # A tensor whose bytes do not fit its type and dims is left to the whole-file parse and its checks.
+    for k, _, length in spans:
+        tensor = model.graph.initializer[k]
+        if (not known_type(tensor.data_type) or tensor.data_type == onnx.TensorProto.STRING
+                or any(d < 0 for d in tensor.dims) or tensor_nbytes(tensor) != length):
+            return None
     return model, spans
 
 
@@ -69,15 +73,10 @@ def _scan(buf: mmap.mmap, threshold: int) -> tuple[wire.Field, list[tuple[int, w
         return None
     graph = graphs[0]
     tensors: list[tuple[int, wire.Field, wire.Field]] = []
-    k = 0
-    for entry in wire.fields(buf, graph.value_start, graph.end):
-        if entry.number != _INITIALIZER:
-            continue
-        if entry.wire_type == wire.LEN and entry.end - entry.value_start >= threshold:
-            raw = _plain_raw_data(buf, entry)
-            if raw is not None and raw.end - raw.value_start >= threshold:
-                tensors.append((k, entry, raw))
-        k += 1
+    for k, entry in wire.long_entries(buf, graph.value_start, graph.end, _INITIALIZER, threshold):
+        raw = _plain_raw_data(buf, entry)
+        if raw is not None and raw.end - raw.value_start >= threshold:
+            tensors.append((k, entry, raw))
     return (graph, tensors) if tensors else None
 
 
@@ -124,7 +123,7 @@ def _external_entries(location: str, offset: int, length: int) -> bytes:
 Source = Callable[[BinaryIO], None]
 
 
-def write_spliced(model: onnx.ModelProto, path: Path, sources: dict[int, tuple[int, Source]]) -> None:
+def write_spliced(model: onnx.ModelProto, path: Path, sources: Mapping[int, tuple[int, Source]]) -> None:
     """Write `model` to `path` as one file, the raw data of main-graph initializer k taken from `sources[k]`
     (`(length, write)`) instead of the message, where each of them is an external reference."""
     skeleton = model.SerializeToString()
@@ -138,11 +137,9 @@ def write_spliced(model: onnx.ModelProto, path: Path, sources: dict[int, tuple[i
             if write is not None:
                 write(out)
         out.write(skeleton[graph.end:])
-        out.flush()
-        os.fsync(out.fileno())
 
 
-def _graph_pieces(skeleton: memoryview, graph: wire.Field, sources: dict[int, tuple[int, Source]]
+def _graph_pieces(skeleton: memoryview, graph: wire.Field, sources: Mapping[int, tuple[int, Source]]
                   ) -> list[tuple[bytes | memoryview, int, Source | None]]:
     """The graph's content as `(bytes, raw length, raw writer)` pieces: runs of the skeleton kept as they
     are, and each sourced initializer without its external reference, up to its raw data's header."""
