@@ -1,18 +1,27 @@
-"""Peak memory of folding a model larger than 2 GB (weights in an external data file).
+"""Peak memory of `fold` and `inspect`: big models (external data and inline) and a graph of many small tensors.
 
-Builds a chain of Conv+BatchNormalization layers whose weights are written straight to disk (the builder
-never holds the whole model), then folds it with the library in a fresh subprocess and reads that process's peak
-resident set size (VmHWM from /proc/self/status, which starts afresh at exec; ru_maxrss would carry the
-parent's peak over fork). Prints a table and saves it under benchmarks/results/ (Linux only).
-Needs about 3x the model size free on disk; deletes the files after.
+Builds, without ever holding a whole model in memory:
 
-    python benchmarks/fold_memory.py --layers 12 --channels 2304   # ~2.3 GB model
+  external   `--layers` Conv [C,C,3,3] + BatchNormalization layers (C = `--channels`), weights in a data file
+  inline     the same model as one .onnx file (under protobuf's 2 GiB limit: `--inline-layers` layers)
+  small      `--pairs` Conv [1,1,1,1] + BatchNormalization pairs with 1-channel parameters (a graph of many
+             small tensors: about 140 bytes of file per pair)
+
+then runs each case in a fresh interpreter and reads its peak resident set size (VmHWM from
+/proc/self/status, which starts afresh at exec; ru_maxrss would carry the parent's peak over the fork), and
+the peak of a child that only imports foldnorm (the baseline). Prints a table with the targets of issue 11
+(fold: peak <= 1.5x the model size inline, <= 1.3x with external data, <= 10x the file for small tensors;
+inspect: independent of the weights) and saves it to benchmarks/results/fold_memory.txt (Linux only).
+Needs about 3x the models' size free in `--workdir` (default: a temp dir under /tmp); deletes the files after.
+
+    python benchmarks/fold_memory.py                      # 2.3 GB external, 1.7 GB inline, 200k pairs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -21,67 +30,70 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 RESULTS = Path(__file__).parent / "results"
+GIB = 1024**3
 
-# Runs in the child: fold through the library, write the result, report what it did.
 PEAK = "int(next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')).split()[1]) * 1024"
+# Runs in the child: one fold or inspect through the library, then its peak.
 CHILD = f"""
 import json, sys, time
-from foldnorm import fold_file
+import foldnorm
+from foldnorm.fold.engine import inspect_model
 start = time.perf_counter()
-result = fold_file(sys.argv[1], sys.argv[2], verify=sys.argv[3] == "verify", batch_sizes=(1,))
-print(json.dumps({{"seconds": time.perf_counter() - start, "summary": result.report.summary(),
-                  "verify": result.verify.summary() if result.verify else None, "peak": {PEAK}}}))
+if sys.argv[1] == "inspect":
+    summary, verify = inspect_model(sys.argv[2]).summary(), None
+else:
+    result = foldnorm.fold_file(sys.argv[2], sys.argv[3], verify=sys.argv[1] == "verify", batch_sizes=(1,))
+    summary, verify = result.report.summary(), result.verify.summary() if result.verify else None
+print(json.dumps({{"seconds": time.perf_counter() - start, "summary": summary, "verify": verify, "peak": {PEAK}}}))
+"""
+
+SMALL = """
+import sys
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+pairs, path = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+graph = onnx.GraphProto(name="small")
+x = "x"
+for i in range(pairs):
+    values = rng.uniform(0.5, 1.5, 5).astype(np.float32)
+    for name, v in zip(("w", "s", "b", "m", "v"), values):
+        graph.initializer.append(helper.make_tensor(f"{name}{i}", TensorProto.FLOAT, [1, 1, 1, 1] if name == "w"
+                                                    else [1], v.tobytes(), raw=True))
+    graph.node.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"]))
+    graph.node.append(helper.make_node("BatchNormalization", [f"c{i}", f"s{i}", f"b{i}", f"m{i}", f"v{i}"], [f"y{i}"]))
+    x = f"y{i}"
+graph.input.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4]))
+graph.output.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1, 4, 4]))
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+with open(path, "wb") as f:
+    f.write(model.SerializeToString())
+"""
+
+INLINE = """
+import sys
+from pathlib import Path
+from foldnorm.onnxgraph.external import write_inline
+from foldnorm.onnxgraph.modelio import load_model
+write_inline(load_model(sys.argv[1], keep_weights_on_disk=True), Path(sys.argv[2]))
 """
 
 
-def build(path: Path, layers: int, channels: int, seed: int = 0) -> int:
-    """Write the model and its external data file; return the bytes of weights."""
-    rng = np.random.default_rng(seed)
-    data_name = path.name + ".data"
-    nodes, inits = [], []
-    offset = 0
-    with open(path.parent / data_name, "wb") as data:
-        x = "x"
-        for i in range(layers):
-            w = rng.standard_normal((channels, channels, 3, 3), dtype=np.float32)
-            w *= 1.0 / np.sqrt(channels * 9)
-            tensor = TensorProto(name=f"W{i}", data_type=TensorProto.FLOAT, dims=w.shape)
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(w.nbytes))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            data.write(w.tobytes())
-            offset += w.nbytes
-            del w
-            inits.append(tensor)
-            bn = {f"s{i}": rng.uniform(0.5, 1.5, channels), f"b{i}": rng.normal(0, 0.5, channels),
-                  f"m{i}": rng.normal(0, 0.5, channels), f"v{i}": rng.uniform(0.5, 2.0, channels)}
-            inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in bn.items()]
-            nodes.append(helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
-            nodes.append(helper.make_node("BatchNormalization", [f"c{i}", *bn], [f"y{i}"]))
-            x = f"y{i}"
-    graph = helper.make_graph(
-        nodes, "big_conv_bn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 2, 2])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, 2, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    path.write_bytes(model.SerializeToString())
-    return offset
+def build_wide(path: Path, layers: int, channels: int) -> None:
+    """Conv+BN layers with external data (`fold_speed.py`'s builder, in a child: this process stays small)."""
+    subprocess.run([sys.executable, str(Path(__file__).parent / "fold_speed.py"), "--build", "wide", str(path),
+                    "--wide-layers", str(layers), "--wide-channels", str(channels)], check=True)
 
 
-def fold_in_child(model: Path, out: Path, mode: str) -> dict[str, object]:
-    """Fold in a fresh interpreter; return its output, wall time and peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(out), mode],
-                          capture_output=True, text=True, check=False)
+def run_child(*argv: str) -> dict[str, object]:
+    """One case in a fresh interpreter: its output, wall time and peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"fold failed ({mode}):\n{proc.stderr}")
+        raise SystemExit(f"{argv[0]} failed:\n{proc.stderr[-3000:]}")
     data: dict[str, object] = json.loads(proc.stdout)
     return data
 
@@ -89,55 +101,77 @@ def fold_in_child(model: Path, out: Path, mode: str) -> dict[str, object]:
 def baseline_rss() -> int:
     """Peak RSS of a child that only imports foldnorm (interpreter + onnx + numpy)."""
     code = f"import foldnorm; print({PEAK})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out)
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def size_of(model: Path) -> int:
+    return sum(p.stat().st_size for p in model.parent.glob(model.name + "*"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=12, help="external model: Conv+BN layers")
+    parser.add_argument("--inline-layers", type=int, default=9, help="inline model: Conv+BN layers (< 2 GiB)")
     parser.add_argument("--channels", type=int, default=2304)
-    parser.add_argument("--mode", choices=["no-verify", "verify"], default="no-verify")
-    parser.add_argument("--workdir", type=Path, default=None, help="Where the big files go (default: a temp dir).")
+    parser.add_argument("--pairs", type=int, default=200_000, help="small model: Conv+BN pairs")
+    parser.add_argument("--cases", default="fold-external,fold-inline,verify-external,inspect-external,"
+                        "inspect-inline,fold-small")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the big files go (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fold_memory.txt")
     args = parser.parse_args()
+    cases = args.cases.split(",")
     work = Path(tempfile.mkdtemp(prefix="foldnorm-mem-", dir=args.workdir))
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
     try:
-        model = work / "big.onnx"
-        start = time.perf_counter()
-        weight_bytes = build(model, args.layers, args.channels)
-        build_s = time.perf_counter() - start
-        model_bytes = model.stat().st_size + (work / "big.onnx.data").stat().st_size
-        onnx.checker.check_model(str(model))
+        models: dict[str, Path] = {}
+        if any(c.endswith("-external") for c in cases):
+            models["external"] = work / "external.onnx"
+            build_wide(models["external"], args.layers, args.channels)
+        if any(c.endswith("-inline") for c in cases):
+            source = work / "source.onnx"
+            build_wide(source, args.inline_layers, args.channels)
+            models["inline"] = work / "inline.onnx"
+            subprocess.run([sys.executable, "-c", INLINE, str(source), str(models["inline"])], check=True)
+            for p in work.glob("source.onnx*"):
+                p.unlink()
+        if "fold-small" in cases:
+            models["small"] = work / "small.onnx"
+            subprocess.run([sys.executable, "-c", SMALL, str(args.pairs), str(models["small"])], check=True)
         base = baseline_rss()
-        run = fold_in_child(model, work / "folded.onnx", args.mode)
-        out_bytes = sum(p.stat().st_size for p in work.glob("folded.onnx*"))
+        for case in cases:
+            mode, kind = case.split("-")
+            model = models[kind]
+            size = size_of(model)
+            out = work / "out.onnx"
+            print(f"{case}: {size / GIB:.2f} GiB", file=sys.stderr)
+            run = run_child("inspect", str(model)) if mode == "inspect" else \
+                run_child("verify" if mode == "verify" else "fold", str(model), str(out))
+            for p in work.glob("out.onnx*"):
+                p.unlink()
+            peak = int(str(run["peak"]))
+            target = {"fold-inline": "<= 1.5x", "fold-external": "<= 1.3x", "verify-external": "<= 1.3x",
+                      "fold-small": "<= 10x"}.get(case, "independent of weights")
+            rows.append((case, f"{size / 2**20:,.0f} MB", f"{peak / 2**20:,.0f} MB", f"{peak / size:.2f}x",
+                         f"{(peak - base) / size:.2f}x", f"{float(str(run['seconds'])):.1f}", target))
+            print(f"  {rows[-1]}  {run['summary']}  {run['verify'] or ''}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peak = int(str(run["peak"]))
-    gib = 1024**3
-    rows = [
-        ("model size (graph + external data)", f"{model_bytes / gib:.2f} GiB"),
-        ("weights", f"{args.layers} Conv [{args.channels},{args.channels},3,3] fp32, {weight_bytes / gib:.2f} GiB"),
-        ("mode", args.mode),
-        ("peak RSS of the folding process", f"{peak / gib:.2f} GiB"),
-        ("peak RSS / model size", f"{peak / model_bytes:.2f}x"),
-        ("baseline RSS (python + import foldnorm)", f"{base / gib:.2f} GiB"),
-        ("(peak - baseline) / model size", f"{(peak - base) / model_bytes:.2f}x"),
-        ("fold wall time", f"{run['seconds']:.1f} s (build {build_s:.1f} s)"),
-        ("output size", f"{out_bytes / gib:.2f} GiB"),
-        ("fold report", str(run["summary"])),
-        ("verify", str(run["verify"])),
-        ("machine", f"{platform.machine()}, python {platform.python_version()}, onnx {onnx.__version__}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    header = ("case", "model size", "peak RSS", "peak / size", "(peak - base) / size", "wall s", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"# {time.strftime('%Y-%m-%d')}: python benchmarks/fold_memory.py {' '.join(sys.argv[1:])}".rstrip(),
+             f"external: {args.layers} Conv [{args.channels},{args.channels},3,3] fp32 + BN, weights in a data file; "
+             f"inline: {args.inline_layers} such layers in one file; small: {args.pairs:,} Conv [1,1,1,1] + BN pairs",
+             f"base (python + import foldnorm): {base / 2**20:.0f} MB; {platform.machine()}, python "
+             f"{platform.python_version()}, onnx {onnx.__version__}, {os.cpu_count()} CPUs",
+             "",
+             "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths),
+             *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)]
+    text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d")
-    target = RESULTS / f"fold_memory_{args.mode}.txt"
-    target.write_text(f"# {stamp}: python benchmarks/fold_memory.py --layers {args.layers} "
-                      f"--channels {args.channels} --mode {args.mode}\n{text}\n")
-    print(f"saved {target}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"saved {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,55 @@
-"""Fold speed on a ResNet-50-sized model: foldnorm vs onnxscript's BatchNorm rules vs plain load + save.
+"""Fold speed as whole processes: foldnorm vs a plain python load + save, onnxscript's rules and ONNX Runtime.
 
-Builds an unfolded ResNet-50 (25.6M parameters, 53 BatchNormalization, random weights and BN statistics)
-directly as ONNX, writes it once, then times in one run, interleaved, `--repeats` times each:
+Builds two unfolded models, then times each tool as a fresh process on each model, interleaved round by round
+(the order rotates every round), `--repeats` rounds:
 
-  load+save      onnx.load + onnx.save (the floor: any tool must at least read and write the file)
-  foldnorm       foldnorm.fold_file(verify=False), i.e. `foldnorm fold --no-verify`: checked load, fold,
-                 atomic save
-  onnxscript     onnx_ir.load + onnxscript's fuse_batchnorm_into_{conv,conv_transpose,gemm} rules + save
+  resnet50   a ResNet-50 (25.6M parameters, 53 Conv+BatchNormalization, random weights and BN statistics),
+             one inline .onnx file of 102 MB
+  wide-1gb   `--wide-layers` Conv [C,C,3,3]+BatchNormalization layers (C = `--wide-channels`) with the
+             weights in an external data file (about 1 GB by default)
 
-Usage:  .venv/bin/python benchmarks/fold_speed.py [--repeats 5] [--out benchmarks/results/fold_speed.txt]
+  load+save        python -c: onnx.load + onnx.save (external data: load it, save it as external data)
+  foldnorm         `foldnorm fold IN -o OUT --no-verify` (checked load, fold, atomic save)
+  foldnorm+verify  `foldnorm fold IN -o OUT` (the default: the fold, then ONNX Runtime compares both models at
+                   batch sizes 1 and 2 before the output is committed)
+  onnxscript       python -c: onnx_ir.load, onnxscript's fuse_batchnorm_into_{conv,conv_transpose,gemm} rules,
+                   onnx_ir.save (external data: to a data file)
+  ort-basic        python -c: onnxruntime.InferenceSession at ORT_ENABLE_BASIC with optimized_model_filepath,
+                   ONNX Runtime's own offline Conv+BN fusion (external data: to a data file)
+
+Each row: median wall time and its ratio to load+save's median, CPU time (user + system, from wait4) and
+peak RSS of the process, BatchNormalization nodes left in the output. A process start-up row times
+`python -c "import onnx"` and `foldnorm --help`. Then the phases of one foldnorm fold in-process
+(`--profile`), to show where the time goes. Files go to `--workdir` (default /dev/shm for the ResNet-50,
+/tmp for the external-data model: it needs about 4x its size free).
+
+Usage:  .venv/bin/python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,wide-1gb]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import os
 import platform
+import pstats
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+RESULTS = Path(__file__).parent / "results"
+BIN = Path(sys.executable).parent
 
 
 class ResNet50Builder:
@@ -86,78 +111,259 @@ class ResNet50Builder:
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def plain(src: Path, dst: Path) -> int:
-    onnx.save(onnx.load(str(src)), str(dst))
-    return -1
+def build_wide(path: Path, layers: int, channels: int, seed: int = 0, spatial: int = 2) -> int:
+    """Write a chain of Conv [C,C,3,3] + BatchNormalization layers with the weights in `<path>.data`, never
+    holding more than one weight; return the bytes of weights."""
+    rng = np.random.default_rng(seed)
+    data_name = path.name + ".data"
+    nodes, inits = [], []
+    offset = 0
+    with open(path.parent / data_name, "wb") as data:
+        x = "x"
+        for i in range(layers):
+            w = rng.standard_normal((channels, channels, 3, 3), dtype=np.float32)
+            w *= 1.0 / np.sqrt(channels * 9)
+            tensor = TensorProto(name=f"W{i}", data_type=TensorProto.FLOAT, dims=w.shape)
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(w.nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            data.write(w.tobytes())
+            offset += w.nbytes
+            del w
+            inits.append(tensor)
+            bn = {f"s{i}": rng.uniform(0.5, 1.5, channels), f"b{i}": rng.normal(0, 0.5, channels),
+                  f"m{i}": rng.normal(0, 0.5, channels), f"v{i}": rng.uniform(0.5, 2.0, channels)}
+            inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in bn.items()]
+            nodes.append(helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+            nodes.append(helper.make_node("BatchNormalization", [f"c{i}", *bn], [f"y{i}"]))
+            x = f"y{i}"
+    graph = helper.make_graph(
+        nodes, "wide_conv_bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, spatial, spatial])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, spatial, spatial])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return offset
 
 
-def with_foldnorm(src: Path, dst: Path) -> int:
+LOAD_SAVE = """
+import sys, onnx
+src, dst, external = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+model = onnx.load(src)
+if external:
+    onnx.save(model, dst, save_as_external_data=True, location=dst.rsplit("/", 1)[-1] + ".data")
+else:
+    onnx.save(model, dst)
+"""
+
+ONNXSCRIPT = """
+import sys
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRuleSet, rewrite
+from onnxscript.rewriter.rules.common import (
+    fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule, fuse_batchnorm_into_gemm_rule)
+src, dst, external = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+rules = RewriteRuleSet([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
+                        fuse_batchnorm_into_gemm_rule])
+model = rewrite(ir.load(src), pattern_rewrite_rules=rules)
+if external:
+    ir.save(model, dst, external_data=dst.rsplit("/", 1)[-1] + ".data")
+else:
+    ir.save(model, dst)
+"""
+
+ORT_BASIC = """
+import sys
+import onnxruntime as ort
+src, dst, external = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+so = ort.SessionOptions()
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+so.optimized_model_filepath = dst
+if external:
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                dst.rsplit("/", 1)[-1] + ".data")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+"""
+
+
+def _python(code: str) -> Callable[[Path, Path, bool], list[str]]:
+    return lambda src, dst, external: [sys.executable, "-c", code, str(src), str(dst), "1" if external else "0"]
+
+
+def _foldnorm(*extra: str) -> Callable[[Path, Path, bool], list[str]]:
+    return lambda src, dst, external: [str(BIN / "foldnorm"), "fold", str(src), "-o", str(dst), *extra]
+
+
+TOOLS: dict[str, Callable[[Path, Path, bool], list[str]]] = {
+    "load+save": _python(LOAD_SAVE),
+    "foldnorm": _foldnorm("--no-verify"),
+    "foldnorm+verify": _foldnorm(),
+    "onnxscript": _python(ONNXSCRIPT),
+    "ort-basic": _python(ORT_BASIC),
+}
+
+
+@dataclass
+class Runs:
+    """Wall times, CPU times and peak RSS of one tool on one model."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+    bn_left: int | None = None
+
+
+def run_process(argv: list[str]) -> tuple[float, float, int]:
+    """Run `argv`; return its wall time, CPU time (user + system) and peak RSS in bytes."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+COUNT_BN = """
+import sys, onnx
+model = onnx.load(sys.argv[1], load_external_data=False)
+print(sum(1 for n in model.graph.node if n.op_type == "BatchNormalization"))
+"""
+
+
+def batchnorms_in(path: Path) -> int:
+    """BatchNormalization nodes of the model at `path`, counted in a child process (this one stays small:
+    a child's peak RSS as wait4 reports it starts from its parent's at the fork)."""
+    out = subprocess.run([sys.executable, "-c", COUNT_BN, str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+def remove_outputs(dst: Path) -> None:
+    for p in dst.parent.glob(dst.name + "*"):
+        p.unlink()
+
+
+def time_tools(src: Path, external: bool, repeats: int, tools: list[str]) -> dict[str, Runs]:
+    """Every tool on `src`, round by round, the order rotated each round."""
+    runs = {name: Runs() for name in tools}
+    for r in range(repeats):
+        order = tools[r % len(tools):] + tools[:r % len(tools)]
+        for name in order:
+            dst = src.parent / f"out-{name}.onnx"
+            wall, cpu, rss = run_process(TOOLS[name](src, dst, external))
+            runs[name].wall.append(wall)
+            runs[name].cpu.append(cpu)
+            runs[name].rss.append(rss)
+            if runs[name].bn_left is None:
+                runs[name].bn_left = batchnorms_in(dst)
+            remove_outputs(dst)
+    return runs
+
+
+def startup(repeats: int) -> dict[str, float]:
+    """Median wall time of `python -c "import onnx"` and `foldnorm --help`."""
+    argvs = {"python -c 'import onnx'": [sys.executable, "-c", "import onnx"],
+             "foldnorm --help": [str(BIN / "foldnorm"), "--help"]}
+    times: dict[str, list[float]] = {k: [] for k in argvs}
+    for _ in range(repeats):
+        for name, argv in argvs.items():
+            times[name].append(run_process(argv)[0])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile_fold(src: Path, verify: bool) -> str:
+    """The cumulative profile of one `fold_file` in this process (its top entries)."""
     from foldnorm import fold_file
 
-    result = fold_file(src, dst, verify=False)  # what `foldnorm fold --no-verify` runs
-    return sum(1 for r in result.report.by_kind("batchnorm") if r.outcome != "folded")
+    dst = src.parent / "profiled.onnx"
+    fold_file(src, dst, verify=verify)  # warm the imports and the page cache
+    remove_outputs(dst)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(fold_file, src, dst, verify=verify)
+    wall = time.perf_counter() - start
+    remove_outputs(dst)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(r"foldnorm|onnxruntime|serializ|SerializeToString|ParseFromString", 18)
+    lines = [ln for ln in text.getvalue().splitlines() if ln.strip() and "function calls" not in ln
+             and not ln.startswith(("Ordered by", "List reduced", "   Random"))]
+    return "\n".join([f"fold_file(verify={verify}) in-process: {wall:.3f} s wall (under cProfile)", *lines])
 
 
-def with_onnxscript(src: Path, dst: Path) -> int:
-    import onnx_ir as ir
-    from onnxscript.rewriter import RewriteRuleSet, rewrite
-    from onnxscript.rewriter.rules.common import (
-        fuse_batchnorm_into_conv_rule,
-        fuse_batchnorm_into_conv_transpose_rule,
-        fuse_batchnorm_into_gemm_rule,
-    )
-
-    rules = RewriteRuleSet([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
-                            fuse_batchnorm_into_gemm_rule])
-    model = rewrite(ir.load(str(src)), pattern_rewrite_rules=rules)
-    ir.save(model, str(dst))
-    return sum(1 for n in model.graph if n.op_type == "BatchNormalization")
+def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[str]:
+    base = statistics.median(runs["load+save"].wall) if "load+save" in runs else None
+    lines = [f"{model}: {size / 1e6:.0f} MB; median of {repeats} interleaved runs",
+             f"{'tool':<16} {'wall s':>7} {'min s':>7} {'x load+save':>12} {'cpu s':>7} {'peak RSS MB':>12} "
+             f"{'BN left':>8}"]
+    for name, r in runs.items():
+        wall = statistics.median(r.wall)
+        ratio = f"{wall / base:.2f}" if base else "-"
+        lines.append(f"{name:<16} {wall:>7.3f} {min(r.wall):>7.3f} {ratio:>12} {statistics.median(r.cpu):>7.3f} "
+                     f"{statistics.median(r.rss) / 2**20:>12.0f} {r.bn_left if r.bn_left is not None else '-':>8}")
+    return lines
 
 
-TOOLS: dict[str, Callable[[Path, Path], int]] = {
-    "load+save": plain, "foldnorm": with_foldnorm, "onnxscript": with_onnxscript,
-}
+def build(model: str, path: Path, layers: int, channels: int) -> None:
+    """Write `model` to `path` (in a child process: the timing parent stays small)."""
+    if model == "resnet50":
+        onnx.save(ResNet50Builder().build(), str(path))
+    else:
+        build_wide(path, layers, channels)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fold_speed.txt")
-    parser.add_argument("--workdir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-                        help="where the model files go (default: /dev/shm, so disk noise does not dominate)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default="resnet50,wide-1gb")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--wide-layers", type=int, default=6)
+    parser.add_argument("--wide-channels", type=int, default=2200)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the files go (default: /dev/shm for resnet50, /tmp for wide-1gb)")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="append an in-process profile of foldnorm's fold on each model")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fold_speed.txt")
+    parser.add_argument("--build", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        src = Path(tmp) / "resnet50_unfolded.onnx"
-        model = ResNet50Builder().build()
-        onnx.save(model, str(src))
-        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-        n_bn = sum(1 for n in model.graph.node if n.op_type == "BatchNormalization")
-        del model
-        times: dict[str, list[float]] = {name: [] for name in TOOLS}
-        cpu: dict[str, list[float]] = {name: [] for name in TOOLS}
-        left: dict[str, int] = {}
-        for _ in range(args.repeats):
-            for name, tool in TOOLS.items():
-                start, start_cpu = time.perf_counter(), time.process_time()
-                left[name] = tool(src, Path(tmp) / f"{name}.onnx")
-                times[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-        size_mb = src.stat().st_size / 1e6
-    base = statistics.median(times["load+save"])
-    base_cpu = statistics.median(cpu["load+save"])
-    lines = [
-        f"fold speed: ResNet-50-shaped model, {params / 1e6:.1f}M params, {n_bn} BatchNormalization, "
-        f"{size_mb:.0f} MB in {args.workdir or tempfile.gettempdir()}; median of {args.repeats} interleaved runs",
-        f"python {platform.python_version()}, onnx {onnx.__version__}, {platform.machine()}",
-        "command: " + " ".join(["python", "benchmarks/fold_speed.py", *sys.argv[1:]]),
-        "",
-        f"{'tool':<12} {'wall s':>7} {'min s':>7} {'x load+save':>12} {'cpu s':>7} {'cpu x':>6} {'BN left':>8}",
-    ]
-    for name, ts in times.items():
-        bn_left = "-" if left[name] < 0 else str(left[name])
-        wall, used = statistics.median(ts), statistics.median(cpu[name])
-        lines.append(f"{name:<12} {wall:>7.3f} {min(ts):>7.3f} {wall / base:>12.2f} {used:>7.3f} "
-                     f"{used / base_cpu:>6.2f} {bn_left:>8}")
+    if args.profile_of:
+        print(profile_fold(args.profile_of, False) + "\n" + profile_fold(args.profile_of, True) + "\n")
+        return
+    if args.build:
+        build(args.build[0], Path(args.build[1]), args.wide_layers, args.wide_channels)
+        return
+    tools = args.tools.split(",")
+    lines = [f"python {platform.python_version()}, onnx {onnx.__version__}, {platform.machine()}, "
+             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
+             "command: " + " ".join(["python", "benchmarks/fold_speed.py", *sys.argv[1:]]), ""]
+    profiles: list[str] = []
+    for model in args.models.split(","):
+        shm = Path("/dev/shm") if model == "resnet50" and Path("/dev/shm").is_dir() else None
+        work = Path(tempfile.mkdtemp(prefix="foldnorm-speed-", dir=args.workdir or shm))
+        try:
+            src = work / f"{model}.onnx"
+            subprocess.run([sys.executable, __file__, "--build", model, str(src), "--wide-layers",
+                            str(args.wide_layers), "--wide-channels", str(args.wide_channels)], check=True)
+            size = sum(p.stat().st_size for p in work.glob(src.name + "*"))
+            print(f"{model}: {size / 1e6:.0f} MB in {work}", file=sys.stderr)
+            runs = time_tools(src, model != "resnet50", args.repeats, tools)
+            lines += [*table(f"{model} in {work.parent}", size, runs, args.repeats), ""]
+            if args.profile:
+                profile = subprocess.run([sys.executable, __file__, "--profile-of", str(src)], check=True,
+                                         capture_output=True, text=True).stdout
+                profiles += [f"{model}:", profile]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print("\n".join(lines), file=sys.stderr)
+    lines += ["process start-up (median wall s): " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                               startup(args.repeats).items()), "", *profiles]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model
 from foldnorm.onnxgraph.outputs import check_distinct
 from foldnorm.onnxgraph.stats import file_bytes
+from foldnorm.onnxgraph.store import TensorStore
 from foldnorm.verify.compare import VerifyResult, compare_models
 from foldnorm.verify.tensors import produced_tensors
 
@@ -86,22 +87,25 @@ def fold_file(
         check_output_path(path)
     if output_path is not None:
         check_output_path(output_path, input_path, in_place=in_place)
-    # Weights stay on disk: the engine reads the ones it folds, the writer copies the rest file to file.
-    model = load_model(input_path, keep_weights_on_disk=True)
-    _check_distinct(input_path, output_path, other_outputs, data_files(model), in_place)
-    labels = _first_outputs(model)
-    folded = fold_model(model, options=options, in_place=True)
-    del model
-    report = folded.report
-    if report.before is not None:
-        report.before.file_bytes = file_bytes(input_path)
-    result = FoldFileResult(str(input_path), None, report, None)
-    tensors = _record_tensors(report, labels, folded.model) if verify else {}
-    if output_path is None:
-        if verify:
-            _verify(result, input_path, folded.model, checks, tensors)
-        return result
-    staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,), keep_in_memory=False)
+    # Weights stay on disk (inline ones in the input file itself): the engine reads the ones it folds, keeps
+    # the new ones in a store, and the writer copies every one of them into the output, file to file.
+    with TensorStore() as store:
+        model = load_model(input_path, keep_weights_on_disk=True)
+        _check_distinct(input_path, output_path, other_outputs, data_files(model), in_place)
+        labels = _first_outputs(model)
+        folded = fold_model(model, options=options, in_place=True, store=store)
+        del model
+        report = folded.report
+        if report.before is not None:
+            report.before.file_bytes = file_bytes(input_path)
+        result = FoldFileResult(str(input_path), None, report, None)
+        tensors = _record_tensors(report, labels, folded.model) if verify else {}
+        if output_path is None:
+            if verify:
+                _verify(result, input_path, folded.model, checks, tensors)
+            return result
+        staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,),
+                             keep_in_memory=False)
     try:
         del folded  # the staged file holds it now; ONNX Runtime reads it from there
         if report.after is not None:

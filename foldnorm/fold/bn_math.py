@@ -76,6 +76,18 @@ class Scaled:
         return out
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """`values` without the copies a broadcast view repeats: each axis of stride 0 cut to length 1.
+
+    (A weight `inspect` leaves unread is such a view of one zero: a fold computed on what this returns costs
+    nothing per element of the weight. Any other array is returned as it is.)
+    """
+    if not any(st == 0 and n > 1 for st, n in zip(values.strides, values.shape)):
+        return values
+    return values[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None)
+                        for st, n in zip(values.strides, values.shape))]
+
+
 def scale_output_channels(weight: np.ndarray, affine: ChannelAffine, axis: int = 0) -> Scaled:
     """`weight` with output channel c (index c along `axis`) scaled by `s[c]`, as an unevaluated product."""
     shape = [1] * weight.ndim
@@ -158,9 +170,15 @@ def emit(values: np.ndarray | Scaled, dtype: np.dtype,
 
     Rounding a normal number loses at most eps/2 (<= 0.4% for bf16) of it, and a subnormal one at most half
     the smallest subnormal, so only channels whose rounded magnitude is below 100x the smallest normal number
-    can lose 1%; only those are compared with the float64 values (big tensors stay fast).
+    can lose 1%; only those are compared with the float64 values (big tensors stay fast). The work is done on
+    the `distinct` values of a broadcast view, and the result broadcast back to its shape.
     """
     name = str(np.dtype(dtype))
+    if isinstance(values, Scaled):
+        shape = np.broadcast_shapes(values.base.shape, values.factor.shape)
+        values = Scaled(distinct(values.base), values.factor)
+    else:
+        shape, values = values.shape, distinct(values)
     if isinstance(values, Scaled):
         rounded, exact = values.rounded(dtype), values.exact
     else:
@@ -171,7 +189,7 @@ def emit(values: np.ndarray | Scaled, dtype: np.dtype,
         def exact() -> np.ndarray:
             return np.asarray(array, dtype=np.float64)
     if not rounded.size:
-        return rounded, None
+        return np.broadcast_to(rounded, shape), None
     channels = rounded.shape[channel_axis] if rounded.ndim else 1
     flat = np.moveaxis(rounded, channel_axis, 0).reshape(channels, -1) if rounded.ndim else rounded.reshape(1, 1)
     hi = flat.max(axis=1).astype(np.float64)
@@ -196,4 +214,4 @@ def emit(values: np.ndarray | Scaled, dtype: np.dtype,
                     f"channel {int(c)} of the folded values underflows {name} "
                     f"(largest magnitude {mag:.3g}, rounding error {err:.3g})"
                 )
-    return rounded, None
+    return (rounded if rounded.shape == shape else np.broadcast_to(rounded, shape)), None

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import onnx
@@ -50,6 +51,7 @@ from foldnorm.fold.rules import (
 from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
+from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.graph import (
     GraphIndex,
     attribute_refs,
@@ -61,6 +63,7 @@ from foldnorm.onnxgraph.graph import (
 )
 from foldnorm.onnxgraph.modelio import ModelLike, default_opset, load_model, validate_model
 from foldnorm.onnxgraph.stats import model_stats
+from foldnorm.onnxgraph.store import TensorStore
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ def fold_model(
     *,
     options: FoldOptions | None = None,
     in_place: bool = False,
+    store: TensorStore | None = None,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of `source` (a path or `ModelProto`; never modified).
 
@@ -105,6 +109,8 @@ def fold_model(
     per-channel Mul/Add/Sub/Div after a linear op). Protected normalizations (GroupNorm, LayerNorm,
     InstanceNorm) are checked to be unchanged; a change raises `InvariantViolation`. `in_place=True` edits a
     given `ModelProto` itself instead of a copy (for a caller that hands the model over: no copy of the weights).
+    With a `store`, the big tensors the fold writes into the main graph go there instead of the message
+    (`foldnorm.onnxgraph.store`); the returned model can then be read and written while the store is open.
     """
     # A model read from a path is ours to edit; a caller's ModelProto is copied first unless handed over.
     if isinstance(source, onnx.ModelProto):
@@ -116,7 +122,9 @@ def fold_model(
     report = FoldReport(before=model_stats(model, None if isinstance(source, onnx.ModelProto) else source))
     detached = _constant_inputs(model, opts, report)
     opset = default_opset(model.opset_import)
-    _fold_graph(model.graph, None, None, "main", opts, report, opset, model)
+    # (IR 3 turns new initializers into Constant nodes, which must hold their values.)
+    _fold_graph(model.graph, None, None, "main", opts, report, opset, model,
+                store if model.ir_version >= 4 else None)
     for function in model.functions:
         _fold_function(function, opts, report, default_opset([*function.opset_import, *model.opset_import]))
     if model.ir_version < 4:
@@ -146,9 +154,21 @@ def _constant_inputs(model: onnx.ModelProto, options: FoldOptions,
 def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> FoldReport:
     """What `fold_model` would do to `source`, without writing anything: the report of a fold run on a copy.
 
-    `folded` in the report means "can be folded"; `skipped` and `kept` carry the reason.
+    `folded` in the report means "can be folded"; `skipped` and `kept` carry the reason. A file is read
+    without the values of its weights (the producers' weight tensors: only their shapes and types; BN
+    parameters, biases and per-channel constants are read), so its cost does not grow with them; a fold that
+    `fold` refuses because of those values (a folded weight beyond its type's range, an int8 weight that
+    cannot be negated) shows as `folded` here.
     """
-    return fold_model(source, options=options).report
+    if isinstance(source, onnx.ModelProto):
+        return fold_model(source, options=options).report
+    with TensorStore(values=False) as store:
+        model = load_model(source, keep_weights_on_disk=True)
+        size = Path(source).stat().st_size + sum(path.stat().st_size for path in data_files(model))
+        report = fold_model(model, options=options, in_place=True, store=store).report
+    if report.before is not None:
+        report.before.file_bytes = size  # from the checked model: no second parse of the file
+    return report
 
 
 def _fold_graph(
@@ -160,8 +180,9 @@ def _fold_graph(
     report: FoldReport,
     opset: int,
     model: onnx.ModelProto | None = None,
+    store: TensorStore | None = None,
 ) -> None:
-    index = GraphIndex(graph, outer_index, path)
+    index = GraphIndex(graph, outer_index, path, store)
     constants = ConstantResolver(index, outer_constants)
     before = [(condition, condition.snapshot(index, constants)) for condition in POST_CONDITIONS]
     ctx = FoldContext(index, constants, options, model=model, opset=opset)

@@ -173,7 +173,7 @@ class ConstantResolver:
             return None
         tensor = index.initializers.get(name)
         if tensor is not None:
-            return tensor_array(tensor)
+            return index.tensor_value(tensor)
         node = index.producer.get(name)
         if node is None:
             return self.outer.value(name, depth) if self.outer is not None else None

@@ -9,23 +9,34 @@ memory near the model's size. Absolute locations never reach a written file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import sys
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from foldnorm.errors import InvalidModelError, ModelLoadError, first_line
-from foldnorm.onnxgraph.tensors import ExternalRef, all_tensors, external_ref, tensor_nbytes
+from foldnorm.onnxgraph.inline import write_spliced
+from foldnorm.onnxgraph.store import stored_array
+from foldnorm.onnxgraph.tensors import INLINE, STORED, ExternalRef, all_tensors, external_ref, tensor_nbytes
+from foldnorm.onnxgraph.tensors import set_location as _set_location
 
 # Tensors at least this large go to the data file; offsets are page-aligned so readers can map them.
 SIZE_THRESHOLD = 1024
 ALIGN = 4096
 _CHUNK = 64 << 20
+_T = onnx.TensorProto
+# Types whose raw bytes numpy reads as they are (the packed 2-, 4- and 6-bit types go through onnx).
+_PLAIN = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.BFLOAT16, _T.INT8, _T.UINT8, _T.INT16, _T.UINT16, _T.INT32,
+                    _T.UINT32, _T.INT64, _T.UINT64, _T.BOOL, _T.FLOAT8E4M3FN, _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2,
+                    _T.FLOAT8E5M2FNUZ})
 
 
 def is_on_disk(tensor: onnx.TensorProto) -> bool:
@@ -34,13 +45,15 @@ def is_on_disk(tensor: onnx.TensorProto) -> bool:
 
 
 def payload_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes of data the tensor holds in memory, computed without copying or serializing it.
+    """Bytes of data the tensor adds to a model written as one file, computed without copying or serializing
+    it: what it holds in the message, or the length of bytes kept for it in the model file or a `TensorStore`.
 
     (With the upb protobuf backend `ByteSize()` serializes the message, which for a big model costs more
     memory than the model itself.)
     """
     if is_on_disk(tensor):
-        return 0
+        ref = _ref(tensor)
+        return ref.length if ref.origin is not None else 0
     if tensor.HasField("raw_data"):
         return tensor_nbytes(tensor)
     return 8 * sum(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data",
@@ -53,8 +66,20 @@ def in_memory_bytes(model: onnx.ModelProto) -> int:
 
 
 def has_weights_on_disk(model: onnx.ModelProto) -> bool:
-    """Whether any tensor of the model still lives in an external file."""
+    """Whether any tensor of the model is kept out of the message (in a file, or in a `TensorStore`)."""
     return any(is_on_disk(t) for t in all_tensors(model))
+
+
+def has_data_files(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model lives in an external data file (not the model file, not a store)."""
+    return any(is_on_disk(t) and _ref(t).origin is None for t in all_tensors(model))
+
+
+def mark_inline(tensors: list[onnx.TensorProto]) -> None:
+    """Record that these tensors (located by `locate_weights`) are the model file's own inline data."""
+    for tensor in tensors:
+        ref = _ref(tensor)
+        _set_location(tensor, ref.location, ref.offset, ref.length, INLINE)
 
 
 def locate_weights(model: onnx.ModelProto, path: Path) -> None:
@@ -113,8 +138,9 @@ def _data_file_size(data: Path, named: Path, path: Path) -> int:
 
 
 def data_files(model: onnx.ModelProto) -> set[Path]:
-    """The files the tensors kept on disk are read from (absolute, after `locate_weights`)."""
-    return {Path(_ref(t).location) for t in all_tensors(model) if is_on_disk(t)}
+    """The external data files the tensors kept on disk are read from (absolute, after `locate_weights`)."""
+    refs = [_ref(t) for t in all_tensors(model) if is_on_disk(t)]
+    return {Path(ref.location) for ref in refs if ref.origin is None}
 
 
 def load_weights(model: onnx.ModelProto) -> None:
@@ -129,17 +155,10 @@ def _ref(tensor: onnx.TensorProto) -> ExternalRef:
     return external_ref(tensor, "the model")
 
 
-def _set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    tensor.ClearField("raw_data")
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-
-
 def _read_bytes(tensor: onnx.TensorProto) -> bytes:
     ref = _ref(tensor)
+    if ref.origin == STORED:
+        return _raw(stored_array(ref)).tobytes()
     with open(ref.location, "rb") as f:
         f.seek(ref.offset)
         data = f.read(ref.length)
@@ -148,18 +167,28 @@ def _read_bytes(tensor: onnx.TensorProto) -> bytes:
     return data
 
 
+def _raw(array: np.ndarray) -> np.ndarray:
+    """The bytes of a contiguous array, as uint8 (ml_dtypes types have no buffer format)."""
+    return array.reshape(-1).view(np.uint8)
+
+
 def _ended_early(tensor: onnx.TensorProto, ref: ExternalRef, missing: int) -> ModelLoadError:
     return ModelLoadError(f"{ref.location}: the external data of tensor {tensor.name!r} ends {missing} bytes "
                           "early (the file changed while it was read); copy the complete file next to the model.")
 
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """The tensor's value as a numpy array, read from its file when it is kept on disk.
+    """The tensor's value as a numpy array, read from its file (or its `TensorStore`) when it is kept on disk.
 
     Data that does not fit the tensor's type and dims raises `InvalidModelError`.
     """
     loaded = tensor
     if is_on_disk(tensor):
+        ref = _ref(tensor)
+        if ref.origin == STORED:
+            return stored_array(ref)
+        if tensor.data_type in _PLAIN and sys.byteorder == "little":
+            return _read_array(tensor, ref)
         loaded = onnx.TensorProto()
         loaded.name, loaded.data_type = tensor.name, tensor.data_type
         loaded.dims.extend(tensor.dims)
@@ -169,6 +198,17 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     except (ValueError, TypeError) as exc:
         raise InvalidModelError(f"tensor {tensor.name!r}: its data does not fit its type and dims "
                                 f"{list(tensor.dims)} ({first_line(exc)}); re-export the model.") from None
+
+
+def _read_array(tensor: onnx.TensorProto, ref: ExternalRef) -> np.ndarray:
+    """A tensor of a fixed-size type read from its file straight into an array (one copy, not three)."""
+    array = np.empty(tuple(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    with open(ref.location, "rb") as f:
+        f.seek(ref.offset)
+        got = f.readinto(_raw(array).data)
+    if got != ref.length:
+        raise _ended_early(tensor, ref, ref.length - got)
+    return array
 
 
 def tensor_digest(tensor: onnx.TensorProto) -> bytes:
@@ -205,9 +245,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
             offset = out.tell()
             source = _ref(tensor) if on_disk else None
             if source is not None:
-                with open(source.location, "rb") as src:
-                    src.seek(source.offset)
-                    _copy_range(src, out, tensor, source)
+                _write_bytes(tensor, source, out)
             else:
                 out.write(tensor.raw_data)
             moved.append((tensor, offset, out.tell() - offset, source))
@@ -220,7 +258,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
     finally:
         for tensor, offset, length, source in moved:
             if source is not None:
-                _set_location(tensor, source.location, source.offset, source.length)
+                _set_location(tensor, source.location, source.offset, source.length, source.origin)
             else:
                 _set_location(tensor, str(data_path.resolve()), offset, length)
                 if keep_in_memory:
@@ -248,11 +286,41 @@ def _load_into_message(tensor: onnx.TensorProto) -> None:
     tensor.raw_data = data
 
 
-def _copy_range(src: BinaryIO, dst: BinaryIO, tensor: onnx.TensorProto, ref: ExternalRef) -> None:
-    remaining = ref.length
-    while remaining > 0:
-        chunk = src.read(min(_CHUNK, remaining))
-        if not chunk:
-            raise _ended_early(tensor, ref, remaining)
-        dst.write(chunk)
-        remaining -= len(chunk)
+def write_inline(model: onnx.ModelProto, path: Path) -> None:
+    """Write `model` to `path` as one file, never reading the tensors it keeps on disk into the message: those
+    of the main graph are copied into the file from where they are (`inline.write_spliced`), others loaded."""
+    main = list(model.graph.initializer)
+    kept = {id(t) for t in main}
+    for tensor in all_tensors(model):
+        if is_on_disk(tensor) and id(tensor) not in kept:
+            _load_into_message(tensor)
+    sources = {k: (_ref(t).length, partial(_write_bytes, t, _ref(t))) for k, t in enumerate(main) if is_on_disk(t)}
+    if sources:
+        write_spliced(model, path, sources)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _write_bytes(tensor: onnx.TensorProto, ref: ExternalRef, out: BinaryIO) -> None:
+    """Append the bytes of a tensor kept on disk to `out`: from its store, or copied file to file."""
+    if ref.origin == STORED:
+        out.write(_raw(stored_array(ref)).data)
+        return
+    out.flush()
+    with open(ref.location, "rb") as src:
+        done = 0
+        with contextlib.suppress(OSError):  # no copy_file_range here (or across these file systems)
+            while done < ref.length:
+                step = os.copy_file_range(src.fileno(), out.fileno(), min(_CHUNK, ref.length - done),
+                                          ref.offset + done)
+                if step == 0:
+                    raise _ended_early(tensor, ref, ref.length - done)
+                done += step
+        out.seek(0, os.SEEK_END)  # the copies moved the file's offset behind the buffered writer's back
+        src.seek(ref.offset + done)
+        while done < ref.length:
+            chunk = src.read(min(_CHUNK, ref.length - done))
+            if not chunk:
+                raise _ended_early(tensor, ref, ref.length - done)
+            out.write(chunk)
+            done += len(chunk)

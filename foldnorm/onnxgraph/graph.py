@@ -15,6 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from foldnorm.onnxgraph.external import is_on_disk, tensor_array
+from foldnorm.onnxgraph.store import TensorStore, is_matrix, stand_in
+
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     """The value of attribute `name` of `node` (ints, floats, strings, lists), or `default`."""
@@ -112,10 +115,13 @@ def _defined_names(graph: onnx.GraphProto) -> set[str]:
 class GraphIndex:
     """Producers, consumers, initializers and types of one graph, with an optional enclosing scope."""
 
-    def __init__(self, graph: onnx.GraphProto, outer: GraphIndex | None = None, path: str = "main") -> None:
+    def __init__(self, graph: onnx.GraphProto, outer: GraphIndex | None = None, path: str = "main",
+                 store: TensorStore | None = None) -> None:
         self.graph = graph
         self.outer = outer
         self.path = path
+        #: where big tensors this index writes go instead of the message (None: into the message).
+        self.store = store
         self._build()
 
     def _build(self) -> None:
@@ -162,6 +168,13 @@ class GraphIndex:
                     if user is node:
                         del users[k]
                         break
+
+    def tensor_value(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The value of an initializer of this graph: read (from its file when it is kept on disk), or, for a
+        weight kept on disk when the store keeps no values (`inspect`), a zero stand-in of its shape and type."""
+        if self.store is not None and not self.store.values and is_on_disk(tensor) and is_matrix(tensor.dims):
+            return stand_in(tensor)
+        return tensor_array(tensor)
 
     def uses(self, name: str) -> int:
         """How many nodes read `name` in this graph, plus one if it is a graph output."""
@@ -309,13 +322,20 @@ class GraphIndex:
         """Add a new initializer holding `array` under a fresh name derived from `base_name`."""
         name = self.fresh_name(base_name)
         tensor = self.graph.initializer.add()
-        tensor.CopyFrom(numpy_helper.from_array(array, name))
+        if self.store is not None and self.store.takes(array):
+            tensor.name = name
+            self.store.put(tensor, array)
+        else:
+            tensor.CopyFrom(numpy_helper.from_array(array, name))
         self.initializers[name] = tensor
         return name
 
     def overwrite_initializer(self, name: str, array: np.ndarray) -> None:
         """Replace the contents of a local initializer that nothing else reads."""
         tensor = self.initializers[name]
+        if self.store is not None and self.store.takes(array):
+            self.store.put(tensor, array)
+            return
         same = (tensor.data_location != onnx.TensorProto.EXTERNAL and list(tensor.dims) == list(array.shape)
                 and tensor.data_type == onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
                 and array.dtype.itemsize in (2, 4, 8) and sys.byteorder == "little")

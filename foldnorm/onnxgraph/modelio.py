@@ -19,18 +19,22 @@ import onnx.shape_inference
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from foldnorm.errors import InvalidModelError, ModelLoadError, OutputPathError, first_line
+from foldnorm.errors import FoldnormError, InvalidModelError, ModelLoadError, OutputPathError, first_line
 from foldnorm.onnxgraph.atomicfile import refuse_non_regular, sweep_stale, temp_name
 from foldnorm.onnxgraph.consistency import check_consistency
 from foldnorm.onnxgraph.external import (
+    SIZE_THRESHOLD,
     data_files,
-    has_weights_on_disk,
+    has_data_files,
     in_memory_bytes,
     load_weights,
     locate_weights,
+    mark_inline,
     rename_data_file,
+    write_inline,
     write_with_external_data,
 )
+from foldnorm.onnxgraph.inline import read_skeleton
 from foldnorm.onnxgraph.outputs import check_output_path
 from foldnorm.onnxgraph.shapes import weightless_copy
 from foldnorm.onnxgraph.tensors import all_tensors, check_tensors
@@ -58,19 +62,13 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
         return source
     path = Path(source)
     _check_model_file(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except PermissionError as exc:
-        raise ModelLoadError(f"{path}: cannot be read ({first_line(exc)}); check its permissions.") from exc
-    except (DecodeError, json_format.Error, ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(
-            f"{path}: not a valid ONNX model ({first_line(exc)}); give an .onnx file written by an exporter."
-        ) from exc
+    model, inline = _parse(path, keep_weights_on_disk)
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: parsed, but holds no graph; give an .onnx model file.")
     check_opset(model, path)
     check_tensors(model, str(path))
     locate_weights(model, path)
+    mark_inline(inline)
     if check:
         _check_model(model, path)
     check_consistency(model, str(path))
@@ -83,6 +81,23 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     return model
 
 
+def _parse(path: Path, skip_weights: bool) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """The model at `path`, and the initializers left in the file: with `skip_weights` the raw data of big
+    inline initializers is not parsed (`inline.read_skeleton`), they point into the file itself."""
+    try:
+        skeleton = read_skeleton(path, SIZE_THRESHOLD) if skip_weights else None
+        if skeleton is not None:
+            model, spans = skeleton
+            return model, [model.graph.initializer[k] for k, _, _ in spans]
+        return onnx.load(str(path), load_external_data=False), []
+    except PermissionError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({first_line(exc)}); check its permissions.") from exc
+    except (DecodeError, json_format.Error, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX model ({first_line(exc)}); give an .onnx file written by an exporter."
+        ) from exc
+
+
 def model_files(path: str | os.PathLike) -> list[Path]:
     """The model file at `path` and the data files it names (resolved), read without its weights.
 
@@ -90,10 +105,11 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     itself (loading it reports the problem).
     """
     files = [Path(path)]
-    with contextlib.suppress(DecodeError, json_format.Error, ValueError, RuntimeError, OSError):
-        model = onnx.load(str(path), load_external_data=False)
+    with contextlib.suppress(FoldnormError, OSError):
+        model, _ = _parse(Path(path), True)  # (its inline weights point at the file itself: not a data file)
         locations = {e.value for t in all_tensors(model) for e in t.external_data if e.key == "location"}
-        files.extend((Path(path).parent / loc).resolve() for loc in sorted(locations) if "\0" not in loc)
+        found = [(Path(path).parent / loc).resolve() for loc in sorted(locations) if "\0" not in loc]
+        files.extend(f for f in found if f != Path(path).resolve())
     return files
 
 
@@ -255,14 +271,14 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
     """Write `model` next to `output` under a temporary name; `commit()` moves it into place atomically.
 
     `external_data=None` stores tensors externally when the model would exceed protobuf's 2 GiB limit or
-    keeps weights on disk; they go to `<output name>.data` (see `StagedModel` for how an old pair is
+    has tensors in external data files; they go to `<output name>.data` (see `StagedModel` for how an old pair is
     replaced). `keep_in_memory=False` is for a caller that drops `model` right after: its written tensors
     are then not read back (see `foldnorm.onnxgraph.external.write_with_external_data`). On any error or
     interrupt nothing is left behind.
     """
     out = check_output_path(output, *inputs, in_place=in_place)
     if external_data is None:
-        external_data = has_weights_on_disk(model) or needs_external_data(model)
+        external_data = has_data_files(model) or needs_external_data(model)
     sweep_stale(out.parent)
     tmpdir = temp_name(out.parent)
     try:
@@ -276,7 +292,7 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
             elif staged.interim is not None:
                 rename_data_file(staged.path, staged.interim, staged.data_name, tmpdir / "final.onnx")
         else:
-            onnx.save_model(model, str(staged.path))
+            write_inline(model, staged.path)
     except OSError as exc:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
@@ -291,7 +307,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     """Write `model` to `output` atomically (temp files, then rename); never leave a partial file.
 
     `external_data=None` stores tensors externally only when the model would exceed protobuf's 2 GiB limit
-    (or was loaded with its weights kept on disk); they go to `<output name>.data` beside the model. `model`
+    (or has tensors in external data files); they go to `<output name>.data` beside the model. `model`
     itself is left as it was. An interrupt (Ctrl-C) or a write error leaves the previous file, if any,
     untouched and no temporary file behind.
     """

@@ -19,20 +19,40 @@ from foldnorm.errors import InvalidModelError
 
 _T = onnx.TensorProto
 # Bits per element of the packed sub-byte types (raw data holds ceil(n * bits / 8) bytes).
-_PACKED_BITS: dict[int, int] = {_T.INT4: 4, _T.UINT4: 4, _T.FLOAT4E2M1: 4, _T.INT2: 2, _T.UINT2: 2, _T.FLOAT6E2M3: 6,
+PACKED_BITS: dict[int, int] = {_T.INT4: 4, _T.UINT4: 4, _T.FLOAT4E2M1: 4, _T.INT2: 2, _T.UINT2: 2, _T.FLOAT6E2M3: 6,
                 _T.FLOAT6E3M2: 6}
 # Elements per entry of the typed field (int32_data) for the sub-byte types stored packed there.
 _PER_FIELD_ENTRY: dict[int, int] = {_T.INT4: 2, _T.UINT4: 2, _T.FLOAT4E2M1: 2, _T.INT2: 4, _T.UINT2: 4}
 _NUMBER = re.compile(r"[0-9]{1,20}")
 
+#: The external-data entry foldnorm adds to a tensor kept on disk whose bytes are in no data file of the
+#: model: `INLINE`, in the model file itself (`onnxgraph.inline`), or `STORED`, in a `TensorStore`. Loading
+#: keeps only the location, offset and length entries of a file's tensors, so no model file can set it.
+ORIGIN_KEY = "foldnorm"
+INLINE, STORED = "inline", "stored"
+
 
 @dataclass(frozen=True)
 class ExternalRef:
-    """Where an external tensor's bytes are: a file (as written in the model), an offset and a length."""
+    """Where an external tensor's bytes are: a file (as written in the model), an offset and a length; and,
+    for a tensor foldnorm keeps out of the message, where they really are (`INLINE` or `STORED`)."""
 
     location: str
     offset: int
     length: int
+    origin: str | None = None
+
+
+def set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int,
+                 origin: str | None = None) -> None:
+    """Make `tensor` external: its bytes are `length` bytes at `offset` of `location` (and come from `origin`)."""
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    entries = [("location", location), ("offset", str(offset)), ("length", str(length))]
+    for key, value in entries + ([(ORIGIN_KEY, origin)] if origin else []):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
 
 
 def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -65,7 +85,7 @@ def element_count(tensor: onnx.TensorProto) -> int:
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """The bytes of raw data the tensor's type and dims call for (packed for 4-, 2- and 6-bit types)."""
-    bits = _PACKED_BITS.get(tensor.data_type)
+    bits = PACKED_BITS.get(tensor.data_type)
     if bits is None:
         bits = 8 * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     return -(-element_count(tensor) * bits // 8)
@@ -80,7 +100,8 @@ def _field_entries(tensor: onnx.TensorProto) -> int:
     return -(-n // per)
 
 
-def _known_type(data_type: int) -> bool:
+def known_type(data_type: int) -> bool:
+    """Whether `data_type` is an element type of this onnx's TensorProto."""
     return data_type != _T.UNDEFINED and data_type in _T.DataType.values()
 
 
@@ -107,7 +128,7 @@ def external_ref(tensor: onnx.TensorProto, label: str) -> ExternalRef:
     if length != expected:
         raise InvalidModelError(f"{where} has external data length {length}, but its type and dims "
                                 f"{list(tensor.dims)} need {expected} bytes; re-export the model.")
-    return ExternalRef(location, max(numbers["offset"], 0), length)
+    return ExternalRef(location, max(numbers["offset"], 0), length, entries.get(ORIGIN_KEY))
 
 
 def check_tensor(tensor: onnx.TensorProto, label: str, *, inline_bytes: bool = True) -> None:
@@ -119,7 +140,7 @@ def check_tensor(tensor: onnx.TensorProto, label: str, *, inline_bytes: bool = T
     where = f"{label}: tensor {tensor.name!r}"
     if any(d < 0 for d in tensor.dims):
         raise InvalidModelError(f"{where} has a negative dimension {list(tensor.dims)}; re-export the model.")
-    if not _known_type(tensor.data_type):
+    if not known_type(tensor.data_type):
         raise InvalidModelError(f"{where} has no known element type ({tensor.data_type}); re-export the model.")
     if tensor.HasField("segment"):
         raise InvalidModelError(f"{where} is stored in segments, which foldnorm does not read; re-export the "
