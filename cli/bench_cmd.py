@@ -44,7 +44,7 @@ def _check_output_dir(directory: Path, model: str | None) -> None:
                    [("the model", f) for f in inputs])
 
 
-@click.command(short_help="Folded vs unfolded: latency and accuracy per backend.")
+@click.command()
 @click.argument("model", required=False)
 @click.option("--backend", "backends", multiple=True, default=["ort-cpu"], show_default=True,
               type=click.Choice([*BACKENDS, "all"]),

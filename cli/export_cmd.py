@@ -15,7 +15,7 @@ from .render.common import Format, info
 from .render.export import render_export
 
 
-@click.command(short_help="PyTorch model -> ONNX with every BatchNorm kept.")
+@click.command()
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @input_shapes_option("Example input shape, e.g. 1x3x224x224, or NAME:1x3x224x224; repeat for several inputs "

@@ -26,7 +26,7 @@ from .render.common import Format, info
 from .render.fold import render_fold_file
 
 
-@click.command(short_help="Fold BatchNorm, verify, write OUT, report every norm.")
+@click.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
 @click.argument("out", metavar="[OUT.onnx]", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),

@@ -19,7 +19,7 @@ from .render.common import Format
 from .render.fold import render_inspect
 
 
-@click.command(short_help="What fold would do to each norm node; writes nothing.")
+@click.command()
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True, path_type=Path))
 @standalone_bn_option("Report as if `fold --standalone-bn` had this value.")
 @rule_options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -10,13 +11,43 @@ import click
 
 from foldnorm import __version__
 
+# Each subcommand: the module that defines it (imported only when that command runs or shows its help, so that
+# `foldnorm fold` never loads the benchmark) and the line `foldnorm --help` lists for it.
+COMMANDS = {
+    "bench": ("bench_cmd", "Folded vs unfolded: latency and accuracy per backend."),
+    "export": ("export_cmd", "PyTorch model -> ONNX with every BatchNorm kept."),
+    "fold": ("fold_cmd", "Fold BatchNorm, verify, write OUT, report every norm."),
+    "inspect": ("inspect_cmd", "What fold would do to each norm node; writes nothing."),
+    "models": ("models_cmd", "List the built-in PyTorch reference models."),
+    "verify": ("verify_cmd", "Same outputs? GN/LN/IN intact? Exit 3 if not."),
+}
+
 
 class FoldnormGroup(click.Group):
-    """A click group that turns user errors into one line on stderr and the documented exit code.
+    """A click group that turns user errors into one line on stderr and the documented exit code, and imports
+    each subcommand's module only when that command is used.
 
     0 ok, 1 user error, 2 usage error (click's own), 3 verification failed. Anything else is a bug and
     keeps its traceback. SIGTERM and SIGHUP are handled like Ctrl-C: exit 128 + the signal number.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The subcommands' names, without importing them."""
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The subcommand `cmd_name`, its module imported now (None for an unknown name)."""
+        if cmd_name not in COMMANDS:
+            return None
+        module, short_help = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(f"{__package__}.{module}"), cmd_name)
+        command.short_help = short_help
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list of subcommands in `--help`, from `COMMANDS` (nothing imported)."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand, mapping `FoldnormError` to its exit code and signals to 130/143/129."""
@@ -79,20 +110,6 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-
-def _register() -> None:
-    from .bench_cmd import bench
-    from .export_cmd import export
-    from .fold_cmd import fold
-    from .inspect_cmd import inspect
-    from .models_cmd import models
-    from .verify_cmd import verify
-
-    for command in (export, fold, inspect, verify, bench, models):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

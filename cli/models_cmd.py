@@ -9,7 +9,7 @@ from .render.common import Format
 from .render.models import render_models
 
 
-@click.command(short_help="List the built-in PyTorch reference models.")
+@click.command()
 @format_option(Format)
 def models(fmt: Format) -> None:
     """List the built-in PyTorch reference models that `export` and `bench` accept by name."""

@@ -11,7 +11,6 @@ from typing import Any, TypeVar, get_args
 import click
 
 from foldnorm.errors import InputSpecError
-from foldnorm.export.exporter import Exporter
 from foldnorm.fold.options import StandaloneBN
 from foldnorm.onnxgraph.inputs import Shape, parse_named_shape
 
@@ -41,6 +40,8 @@ def standalone_bn_option(help: str) -> Callable[[F], F]:
 
 def exporter_option(help: str) -> Callable[[F], F]:
     """`--exporter dynamo|legacy`: which torch.onnx exporter writes the unfolded model."""
+    from foldnorm.export.exporter import Exporter  # (only the commands that export load the exporter)
+
     return click.option("--exporter", type=choice(Exporter), default="dynamo", show_default=True, help=help)
 
 

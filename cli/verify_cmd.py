@@ -22,7 +22,7 @@ from .render.common import Format
 from .render.verify import render_verify
 
 
-@click.command(short_help="Same outputs? GN/LN/IN intact? Exit 3 if not.")
+@click.command()
 @click.argument("reference", metavar="REF.onnx", type=click.Path(path_type=Path))
 @click.argument("candidate", metavar="CANDIDATE.onnx", type=click.Path(path_type=Path))
 @batch_sizes_option("Batch sizes to try on a symbolic batch axis, comma-separated.")

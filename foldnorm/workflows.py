@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -19,10 +19,11 @@ from foldnorm.onnxgraph.graph import node_label
 from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model
 from foldnorm.onnxgraph.outputs import check_distinct
-from foldnorm.onnxgraph.stats import file_bytes
+from foldnorm.onnxgraph.stats import stored_bytes
 from foldnorm.onnxgraph.store import TensorStore
-from foldnorm.verify.compare import VerifyResult, compare_models
-from foldnorm.verify.tensors import produced_tensors
+
+if TYPE_CHECKING:
+    from foldnorm.verify.compare import VerifyResult
 
 
 @dataclass
@@ -91,21 +92,25 @@ def fold_file(
     # the new ones in a store, and the writer copies every one of them into the output, file to file.
     with TensorStore() as store:
         model = load_model(input_path, keep_weights_on_disk=True)
-        _check_distinct(input_path, output_path, other_outputs, data_files(model), in_place)
+        data = data_files(model)
+        _check_distinct(input_path, output_path, other_outputs, data, in_place)
         labels = _first_outputs(model)
+        size = stored_bytes(input_path, model)
         folded = fold_model(model, options=options, in_place=True, store=store)
         del model
         report = folded.report
         if report.before is not None:
-            report.before.file_bytes = file_bytes(input_path)
+            report.before.file_bytes = size
         result = FoldFileResult(str(input_path), None, report, None)
         tensors = _record_tensors(report, labels, folded.model) if verify else {}
         if output_path is None:
             if verify:
                 _verify(result, input_path, folded.model, checks, tensors)
             return result
-        staged = stage_model(folded.model, output_path, in_place=in_place, inputs=(input_path,),
-                             keep_in_memory=False)
+        # An input with external data gives an output with external data, even when every tensor that was
+        # in its data files was rewritten (the output then holds none of them).
+        staged = stage_model(folded.model, output_path, external_data=True if data else None, in_place=in_place,
+                             inputs=(input_path,), keep_in_memory=False)
     try:
         del folded  # the staged file holds it now; ONNX Runtime reads it from there
         if report.after is not None:
@@ -141,6 +146,8 @@ def _record_tensors(report: FoldReport, before: dict[str, str], folded: onnx.Mod
     """For each folded main-graph record (by position), the tensor both models compute where the fold took effect:
     the folded node's output when the folded model still computes it (the producer took over its name), else the
     output of the node it folded into."""
+    from foldnorm.verify.tensors import produced_tensors  # (the verification's modules load only when it runs)
+
     after = _first_outputs(folded)
     computed = set(produced_tensors(folded)) & set(before.values())
     found = {}
@@ -157,6 +164,8 @@ def _record_tensors(report: FoldReport, before: dict[str, str], folded: onnx.Mod
 def _verify(result: FoldFileResult, reference: str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike,
             checks: _Checks, tensors: dict[int, str], label: str | None = None) -> None:
     """Compare, fill in the records' errors, raise `VerificationError` on a mismatch."""
+    from foldnorm.verify.compare import compare_models
+
     result.verify = compare_models(reference, candidate, batch_sizes=checks.batch_sizes, seed=checks.seed,
                                    shapes=checks.shapes, rtol=checks.rtol, atol=checks.atol,
                                    tensors=sorted(set(tensors.values())), localize_failure=True,

@@ -157,6 +157,20 @@ def test_fold_report_has_each_folds_error_and_before_after(tmp_path: Path, rng: 
     assert after["tensor_bytes"] == before["tensor_bytes"] - 4 * (4 * 16 - 16)
 
 
+def test_external_data_stays_external_when_every_weight_folds(tmp_path: Path, rng: np.random.Generator) -> None:
+    src = tmp_path / "m.onnx"
+    save_external(conv_bn(rng, cin=8, cout=16), src)  # its one external tensor, W, is folded
+    size = src.stat().st_size + (tmp_path / "m.onnx.weights").stat().st_size
+    result = foldnorm.fold_file(src, tmp_path / "out.onnx", verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.weights", "out.onnx", "out.onnx.data"]
+    folded = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    assert {e.value for t in folded.graph.initializer for e in t.external_data if e.key == "location"} == \
+        {"out.onnx.data"}
+    assert result.report.before is not None and result.report.before.file_bytes == size
+    assert foldnorm.fold_model(src).report.before.file_bytes == size  # type: ignore[union-attr]
+    assert foldnorm.compare_models(src, tmp_path / "out.onnx").ok
+
+
 def test_inspect_shows_before_and_after(tmp_path: Path, rng: np.random.Generator) -> None:
     onnx.save(conv_bn_ln(rng), tmp_path / "m.onnx")
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])

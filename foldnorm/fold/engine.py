@@ -26,7 +26,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import onnx
@@ -51,7 +50,6 @@ from foldnorm.fold.rules import (
 from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers
-from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.graph import (
     GraphIndex,
     attribute_refs,
@@ -61,8 +59,8 @@ from foldnorm.onnxgraph.graph import (
     node_label,
     subgraphs,
 )
-from foldnorm.onnxgraph.modelio import ModelLike, default_opset, load_model, validate_model
-from foldnorm.onnxgraph.stats import model_stats
+from foldnorm.onnxgraph.modelio import ModelLike, default_opset, load_model, read_weights, validate_model
+from foldnorm.onnxgraph.stats import model_stats, stored_bytes
 from foldnorm.onnxgraph.store import TensorStore
 
 log = logging.getLogger(__name__)
@@ -116,10 +114,13 @@ def fold_model(
     if isinstance(source, onnx.ModelProto):
         validate_model(source, "the model")  # opset, tensors, shapes
         model = source if in_place else copy.deepcopy(source)
+        size = None
     else:
-        model = load_model(source)
+        model = load_model(source, keep_weights_on_disk=True)
+        size = stored_bytes(source, model)
+        read_weights(model, source)
     opts = options or FoldOptions()
-    report = FoldReport(before=model_stats(model, None if isinstance(source, onnx.ModelProto) else source))
+    report = FoldReport(before=model_stats(model, size))
     detached = _constant_inputs(model, opts, report)
     opset = default_opset(model.opset_import)
     # (IR 3 turns new initializers into Constant nodes, which must hold their values.)
@@ -164,10 +165,10 @@ def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> F
         return fold_model(source, options=options).report
     with TensorStore(values=False) as store:
         model = load_model(source, keep_weights_on_disk=True)
-        size = Path(source).stat().st_size + sum(path.stat().st_size for path in data_files(model))
+        size = stored_bytes(source, model)
         report = fold_model(model, options=options, in_place=True, store=store).report
     if report.before is not None:
-        report.before.file_bytes = size  # from the checked model: no second parse of the file
+        report.before.file_bytes = size
     return report
 
 

@@ -91,9 +91,12 @@ def locate_weights(model: onnx.ModelProto, path: Path) -> None:
     """
     base = path.parent.resolve()
     sizes: dict[Path, int] = {}
+    files: dict[str, Path] = {}  # by location: most tensors share one data file (the inline ones: the model's)
     external = [t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     for tensor, ref in [(t, external_ref(t, str(path))) for t in external]:
-        data = _inside(base, ref.location, f"{path}: tensor {tensor.name!r}")
+        if ref.location not in files:
+            files[ref.location] = _inside(base, ref.location, f"{path}: tensor {tensor.name!r}")
+        data = files[ref.location]
         if data not in sizes:
             sizes[data] = _data_file_size(data, path.parent / ref.location, path)
         if ref.offset + ref.length > sizes[data]:

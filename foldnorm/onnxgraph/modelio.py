@@ -73,12 +73,17 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
         _check_model(model, path)
     check_consistency(model, str(path))
     if not keep_weights_on_disk:
-        try:
-            load_weights(model)
-        except OSError as exc:
-            raise ModelLoadError(f"{path}: its external data could not be read ({first_line(exc)}); keep the "
-                                 ".data file next to the model.") from exc
+        read_weights(model, path)
     return model
+
+
+def read_weights(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Read the weights that `load_model(path, keep_weights_on_disk=True)` left on disk into `model`'s message."""
+    try:
+        load_weights(model)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: its external data could not be read ({first_line(exc)}); keep the "
+                             ".data file next to the model.") from exc
 
 
 def _parse(path: Path, skip_weights: bool) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:

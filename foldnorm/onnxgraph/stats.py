@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from foldnorm.onnxgraph.external import all_tensors, in_memory_bytes
+from foldnorm.onnxgraph.external import all_tensors, data_files, in_memory_bytes
 from foldnorm.onnxgraph.graph import subgraphs
 
 
@@ -53,19 +53,15 @@ def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return found
 
 
-def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> ModelStats:
-    """Count `model`'s nodes and parameters; its size is that of the file `path` and its data files, if given."""
+def model_stats(model: onnx.ModelProto, file_bytes: int | None = None) -> ModelStats:
+    """Count `model`'s nodes and parameters; `file_bytes` is its size on disk, if known (`stored_bytes`)."""
     nodes = [*_nodes(model.graph), *(n for f in model.functions for n in f.node)]
     counts = Counter(n.op_type for n in nodes)
     parameters = sum(int(np.prod(t.dims, dtype=np.int64)) for t in all_tensors(model))
-    return ModelStats(dict(sorted(counts.items())), parameters, in_memory_bytes(model),
-                      file_bytes(path) if path is not None else None)
+    return ModelStats(dict(sorted(counts.items())), parameters, in_memory_bytes(model), file_bytes)
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """The size of an ONNX file and of the external data files it names."""
-    where = Path(path)
-    model = onnx.load(str(where), load_external_data=False)
-    locations = {e.value for t in all_tensors(model) for e in t.external_data if e.key == "location"}
-    return where.stat().st_size + sum((where.parent / loc).stat().st_size for loc in locations
-                                      if (where.parent / loc).is_file())
+def stored_bytes(path: str | os.PathLike, model: onnx.ModelProto) -> int:
+    """The size of the model file at `path` and of the external data files `model` reads from: `model` is the
+    one `load_model(path, keep_weights_on_disk=True)` returned (its locations checked, resolved, not re-read)."""
+    return Path(path).stat().st_size + sum(data.stat().st_size for data in data_files(model))
