@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from foldnorm.directory import DirectoryItem, DirectoryResult
 from foldnorm.fold.report import FoldRecord, FoldReport
 from foldnorm.onnxgraph.stats import ModelStats
 from foldnorm.workflows import FoldFileResult
 
 from .common import Format, emit_json, info, table, write_json
+
+if TYPE_CHECKING:  # (the process pool of a directory fold loads only when a directory is folded)
+    from foldnorm.directory import DirectoryItem, DirectoryResult
 
 
 def report_table(report: FoldReport) -> str:
