@@ -220,14 +220,15 @@ class Runs:
 
 def run_process(argv: list[str]) -> tuple[float, float, int]:
     """Run `argv`; return its wall time, CPU time (user + system) and peak RSS in bytes."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{err[-2000:]}")
+    with tempfile.TemporaryFile() as err:  # (not a pipe: a child writing more than its buffer would block)
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
@@ -279,7 +280,8 @@ def startup(repeats: int) -> dict[str, float]:
 
 
 def profile_fold(src: Path, verify: bool) -> str:
-    """The cumulative profile of one `fold_file` in this process (its top entries)."""
+    """The profile of one `fold_file` in this process: its phases (cumulative time of foldnorm's functions) and
+    the functions the time is spent in (internal time, any module)."""
     from foldnorm import fold_file
 
     dst = src.parent / "profiled.onnx"
@@ -290,12 +292,15 @@ def profile_fold(src: Path, verify: bool) -> str:
     profiler.runcall(fold_file, src, dst, verify=verify)
     wall = time.perf_counter() - start
     remove_outputs(dst)
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("cumulative").print_stats(r"foldnorm|onnxruntime|serializ|SerializeToString|ParseFromString", 18)
-    lines = [ln for ln in text.getvalue().splitlines() if ln.strip() and "function calls" not in ln
-             and not ln.startswith(("Ordered by", "List reduced", "   Random"))]
-    return "\n".join([f"fold_file(verify={verify}) in-process: {wall:.3f} s wall (under cProfile)", *lines])
+    lines = [f"fold_file(verify={verify}) in-process: {wall:.3f} s wall (under cProfile)"]
+    for title, order, restrictions in (
+            ("phases (cumulative time)", "cumulative", (r"foldnorm|SerializeToString|ParseFromString", 18)),
+            ("where the time is spent (internal time)", "tottime", (12,))):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(*restrictions)
+        lines += [f"{title}:", *(ln for ln in text.getvalue().splitlines() if ln.strip() and "function calls" not in
+                                 ln and not ln.startswith(("   Ordered by", "   List reduced", "   Random")))]
+    return "\n".join(lines)
 
 
 def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[str]:
