@@ -111,7 +111,6 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="foldnorm")
