@@ -20,10 +20,10 @@ What it writes under `--out DIR` (default benchmarks/zoo/out, git-ignored), per 
   export    per model: <name>.io.npz ({input, output}: batch 1, torch eval output),
             <name>.legacy.onnx (TorchScript exporter, opset 17, TrainingMode.PRESERVE, no constant folding,
             dynamic batch), <name>.dynamo.onnx (dynamo exporter, opset 18, optimize=False, dynamic batch where
-            it exports, else static batch 1); for re-parameterisable models also <name>.reparam.legacy.onnx and
-            <name>.reparam.io.npz (timm `reparameterize_model` on a copy). Every ONNX file is run with ONNX
-            Runtime on the io input and its max |diff| to torch recorded; a failed export leaves
-            <file>.error.txt with the traceback and the exporter's output.
+            it exports, else static batch 1); for re-parameterisable models also <name>.reparam.legacy.onnx,
+            <name>.reparam.dynamo.onnx and <name>.reparam.io.npz (timm `reparameterize_model` on a copy).
+            Every ONNX file is run with ONNX Runtime on the io input and its max |diff| to torch recorded; a
+            failed export leaves <file>.error.txt with the traceback and the exporter's output.
   light     onnx_light/*.onnx: the IR-3 "light" models of onnx's backend test data, with how their BN
             parameters and Conv weights are produced.
   opset6    (nothing written but results) the opset-6 models of onnx's backend test data holding BN/Conv/Gemm.
@@ -335,7 +335,8 @@ def export_model(name: str, results: Results, perturb: bool, out: Path) -> None:
 
 def export_reparam(name: str, model: torch.nn.Module, x: torch.Tensor, y: np.ndarray, results: Results,
                    out: Path) -> None:
-    """Export timm's re-parameterised copy of `model` (legacy exporter) and its io pair into `out`.
+    """Export timm's re-parameterised copy of `model` with both exporters (`<name>.reparam.legacy.onnx`,
+    `<name>.reparam.dynamo.onnx`) and its io pair into `out`.
 
     `y` is the output of `model` on `x`, to which the copy's output is compared.
     """
@@ -352,8 +353,11 @@ def export_reparam(name: str, model: torch.nn.Module, x: torch.Tensor, y: np.nda
     except Exception as e:
         record(results, key, status=failure(e, "FAIL (reparameterize)"))
         return
-    path = out / f"{name}.reparam.legacy.onnx"
-    do_export(results, key, lambda: export_legacy(reparam, x, path), path, x.numpy(), yr, extra)
+    legacy = out / f"{name}.reparam.legacy.onnx"
+    do_export(results, key, lambda: export_legacy(reparam, x, legacy), legacy, x.numpy(), yr, extra)
+    dynamo = out / f"{name}.reparam.dynamo.onnx"
+    do_export(results, f"{name}|reparam.dynamo", lambda: export_dynamo(reparam, x, dynamo), dynamo, x.numpy(), yr,
+              extra)
 
 
 # ---------------------------------------------------------------- onnx package test data
@@ -535,7 +539,7 @@ def export_table(results: Results) -> list[str]:
         if not b["status"].startswith("ok"):
             lines.append(row(name, "build", "", "", "", esc(b["status"]), "", "", "", "", ""))
             continue
-        for exporter in ("legacy", "dynamo", "reparam.legacy"):
+        for exporter in ("legacy", "dynamo", "reparam.legacy", "reparam.dynamo"):
             r = results.get(f"{name}|{exporter}")
             if r is None:
                 continue
