@@ -1,9 +1,10 @@
 """Export third-party architectures (timm, transformers) to ONNX with BatchNorm kept, to measure foldnorm on them.
 
 The models are ones nobody on the team wrote: RepVGG, MobileOne, FastViT, RepGhostNet, RepViT, LeViT, MixNet,
-EfficientViT, ResNetV2-BiT, ResNet-18, MobileNetV3, DPN-68 (timm) and LeViT, BiT (transformers). timm and
-transformers are not dependencies of foldnorm, so this script runs in a venv of its own, and nothing in the
-package or the tests imports it:
+EfficientViT, ResNetV2-BiT, ResNet-18, MobileNetV3, DPN-68 (timm) and LeViT, BiT (transformers) by default;
+`--only NAME ...` takes any timm model name, `tv_<name>` for a torchvision model and the transformers models of
+`HF_CLASSES`. timm, torchvision and transformers are not dependencies of foldnorm, so this script runs in a venv of
+its own, and nothing in the package or the tests imports it:
 
     python3 -m venv /tmp/bv && /tmp/bv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm transformers \
         onnx onnxruntime onnxscript
@@ -90,16 +91,31 @@ class LogitsOnly(torch.nn.Module):
         return logits
 
 
+# transformers models by short name: (config class, model class), default config
+HF_CLASSES = {
+    "hf_levit": ("LevitConfig", "LevitForImageClassification"),
+    "hf_bit": ("BitConfig", "BitForImageClassification"),
+    "hf_mobilevit": ("MobileViTConfig", "MobileViTForImageClassification"),
+    "hf_mobilenet_v2": ("MobileNetV2Config", "MobileNetV2ForImageClassification"),
+    "hf_segformer": ("SegformerConfig", "SegformerForSemanticSegmentation"),
+    "hf_convnext": ("ConvNextConfig", "ConvNextForImageClassification"),
+    "hf_regnet": ("RegNetConfig", "RegNetForImageClassification"),
+    "hf_efficientnet": ("EfficientNetConfig", "EfficientNetForImageClassification"),
+}
+
+
 def build(name: str) -> torch.nn.Module:
-    """A randomly initialised model: `hf_levit`/`hf_bit` from transformers, any other name from timm."""
-    if name == "hf_levit":
-        from transformers import LevitConfig, LevitForImageClassification
+    """A randomly initialised model: `hf_*` (`HF_CLASSES`) from transformers, `tv_<name>` from torchvision, any
+    other name from timm."""
+    if name in HF_CLASSES:
+        import transformers
 
-        return LogitsOnly(LevitForImageClassification(LevitConfig()))
-    if name == "hf_bit":
-        from transformers import BitConfig, BitForImageClassification
+        config, model_class = (getattr(transformers, n) for n in HF_CLASSES[name])
+        return LogitsOnly(model_class(config()))
+    if name.startswith("tv_"):
+        import torchvision
 
-        return LogitsOnly(BitForImageClassification(BitConfig()))
+        return torchvision.models.get_model(name[3:], weights=None)
     import timm
 
     model: torch.nn.Module = timm.create_model(name, pretrained=False)
