@@ -1,9 +1,10 @@
 """Export third-party architectures (timm, transformers) to ONNX with BatchNorm kept, to measure foldnorm on them.
 
 The models are ones nobody on the team wrote: RepVGG, MobileOne, FastViT, RepGhostNet, RepViT, LeViT, MixNet,
-EfficientViT, ResNetV2-BiT, ResNet-18, MobileNetV3, DPN-68 (timm) and LeViT, BiT (transformers). timm and
-transformers are not dependencies of foldnorm, so this script runs in a venv of its own, and nothing in the
-package or the tests imports it:
+EfficientViT, ResNetV2-BiT, ResNet-18, MobileNetV3, DPN-68 (timm) and LeViT, BiT (transformers) by default;
+`--only NAME ...` takes any timm model name, `tv_<name>` for a torchvision model and the transformers models of
+`HF_CLASSES`. timm, torchvision and transformers are not dependencies of foldnorm, so this script runs in a venv of
+its own, and nothing in the package or the tests imports it:
 
     python3 -m venv /tmp/bv && /tmp/bv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm transformers \
         onnx onnxruntime onnxscript
@@ -20,10 +21,10 @@ What it writes under `--out DIR` (default benchmarks/zoo/out, git-ignored), per 
   export    per model: <name>.io.npz ({input, output}: batch 1, torch eval output),
             <name>.legacy.onnx (TorchScript exporter, opset 17, TrainingMode.PRESERVE, no constant folding,
             dynamic batch), <name>.dynamo.onnx (dynamo exporter, opset 18, optimize=False, dynamic batch where
-            it exports, else static batch 1); for re-parameterisable models also <name>.reparam.legacy.onnx and
-            <name>.reparam.io.npz (timm `reparameterize_model` on a copy). Every ONNX file is run with ONNX
-            Runtime on the io input and its max |diff| to torch recorded; a failed export leaves
-            <file>.error.txt with the traceback and the exporter's output.
+            it exports, else static batch 1); for re-parameterisable models also <name>.reparam.legacy.onnx,
+            <name>.reparam.dynamo.onnx and <name>.reparam.io.npz (timm `reparameterize_model` on a copy).
+            Every ONNX file is run with ONNX Runtime on the io input and its max |diff| to torch recorded; a
+            failed export leaves <file>.error.txt with the traceback and the exporter's output.
   light     onnx_light/*.onnx: the IR-3 "light" models of onnx's backend test data, with how their BN
             parameters and Conv weights are produced.
   opset6    (nothing written but results) the opset-6 models of onnx's backend test data holding BN/Conv/Gemm.
@@ -90,16 +91,31 @@ class LogitsOnly(torch.nn.Module):
         return logits
 
 
+# transformers models by short name: (config class, model class), default config
+HF_CLASSES = {
+    "hf_levit": ("LevitConfig", "LevitForImageClassification"),
+    "hf_bit": ("BitConfig", "BitForImageClassification"),
+    "hf_mobilevit": ("MobileViTConfig", "MobileViTForImageClassification"),
+    "hf_mobilenet_v2": ("MobileNetV2Config", "MobileNetV2ForImageClassification"),
+    "hf_segformer": ("SegformerConfig", "SegformerForSemanticSegmentation"),
+    "hf_convnext": ("ConvNextConfig", "ConvNextForImageClassification"),
+    "hf_regnet": ("RegNetConfig", "RegNetForImageClassification"),
+    "hf_efficientnet": ("EfficientNetConfig", "EfficientNetForImageClassification"),
+}
+
+
 def build(name: str) -> torch.nn.Module:
-    """A randomly initialised model: `hf_levit`/`hf_bit` from transformers, any other name from timm."""
-    if name == "hf_levit":
-        from transformers import LevitConfig, LevitForImageClassification
+    """A randomly initialised model: `hf_*` (`HF_CLASSES`) from transformers, `tv_<name>` from torchvision, any
+    other name from timm."""
+    if name in HF_CLASSES:
+        import transformers
 
-        return LogitsOnly(LevitForImageClassification(LevitConfig()))
-    if name == "hf_bit":
-        from transformers import BitConfig, BitForImageClassification
+        config, model_class = (getattr(transformers, n) for n in HF_CLASSES[name])
+        return LogitsOnly(model_class(config()))
+    if name.startswith("tv_"):
+        import torchvision
 
-        return LogitsOnly(BitForImageClassification(BitConfig()))
+        return torchvision.models.get_model(name[3:], weights=None)
     import timm
 
     model: torch.nn.Module = timm.create_model(name, pretrained=False)
@@ -335,7 +351,8 @@ def export_model(name: str, results: Results, perturb: bool, out: Path) -> None:
 
 def export_reparam(name: str, model: torch.nn.Module, x: torch.Tensor, y: np.ndarray, results: Results,
                    out: Path) -> None:
-    """Export timm's re-parameterised copy of `model` (legacy exporter) and its io pair into `out`.
+    """Export timm's re-parameterised copy of `model` with both exporters (`<name>.reparam.legacy.onnx`,
+    `<name>.reparam.dynamo.onnx`) and its io pair into `out`.
 
     `y` is the output of `model` on `x`, to which the copy's output is compared.
     """
@@ -352,8 +369,11 @@ def export_reparam(name: str, model: torch.nn.Module, x: torch.Tensor, y: np.nda
     except Exception as e:
         record(results, key, status=failure(e, "FAIL (reparameterize)"))
         return
-    path = out / f"{name}.reparam.legacy.onnx"
-    do_export(results, key, lambda: export_legacy(reparam, x, path), path, x.numpy(), yr, extra)
+    legacy = out / f"{name}.reparam.legacy.onnx"
+    do_export(results, key, lambda: export_legacy(reparam, x, legacy), legacy, x.numpy(), yr, extra)
+    dynamo = out / f"{name}.reparam.dynamo.onnx"
+    do_export(results, f"{name}|reparam.dynamo", lambda: export_dynamo(reparam, x, dynamo), dynamo, x.numpy(), yr,
+              extra)
 
 
 # ---------------------------------------------------------------- onnx package test data
@@ -535,7 +555,7 @@ def export_table(results: Results) -> list[str]:
         if not b["status"].startswith("ok"):
             lines.append(row(name, "build", "", "", "", esc(b["status"]), "", "", "", "", ""))
             continue
-        for exporter in ("legacy", "dynamo", "reparam.legacy"):
+        for exporter in ("legacy", "dynamo", "reparam.legacy", "reparam.dynamo"):
             r = results.get(f"{name}|{exporter}")
             if r is None:
                 continue

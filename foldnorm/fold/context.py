@@ -36,6 +36,8 @@ class FoldContext:
     fold_into: Callable[[onnx.NodeProto, onnx.NodeProto, ChannelParams], Plan] | None = None
     #: set by the engine: whether an "after" rule finds constant weights in a given producer to fold into.
     takes_fold: Callable[[onnx.NodeProto], bool] | None = None
+    #: set by the engine: the nodes that belong to a protected normalization (by `id()`), each with its label
+    protected: dict[int, str] = field(default_factory=dict)
     shapes: ShapeProver = field(init=False)
 
     def __post_init__(self) -> None:

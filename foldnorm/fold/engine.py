@@ -32,7 +32,13 @@ import onnx
 from onnx import helper
 
 from foldnorm.fold.context import FoldContext
-from foldnorm.fold.normalizations import check_protected, classify, module_path, protected_fingerprints
+from foldnorm.fold.normalizations import (
+    check_protected,
+    classify,
+    module_path,
+    protected_fingerprints,
+    protected_parts,
+)
 from foldnorm.fold.options import FoldOptions
 from foldnorm.fold.report import FoldRecord, FoldReport, Outcome
 from foldnorm.fold.rules import (
@@ -189,6 +195,7 @@ def _fold_graph(
     ctx = FoldContext(index, constants, options, model=model, opset=opset)
     ctx.fold_into = partial(_fold_into, ctx)
     ctx.takes_fold = partial(_takes_fold, ctx)
+    ctx.protected = protected_parts(index, constants)
     early = _rewrite_blocks(ctx)
     for node in list(index.nodes):
         for done in early.pop(id(node), ()):
@@ -199,7 +206,7 @@ def _fold_graph(
             report.add(_visit_batchnorm(ctx, node))
         elif (info := classify(index, node, constants)) is not None:
             report.add(_record(node, info.kind, "kept", info.reason, path=path))
-        elif (record := _visit_subject(ctx, node)) is not None:
+        elif id(node) not in ctx.protected and (record := _visit_subject(ctx, node)) is not None:
             report.add(record)
     index.commit()
     folded = ConstantResolver(index, outer_constants)
@@ -265,7 +272,7 @@ def _rewrite_blocks(ctx: FoldContext) -> dict[int, list[FoldRecord]]:
     index = ctx.index
     records: dict[int, list[FoldRecord]] = defaultdict(list)
     for node in list(index.nodes):
-        rules = [] if index.is_removed(node) else _rules_for(ctx, node, _BLOCK)
+        rules = [] if index.is_removed(node) or id(node) in ctx.protected else _rules_for(ctx, node, _BLOCK)
         if not rules:
             continue
         reasons: list[str] = []
@@ -387,7 +394,10 @@ def _rules_for(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[R]) -> li
 
 def _neighbours(ctx: FoldContext, node: onnx.NodeProto, rules: Sequence[NeighbourRule],
                 kind: str) -> list[NeighbourRule]:
-    """The neighbour rules of `rules` for `node` (as `_rules_for`) that fold subjects of `kind`."""
+    """The neighbour rules of `rules` for `node` (as `_rules_for`) that fold subjects of `kind`; none for a node
+    that belongs to a protected normalization."""
+    if id(node) in ctx.protected:
+        return []
     return [r for r in _rules_for(ctx, node, rules) if kind in r.kinds]
 
 
@@ -402,7 +412,9 @@ def _fold_after(ctx: FoldContext, node: onnx.NodeProto, producer: onnx.NodeProto
     after = _neighbours(ctx, producer, _AFTER, kind)
     if not after:
         op = producer.op_type if is_onnx_op(producer, producer.op_type) else f"{producer.domain}.{producer.op_type}"
-        context.append(f"its input comes from {op} {node_label(producer)}, which is not linear")
+        norm = ctx.protected.get(id(producer))
+        context.append(f"its input comes from {op} {node_label(producer)}, " +
+                       (f"part of {norm}, which is kept intact" if norm else "which is not linear"))
         return None
     if index.uses(producer.output[0]) - len(shape_readers(index, producer.output[0])) > 1 \
             or producer.output[0] in index.graph_outputs:

@@ -26,7 +26,7 @@ import onnx
 from foldnorm.errors import InvariantViolation
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.external import tensor_digest
-from foldnorm.onnxgraph.graph import GraphIndex, function_graph, is_onnx_op, named_subgraphs
+from foldnorm.onnxgraph.graph import GraphIndex, function_graph, is_onnx_op, named_subgraphs, node_label
 
 LAYERNORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
                  "SkipSimplifiedLayerNormalization", "RMSNormalization"}
@@ -240,6 +240,13 @@ def protected_fingerprints(index: GraphIndex, constants: ConstantResolver) -> di
     """A fingerprint (ops, wiring, attributes, parameter bytes) of every protected node of the graph."""
     return {key: fp for node, info in classified(index, constants) if info.protected
             for key, fp in chain_fingerprints(index, node, info).items()}
+
+
+def protected_parts(index: GraphIndex, constants: ConstantResolver) -> dict[int, str]:
+    """The nodes that belong to a protected normalization without being it (a lowered GroupNorm's Reshapes and
+    its affine Mul/Add), by `id()`, each with the normalization's label: no rule may fold them or into them."""
+    return {id(part): f"{node.op_type} {node_label(node)}" for node, info in classified(index, constants)
+            if info.protected for part in info.chain if part is not node}
 
 
 def check_protected(before: dict[str, str], after: dict[str, str]) -> None:

@@ -69,6 +69,47 @@ def test_lowered_group_norm_is_kept(rng: np.random.Generator) -> None:
     assert_close(run_ort(model, x), run_ort(result.model, x))
 
 
+@pytest.mark.parametrize("after", ["conv", "batchnorm"])
+def test_no_rule_folds_a_lowered_group_norms_affine_into_what_follows(rng: np.random.Generator, after: str) -> None:
+    """timm's PoolFormerV2 and MobileViTv2 (legacy export): GroupNorm(1 group) lowered to Reshape ->
+    InstanceNormalization -> Reshape -> Mul -> Add, then a 1x1 Conv (affine-conv would fold the Mul/Add into it)
+    or a BatchNormalization (which would fold into the Add). The GroupNorm is kept whole; the fold used to stop
+    with InvariantViolation."""
+    inits = {"shape": np.array([0, 1, -1], np.int64), "back": np.array([0, 4, 6, 6], np.int64),
+             "one": np.ones(1, np.float32), "zero": np.zeros(1, np.float32),
+             "gs": rng.normal(1, 0.3, (4, 1, 1)).astype(np.float32),
+             "gb": rng.normal(0, 0.3, (4, 1, 1)).astype(np.float32),
+             "W": rng.normal(0, 0.5, (5, 4, 1, 1)).astype(np.float32),
+             **bn_params("bn", 4 if after == "batchnorm" else 5, rng)}
+    tail = (f"y = BatchNormalization <epsilon = 0.001> (a, {bn_inputs('bn')})" if after == "batchnorm" else
+            f"c = Conv (a, W)\n        y = BatchNormalization <epsilon = 0.001> (c, {bn_inputs('bn')})")
+    channels = 4 if after == "batchnorm" else 5
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 4, 6, 6] x) => (float[N, {channels}, 6, 6] y) {{
+        r = Reshape (x, shape)
+        i = InstanceNormalization (r, one, zero)
+        u = Reshape (i, back)
+        m = Mul (u, gs)
+        a = Add (m, gb)
+        {tail}
+    }}
+    """, inits)
+    result = fold_model(model)
+    records = {(r.kind, r.outcome) for r in result.report.records}
+    assert ("groupnorm", "kept") in records
+    kept = {n.output[0]: n for n in model.graph.node if n.output[0] in "riuma"}
+    after_nodes = {n.output[0]: n for n in result.model.graph.node}
+    assert all(after_nodes[name] == node for name, node in kept.items())
+    bn = next(r for r in result.report.records if r.kind == "batchnorm")
+    if after == "conv":
+        assert bn.outcome == "folded"
+    else:
+        assert bn.outcome == "kept" and "part of InstanceNormalization" in bn.reason, bn.reason
+    x = {"x": rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32)}
+    assert_close(run_ort(model, x), run_ort(result.model, x))
+
+
 def test_layer_and_instance_norm_are_kept(rng: np.random.Generator) -> None:
     tail = ["i = InstanceNormalization (b, in_s, in_b)", "y = LayerNormalization <axis = -1> (i, ln_s, ln_b)"]
     model = conv_bn(rng, spatial=(6, 6), bn_out="b", inits={**affine(rng, 6, "in"), **affine(rng, 6, "ln")}, tail=tail)

@@ -84,6 +84,41 @@ def test_bn_through_flatten_into_a_matmul(rng: np.random.Generator) -> None:
     assert_folds(model, feed(rng, (2, 4, 1, 1)))
 
 
+def pooled_model(rng: np.random.Generator, linear: str, b_shape: tuple[int, int], check: bool = True
+                 ) -> onnx.ModelProto:
+    """x [N, 4, 5, 3] -> BN -> GlobalAveragePool -> Flatten -> `linear` (weight B, bias C [6]) -> y [N, 6]."""
+    inits = {"B": rng.normal(0, 0.5, b_shape).astype(np.float32), "C": rng.normal(0, 0.5, 6).astype(np.float32),
+             **bn_params("bn", 4, rng)}
+    if "C)" not in linear:
+        del inits["C"]
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4, 5, 3] x) => (float[N, 6] y) {{
+        n = BatchNormalization (x, {bn_inputs("bn")})
+        p = GlobalAveragePool (n)
+        f = Flatten (p)
+        y = {linear}
+    }}
+    """, inits, check=check)
+
+
+@pytest.mark.parametrize(("linear", "b_shape"), [("Gemm <transB = 1> (f, B, C)", (6, 4)), ("MatMul (f, B)", (4, 6))])
+def test_bn_through_global_average_pool_and_flatten(rng: np.random.Generator, linear: str,
+                                                    b_shape: tuple[int, int]) -> None:
+    # StarNet's head: BN -> GlobalAveragePool -> Flatten -> Linear; the pool averages each channel: K = C.
+    result = assert_folds(pooled_model(rng, linear, b_shape), feed(rng, (2, 4, 5, 3)))
+    assert [n.op_type for n in result.model.graph.node] == ["GlobalAveragePool", "Flatten", "Gemm"]
+    assert result.model.graph.node[0].input[0] == "x"
+
+
+def test_a_pooled_bn_whose_layer_takes_more_rows_than_channels_is_refused(rng: np.random.Generator) -> None:
+    # (an invalid model, which shape inference refuses: the fold must not make it another one)
+    model = pooled_model(rng, "Gemm <transB = 1> (f, B)", (6, 8), check=False)
+    (record,) = fold_model(model).report.records
+    assert record.outcome == "skipped"
+    assert "the layer after Flatten f has 8 inputs, not the BN's 4 pooled channels" in record.reason
+
+
 def test_transposed_input_is_refused(rng: np.random.Generator) -> None:
     model = head_model(rng, linear="Gemm <transA = 1> (n, B, C)", b_shape=(3, 6), out="float[4, 6] y",
                        x="float[3, 4] x")
