@@ -74,7 +74,8 @@ TIMM_MODELS = [
 HF_MODELS = ["hf_levit", "hf_bit"]
 REP_MODELS = ["repvgg_a0", "mobileone_s0", "fastvit_t8", "repghostnet_050", "repvit_m0_9"]
 # models whose attention biases / positional tables are tied to the training resolution
-IMG_SIZE = {"levit_128s": 224, "efficientvit_m0": 224, "hf_levit": 224}
+IMG_SIZE = {"levit_128s": 224, "efficientvit_m0": 224, "hf_levit": 224, "coatnet_nano_rw_224": 224,
+            "sebotnet33ts_256": 256}
 DEFAULT_SIZE = 128
 
 
@@ -101,6 +102,7 @@ HF_CLASSES = {
     "hf_convnext": ("ConvNextConfig", "ConvNextForImageClassification"),
     "hf_regnet": ("RegNetConfig", "RegNetForImageClassification"),
     "hf_efficientnet": ("EfficientNetConfig", "EfficientNetForImageClassification"),
+    "hf_upernet": ("UperNetConfig", "UperNetForSemanticSegmentation"),
 }
 
 
