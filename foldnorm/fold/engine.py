@@ -55,7 +55,7 @@ from foldnorm.fold.rules import (
 )
 from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
-from foldnorm.onnxgraph.edits import shape_readers
+from foldnorm.onnxgraph.edits import shape_readers, value_reader
 from foldnorm.onnxgraph.graph import (
     GraphIndex,
     attribute_refs,
@@ -313,7 +313,7 @@ def _visit_batchnorm(ctx: FoldContext, bn: onnx.NodeProto) -> FoldRecord:
     reasons: list[str] = []  # sentences from fold rules that applied but refused
     context: list[str] = []  # why no rule applied at all
     plan = _fold_after(ctx, bn, index.producer.get(bn.input[0]), params, reasons, context, "batchnorm")
-    consumer = index.only_consumer(bn.output[0])
+    consumer = value_reader(index, bn.output[0])
     if plan is None and consumer is not None:
         plan = _first_plan(ctx, bn, consumer, params, _neighbours(ctx, consumer, _BEFORE, "batchnorm"), reasons)
     if plan is not None:
@@ -355,7 +355,7 @@ def _visit_subject(ctx: FoldContext, node: onnx.NodeProto) -> FoldRecord | None:
         if producer is not None and _fixed_weights(ctx, producer, _AFTER, rule.kind) \
                 and ctx.index.only_consumer(producer.output[0]) is node:
             return _fold_subject(ctx, rule, node, producer, "after")
-        consumer = ctx.index.only_consumer(node.output[0])
+        consumer = value_reader(ctx.index, node.output[0])
         if consumer is not None and _fixed_weights(ctx, consumer, _BEFORE, rule.kind):
             return _fold_subject(ctx, rule, node, consumer, "before")
     return None

@@ -12,8 +12,18 @@ from foldnorm.onnxgraph.graph import GraphIndex, is_onnx_op, node_label
 
 
 def shape_readers(index: GraphIndex, name: str) -> list[onnx.NodeProto]:
-    """The `Shape` nodes reading `name`: they read only its shape, which a fold never changes."""
-    return [n for n in index.consumers.get(name, ()) if is_onnx_op(n, "Shape") and n.input[0] == name]
+    """The nodes that read only the shape or type of `name`, which a fold never changes: `Shape` and `Size` of
+    it, and `CastLike` taking its type from it (the dynamo exporter's `CastLike(constant, x)`)."""
+    return [n for n in index.consumers.get(name, ())
+            if (is_onnx_op(n, "Shape", "Size") and n.input[0] == name)
+            or (is_onnx_op(n, "CastLike") and n.input[0] != name)]
+
+
+def value_reader(index: GraphIndex, name: str) -> onnx.NodeProto | None:
+    """The single node reading the values of `name` (besides its `shape_readers`), or None when there are
+    several or it is a graph output."""
+    readers = [n for n in index.consumers.get(name, ()) if n not in shape_readers(index, name)]
+    return readers[0] if len(readers) == 1 and name not in index.graph_outputs else None
 
 
 def absorb(index: GraphIndex, node: onnx.NodeProto, producer: onnx.NodeProto) -> None:
@@ -40,9 +50,12 @@ def append_bias(index: GraphIndex, node: onnx.NodeProto, producer: onnx.NodeProt
 
 
 def bypass(index: GraphIndex, node: onnx.NodeProto, consumer: onnx.NodeProto) -> None:
-    """Remove `node`, feeding its input straight to `consumer` (which reads node's output as input 0)."""
+    """Remove `node`, feeding its input straight to `consumer` (which reads node's output as input 0) and to the
+    `shape_readers` of its output (the input has the same shape and type)."""
     old_out = node.output[0]
     params = list(node.input[1:])
     index.remove_node(node)
     index.set_input(consumer, 0, node.input[0])
+    for reader in shape_readers(index, old_out):
+        index.set_input(reader, list(reader.input).index(old_out), node.input[0])
     index.remove_if_dead([old_out, *params])
