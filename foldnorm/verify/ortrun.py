@@ -22,6 +22,7 @@ from foldnorm.errors import BackendUnavailableError, FoldnormError, InputSpecErr
 from foldnorm.onnxgraph.external import has_weights_on_disk
 from foldnorm.onnxgraph.graph import subgraphs
 from foldnorm.onnxgraph.modelio import ModelLike, needs_external_data
+from foldnorm.verify.skeleton import Skeleton, write_skeleton
 
 if TYPE_CHECKING:
     from foldnorm.bench.backends.ort_cpu import OrtSession
@@ -96,21 +97,27 @@ def reported_dtype(model: onnx.ModelProto, index: int, actual: np.dtype) -> np.d
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem in THROUGH_FLOAT else actual
 
 
-def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
-    """What ONNX Runtime opens: the file itself, the serialized model, or a copy written to `workdir`."""
+def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes | Skeleton:
+    """What ONNX Runtime opens: the file itself, the serialized model, a skeleton whose weights it shares from
+    their files or store (`verify.skeleton`), or a copy written to `workdir`."""
     if not isinstance(source, onnx.ModelProto):
         return str(source)
-    if not has_weights_on_disk(model) and not needs_external_data(model):
+    skeleton = write_skeleton(model, workdir / f"{name}.onnx") if has_weights_on_disk(model) else None
+    if skeleton is not None:
+        return skeleton
+    if not needs_external_data(model):
         return model.SerializeToString()
     from foldnorm.onnxgraph.modelio import save_model
 
     return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
 
-def _open(source: str | bytes, model: onnx.ModelProto, label: str) -> OrtSession:
+def _open(source: str | bytes | Skeleton, model: onnx.ModelProto, label: str) -> OrtSession:
     from foldnorm.bench.backends.ort_cpu import OrtSession
 
     try:
+        if isinstance(source, Skeleton):
+            return OrtSession(str(source.path), initializers=source.initializers)
         return OrtSession(source)
     except FoldnormError as exc:
         missing = _NO_KERNEL.search(str(exc.__cause__ or ""))
