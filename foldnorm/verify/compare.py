@@ -53,7 +53,7 @@ from foldnorm.verify.noise import NoiseFloor, noise_floor
 from foldnorm.verify.ortrun import outputs
 from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
-from foldnorm.verify.tensors import CHUNK, side_by_side, tensor_errors
+from foldnorm.verify.tensors import side_by_side, tensor_passes
 
 __all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "check_tolerances", "compare_models", "measure_error",
            "tolerances_for"]
@@ -388,13 +388,13 @@ def compare_models(
     with temporary_directory() as tmp:
         labels = (result.reference, result.candidate)
         got: Iterator[list[np.ndarray]]
-        if tensors:  # the outputs and the first chunk of tensors in one side-by-side run, the rest after
-            wanted = list(dict.fromkeys(tensors))
-            expected, both = side_by_side(ref_model, cand_model, wanted[:CHUNK], draws, cand_draws, tmp,
-                                          result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names,
-                                          run=outputs)
-            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], draws, cand_draws, tmp,
-                                                rtol=rtol, atol=atol, labels=labels, run=outputs))
+        if tensors:  # the outputs and the first pass of tensors in one side-by-side run, the rest after
+            first, *rest = tensor_passes(ref_model, tensors, draws)
+            expected, both = side_by_side(ref_model, cand_model, first, draws, cand_draws, tmp, result.tensors,
+                                          rtol=rtol, atol=atol, labels=labels, keep=names, run=outputs)
+            for names_in_pass in rest:
+                side_by_side(ref_model, cand_model, names_in_pass, draws, cand_draws, tmp, result.tensors,
+                             rtol=rtol, atol=atol, labels=labels, run=outputs)
             got = iter(both)
         else:  # one session at a time: two big models are never both loaded, the candidate's outputs not kept
             expected = _kept(outputs(reference, ref_model, tmp, "reference", labels[0], iter(draws)))

@@ -117,7 +117,7 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
         probes = pool if len(pool) <= chunk else [pool[len(pool) * i // chunk] for i in range(chunk)]
         wanted = [p for p in probes if p not in errors]
         errors.update(tensor_errors(reference, candidate, wanted, ref_feeds, cand_feeds, workdir, rtol=rtol,
-                                    atol=atol, chunk=chunk))
+                                    atol=atol))
         rounds += 1
         cleared = set(probes)
         for probe in probes:
@@ -132,11 +132,11 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
         pool = [t for t in pool if t in keep]
     if suspect not in errors:
         errors.update(tensor_errors(reference, candidate, [suspect], ref_feeds, cand_feeds, workdir, rtol=rtol,
-                                    atol=atol, chunk=chunk))
+                                    atol=atol))
     return _describe_divergence(reference, candidate, suspect, (common.index(suspect), len(common), rounds), errors,
                                 lambda names: errors.update(tensor_errors(
                                     reference, candidate, [n for n in names if n not in errors], ref_feeds,
-                                    cand_feeds, workdir, rtol=rtol, atol=atol, chunk=chunk)))
+                                    cand_feeds, workdir, rtol=rtol, atol=atol)))
 
 
 def _ordered_tensors(model: onnx.ModelProto) -> list[str]:

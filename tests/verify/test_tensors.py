@@ -1,0 +1,81 @@
+"""Intermediate tensors compared in passes bounded by bytes, one session open at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from support.builders import parse
+from support.chains import conv_stack, corrupt_conv
+
+import foldnorm
+from foldnorm.verify import tensors
+from foldnorm.verify.compare import compare_models
+from foldnorm.verify.ortrun import outputs
+from foldnorm.verify.tensors import CHUNK, MIN_BYTES, tensor_errors, tensor_passes
+
+Feed = dict[str, np.ndarray]
+
+
+def feeds(rng: np.random.Generator, batches: tuple[int, ...] = (1, 2), channels: int = 4) -> list[Feed]:
+    return [{"x": rng.normal(0, 1, (b, channels, 6, 6)).astype(np.float32)} for b in batches]
+
+
+def test_passes_hold_the_bytes_of_every_feed(rng: np.random.Generator) -> None:
+    model = conv_stack(rng, 5, channels=64)  # each tensor: 64 x 6 x 6 float32 = 9216 bytes per sample
+    names = [f"c{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+    per_tensor = 9216 * (1 + 2)  # over batch sizes 1 and 2
+    assert tensor_passes(model, names, feeds(rng, channels=64)) == [names]  # the default budget: one pass
+    passes = tensor_passes(model, names, feeds(rng, channels=64), budget=3 * per_tensor)
+    assert passes == [names[0:3], names[3:6], names[6:9], names[9:]]
+    assert tensor_passes(model, names[:2], feeds(rng, channels=64), budget=per_tensor - 1) == [["c0"], ["c1"]]
+    assert tensor_passes(model, [*names[:2], "c0"], feeds(rng, channels=64), budget=2 * per_tensor) == [names[:2]]
+
+
+def test_a_tensor_of_unknown_size_counts_for_a_share_of_the_budget(rng: np.random.Generator) -> None:
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[N, 4] x) => (int64[2, M] y) {
+        r = Relu (x)
+        y = NonZero (r)
+    }
+    """)
+    feed = [{"x": rng.normal(0, 1, (2, 4)).astype(np.float32)}]
+    budget = CHUNK * MIN_BYTES * 4
+    # r: 32 bytes, counted as MIN_BYTES; y: its size depends on the values, counted as budget / CHUNK
+    assert tensor_passes(model, ["y"] * 3 + ["r"], feed, budget=budget) == [["y", "r"]]
+    many = [f"t{i}" for i in range(CHUNK + 1)]  # names shape inference knows nothing of
+    assert [len(p) for p in tensor_passes(model, many, feed, budget=budget)] == [CHUNK, 1]
+
+
+def test_one_session_is_open_at_a_time(tmp_path: Path, rng: np.random.Generator) -> None:
+    ref = conv_stack(rng, 4)
+    cand = foldnorm.fold_model(ref).model
+    events: list[str] = []
+
+    def logged(source: onnx.ModelProto, model: onnx.ModelProto, workdir: Path, role: str, label: str,
+               draws: Iterator[Feed]) -> Iterator[list[np.ndarray]]:
+        events.append(f"open {role}")
+        yield from outputs(source, model, workdir, role, label, draws)
+        events.append(f"close {role}")
+
+    x = feeds(rng)
+    found = tensor_errors(ref, cand, ["b0", "b1", "b2"], x, x, tmp_path, run=logged)
+    assert events == ["open reference", "close reference", "open candidate", "close candidate"]
+    assert sorted(found) == ["b0", "b1", "b2"] and all(s.ok and s.total == 3 * 4 * 36 for s in found.values())
+
+
+def test_errors_are_the_same_in_any_number_of_passes(tmp_path: Path, rng: np.random.Generator,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = conv_stack(rng, 6)
+    onnx.save(ref, tmp_path / "ref.onnx")
+    onnx.save(corrupt_conv(foldnorm.fold_model(ref).model, "/block3/conv/Conv"), tmp_path / "bad.onnx")
+    names = [f"b{i}" for i in range(6)]
+    one = compare_models(tmp_path / "ref.onnx", tmp_path / "bad.onnx", tensors=names)
+    monkeypatch.setattr(tensors, "TENSOR_BUDGET", MIN_BYTES)  # a pass per tensor
+    many = compare_models(tmp_path / "ref.onnx", tmp_path / "bad.onnx", tensors=names)
+    assert one.tensors == many.tensors and one.to_dict()["outputs"] == many.to_dict()["outputs"]
+    assert [n for n in names if not one.tensors[n].ok] == ["b3", "b4", "b5"]
