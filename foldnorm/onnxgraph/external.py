@@ -91,9 +91,11 @@ def locate_weights(model: onnx.ModelProto, path: Path) -> None:
     """
     base = path.parent.resolve()
     sizes: dict[Path, int] = {}
+    inside: dict[str, Path] = {}  # each location resolved once (an inline model names its own file 200 times)
     external = [t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     for tensor, ref in [(t, external_ref(t, str(path))) for t in external]:
-        data = _inside(base, ref.location, f"{path}: tensor {tensor.name!r}")
+        data = inside.get(ref.location) or inside.setdefault(
+            ref.location, _inside(base, ref.location, f"{path}: tensor {tensor.name!r}"))
         if data not in sizes:
             sizes[data] = _data_file_size(data, path.parent / ref.location, path)
         if ref.offset + ref.length > sizes[data]:
