@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from foldnorm.onnxgraph.inputs import Shape
 from foldnorm.onnxgraph.shapes import weightless_copy
 from foldnorm.verify.measure import ErrorStats
 from foldnorm.verify.ortrun import outputs
@@ -58,14 +59,20 @@ def exposed(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.Model
         del model.graph.output[len(model.graph.output) - len(added):]
 
 
-def tensor_passes(model: onnx.ModelProto, names: Sequence[str], feeds: Iterable[Feed],
+def feed_shapes(feeds: Iterable[Feed]) -> list[dict[str, Shape]]:
+    """The shape of every input of each feed."""
+    return [{name: tuple(array.shape) for name, array in feed.items()} for feed in feeds]
+
+
+def tensor_passes(model: onnx.ModelProto, names: Sequence[str], shapes: Sequence[Mapping[str, Shape]],
                   budget: int | None = None) -> list[list[str]]:
     """`names` (each once, in order) split into passes whose tensors take at most `budget` (`TENSOR_BUDGET`)
-    bytes in `model` over all `feeds` (a tensor bigger than that alone has a pass of its own)."""
+    bytes in `model` over all feeds, whose input shapes are `shapes` (a tensor bigger than the budget alone has a
+    pass of its own)."""
     if not names:
         return []
     budget = TENSOR_BUDGET if budget is None else budget
-    sizes = _tensor_bytes(model, feeds)
+    sizes = _tensor_bytes(model, shapes)
     passes: list[list[str]] = []
     used = budget
     for name in dict.fromkeys(names):
@@ -78,19 +85,19 @@ def tensor_passes(model: onnx.ModelProto, names: Sequence[str], feeds: Iterable[
     return passes
 
 
-def _tensor_bytes(model: onnx.ModelProto, feeds: Iterable[Feed]) -> dict[str, int]:
-    """The bytes of each tensor of `model` over all `feeds`, where shape inference at their input shapes proves
-    them."""
-    runs = Counter(tuple(sorted((name, tuple(array.shape)) for name, array in feed.items())) for feed in feeds)
+def _tensor_bytes(model: onnx.ModelProto, shapes: Sequence[Mapping[str, Shape]]) -> dict[str, int]:
+    """The bytes of each tensor of `model` over all feeds of input shapes `shapes`, where shape inference at those
+    shapes proves them."""
+    runs = Counter(tuple(sorted(feed.items())) for feed in shapes)
     total: dict[str, int] | None = None
-    for shapes, count in runs.items():
-        sizes = _inferred_bytes(model, dict(shapes))
+    for run, count in runs.items():
+        sizes = _inferred_bytes(model, dict(run))
         total = {name: (0 if total is None else total[name]) + count * size for name, size in sizes.items()
                  if total is None or name in total}
     return total or {}
 
 
-def _inferred_bytes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+def _inferred_bytes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, int]:
     """The bytes of each main-graph value whose type and shape inference proves when the inputs have `shapes`."""
     light = weightless_copy(model)
     for vi in light.graph.input:
@@ -125,16 +132,20 @@ def _itemsize(elem_type: int) -> int | None:
 def tensor_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str],
                   ref_draws: Iterable[Feed], cand_draws: Iterable[Feed], workdir: Path, *,
                   rtol: float | None = None, atol: float | None = None,
-                  labels: tuple[str, str] = ("reference", "candidate"), run: Runner = outputs
-                  ) -> dict[str, ErrorStats]:
+                  labels: tuple[str, str] = ("reference", "candidate"), run: Runner = outputs,
+                  shapes: Sequence[Mapping[str, Shape]] | None = None) -> dict[str, ErrorStats]:
     """The error of every tensor in `names` (computed by both models) over all feeds, a pass at a time
     (`tensor_passes`).
 
-    `ref_draws` and `cand_draws` are iterated once per pass (and `ref_draws` once more to size them). Tolerances
-    follow the candidate's dtype of each tensor (user overrides win). The models are given back as they came.
+    `ref_draws` and `cand_draws` are iterated once per pass (and `ref_draws` once more for the shapes, unless
+    `shapes` gives them). Tolerances follow the candidate's dtype of each tensor (user overrides win). The models are
+    given back as they came.
     """
     stats: dict[str, ErrorStats] = {}
-    for names_in_pass in tensor_passes(reference, names, ref_draws):
+    if not names:
+        return stats
+    shapes = feed_shapes(ref_draws) if shapes is None else shapes
+    for names_in_pass in tensor_passes(reference, names, shapes):
         side_by_side(reference, candidate, names_in_pass, ref_draws, cand_draws, workdir, stats, rtol=rtol,
                      atol=atol, labels=labels, run=run)
     return stats

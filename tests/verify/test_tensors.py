@@ -13,9 +13,9 @@ from support.chains import conv_stack, corrupt_conv
 
 import foldnorm
 from foldnorm.verify import tensors
-from foldnorm.verify.compare import compare_models
+from foldnorm.verify.compare import compare_models, verification_draws
 from foldnorm.verify.ortrun import outputs
-from foldnorm.verify.tensors import CHUNK, MIN_BYTES, tensor_errors, tensor_passes
+from foldnorm.verify.tensors import CHUNK, MIN_BYTES, feed_shapes, tensor_errors, tensor_passes
 
 Feed = dict[str, np.ndarray]
 
@@ -24,18 +24,22 @@ def feeds(rng: np.random.Generator, batches: tuple[int, ...] = (1, 2), channels:
     return [{"x": rng.normal(0, 1, (b, channels, 6, 6)).astype(np.float32)} for b in batches]
 
 
+def shapes(channels: int) -> list[dict[str, tuple[int, ...]]]:
+    return [{"x": (b, channels, 6, 6)} for b in (1, 2)]
+
+
 def test_passes_hold_the_bytes_of_every_feed(rng: np.random.Generator) -> None:
     model = conv_stack(rng, 5, channels=64)  # each tensor: 64 x 6 x 6 float32 = 9216 bytes per sample
     names = [f"c{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
     per_tensor = 9216 * (1 + 2)  # over batch sizes 1 and 2
-    assert tensor_passes(model, names, feeds(rng, channels=64)) == [names]  # the default budget: one pass
-    passes = tensor_passes(model, names, feeds(rng, channels=64), budget=3 * per_tensor)
+    assert tensor_passes(model, names, shapes(64)) == [names]  # the default budget: one pass
+    passes = tensor_passes(model, names, shapes(64), budget=3 * per_tensor)
     assert passes == [names[0:3], names[3:6], names[6:9], names[9:]]
-    assert tensor_passes(model, names[:2], feeds(rng, channels=64), budget=per_tensor - 1) == [["c0"], ["c1"]]
-    assert tensor_passes(model, [*names[:2], "c0"], feeds(rng, channels=64), budget=2 * per_tensor) == [names[:2]]
+    assert tensor_passes(model, names[:2], shapes(64), budget=per_tensor - 1) == [["c0"], ["c1"]]
+    assert tensor_passes(model, [*names[:2], "c0"], shapes(64), budget=2 * per_tensor) == [names[:2]]
 
 
-def test_a_tensor_of_unknown_size_counts_for_a_share_of_the_budget(rng: np.random.Generator) -> None:
+def test_a_tensor_of_unknown_size_counts_for_a_share_of_the_budget() -> None:
     model = parse("""
     <ir_version: 8, opset_import: ["" : 18]>
     g (float[N, 4] x) => (int64[2, M] y) {
@@ -43,7 +47,7 @@ def test_a_tensor_of_unknown_size_counts_for_a_share_of_the_budget(rng: np.rando
         y = NonZero (r)
     }
     """)
-    feed = [{"x": rng.normal(0, 1, (2, 4)).astype(np.float32)}]
+    feed = [{"x": (2, 4)}]
     budget = CHUNK * MIN_BYTES * 4
     # r: 32 bytes, counted as MIN_BYTES; y: its size depends on the values, counted as budget / CHUNK
     assert tensor_passes(model, ["y"] * 3 + ["r"], feed, budget=budget) == [["y", "r"]]
@@ -79,3 +83,14 @@ def test_errors_are_the_same_in_any_number_of_passes(tmp_path: Path, rng: np.ran
     many = compare_models(tmp_path / "ref.onnx", tmp_path / "bad.onnx", tensors=names)
     assert one.tensors == many.tensors and one.to_dict()["outputs"] == many.to_dict()["outputs"]
     assert [n for n in names if not one.tensors[n].ok] == ["b3", "b4", "b5"]
+
+
+def test_draws_know_their_input_shapes_without_drawing(rng: np.random.Generator) -> None:
+    model = conv_stack(rng, 2)  # x: [N, 4, 6, 6]
+    draws = verification_draws(model, batch_sizes=(1, 3), samples=2)
+    assert draws.shapes == feed_shapes(draws) == [{"x": (1, 4, 6, 6)}] * 2 + [{"x": (3, 4, 6, 6)}] * 2
+    given = verification_draws(model, inputs=feeds(rng, (5,)))
+    assert given.shapes == [{"x": (5, 4, 6, 6)}]
+    static = conv_stack(rng, 1)
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a static batch axis keeps its size
+    assert verification_draws(static, batch_sizes=(1, 4)).shapes == [{"x": (2, 4, 6, 6)}] * 2
