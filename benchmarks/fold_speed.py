@@ -19,9 +19,11 @@ Builds two unfolded models, then times each tool as a fresh process on each mode
 
 Each row: median wall time and its ratio to load+save's median, CPU time (user + system, from wait4) and
 peak RSS of the process, BatchNormalization nodes left in the output. A process start-up row times
-`python -c "import onnx"` and `foldnorm --help`. Then the phases of one foldnorm fold in-process
-(`--profile`), to show where the time goes. Files go to `--workdir` (default /dev/shm for the ResNet-50,
-/tmp for the external-data model: it needs about 4x its size free).
+`python -c "import onnx"` and `foldnorm --help`; a verification row gives foldnorm+verify less foldnorm as a
+multiple of foldnorm. Then (`--profile`) the verification's floor in-process (ONNX Runtime's own compute of
+both models at batch sizes 1 and 2, plain and with the fold's record tensors exposed) and the phases of one
+foldnorm fold in-process, to show where the time goes. Files go to `--workdir` (default /dev/shm for the
+ResNet-50, /tmp for the external-data model: it needs about 4x its size free).
 
 Usage:  .venv/bin/python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,wide-1gb]
 """
@@ -297,6 +299,51 @@ def profile_fold(src: Path, verify: bool) -> str:
     return "\n".join([f"fold_file(verify={verify}) in-process: {wall:.3f} s wall (under cProfile)", *lines])
 
 
+def verify_floor(src: Path, repeats: int) -> str:
+    """What a verification cannot go below, in this process: ONNX Runtime's own compute of both models (the
+    input and its fold) at batch sizes 1 then 2 in a fresh session each (optimizations disabled, as the
+    verification runs them), plain and with the fold's record tensors exposed, and the import of onnxruntime."""
+    start = time.perf_counter()
+    import onnxruntime  # noqa: F401  (numpy and onnx are imported already, as in foldnorm's CLI)
+
+    imported = time.perf_counter() - start
+    from foldnorm import fold_file
+    from foldnorm.bench.backends.ort_cpu import OrtSession
+    from foldnorm.onnxgraph.inputs import make_feeds
+
+    folded = src.parent / "floor.onnx"
+    fold_file(src, folded, verify=False)
+    models = [onnx.load(str(src)), onnx.load(str(folded))]
+    records = [n.output[0] for n in models[0].graph.node if n.op_type == "BatchNormalization"]
+    feeds = [make_feeds(models[0], b, seed=b) for b in (1, 2)]
+    serialized: dict[str, list[bytes]] = {"plain": [m.SerializeToString() for m in models]}
+    for m in models:
+        m.graph.output.extend(onnx.ValueInfoProto(name=r) for r in records)
+    serialized[f"{len(records)} tensors exposed"] = [m.SerializeToString() for m in models]
+    del models
+    remove_outputs(folded)
+    times: dict[str, dict[str, list[float]]] = {k: {"open": [], "runs": [], "cpu": []} for k in serialized}
+    for _ in range(repeats):
+        for mode, pair in serialized.items():
+            opened = ran = cpu = 0.0
+            for model in pair:
+                t0, c0 = time.perf_counter(), time.process_time()
+                with OrtSession(model) as session:
+                    t1 = time.perf_counter()
+                    for feed in feeds:
+                        session.run(feed)
+                    opened, ran = opened + t1 - t0, ran + time.perf_counter() - t1
+                cpu += time.process_time() - c0
+            for key, value in (("open", opened), ("runs", ran), ("cpu", cpu)):
+                times[mode][key].append(value)
+    lines = [f"verification floor, in-process (median of {repeats}): import onnxruntime {imported:.3f} s; ONNX Runtime "
+             "(optimizations disabled) on both models, a fresh session each, batch 1 then 2:"]
+    for mode, t in times.items():
+        lines.append(f"  {mode:<20} runs {statistics.median(t['runs']):.3f} s wall, session opens "
+                     f"{statistics.median(t['open']):.3f} s (from bytes), CPU {statistics.median(t['cpu']):.3f} s")
+    return "\n".join(lines)
+
+
 def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[str]:
     base = statistics.median(runs["load+save"].wall) if "load+save" in runs else None
     lines = [f"{model}: {size / 1e6:.0f} MB; median of {repeats} interleaved runs",
@@ -307,6 +354,11 @@ def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[st
         ratio = f"{wall / base:.2f}" if base else "-"
         lines.append(f"{name:<16} {wall:>7.3f} {min(r.wall):>7.3f} {ratio:>12} {statistics.median(r.cpu):>7.3f} "
                      f"{statistics.median(r.rss) / 2**20:>12.0f} {r.bn_left if r.bn_left is not None else '-':>8}")
+    if "foldnorm" in runs and "foldnorm+verify" in runs:
+        fold = statistics.median(runs["foldnorm"].wall)
+        extra = statistics.median(w - f for w, f in zip(runs["foldnorm+verify"].wall, runs["foldnorm"].wall))
+        lines.append(f"verification: +{extra:.3f} s over the fold (median of the rounds' differences), "
+                     f"{extra / fold:.2f}x foldnorm --no-verify")
     return lines
 
 
@@ -334,7 +386,8 @@ def main() -> None:
     parser.add_argument("--profile-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_of:
-        print(profile_fold(args.profile_of, False) + "\n" + profile_fold(args.profile_of, True) + "\n")
+        print(verify_floor(args.profile_of, args.repeats) + "\n\n" + profile_fold(args.profile_of, False) + "\n"
+              + profile_fold(args.profile_of, True) + "\n")
         return
     if args.build:
         build(args.build[0], Path(args.build[1]), args.wide_layers, args.wide_channels)
@@ -356,8 +409,8 @@ def main() -> None:
             runs = time_tools(src, model != "resnet50", args.repeats, tools)
             lines += [*table(f"{model} in {work.parent}", size, runs, args.repeats), ""]
             if args.profile:
-                profile = subprocess.run([sys.executable, __file__, "--profile-of", str(src)], check=True,
-                                         capture_output=True, text=True).stdout
+                profile = subprocess.run([sys.executable, __file__, "--profile-of", str(src), "--repeats",
+                                          str(args.repeats)], check=True, capture_output=True, text=True).stdout
                 profiles += [f"{model}:", profile]
         finally:
             shutil.rmtree(work, ignore_errors=True)
