@@ -160,7 +160,7 @@ def side_by_side(reference: onnx.ModelProto, candidate: onnx.ModelProto, names: 
 
     Returns the tensors `keep` (e.g. the graph outputs) of every feed, from each model.
     """
-    wanted = list(dict.fromkeys([*names, *keep]))
+    wanted = {*names, *keep}
     with exposed(reference, names) as ref:
         ref_names = [o.name for o in ref.graph.output]
         pending = deque({name: out for name, out in zip(ref_names, ref_out) if name in wanted}
