@@ -112,13 +112,14 @@ def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, na
     return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
 
-def _open(source: str | bytes | Skeleton, model: onnx.ModelProto, label: str) -> OrtSession:
-    from foldnorm.bench.backends.ort_cpu import OrtSession
+def _open(source: str | bytes | Skeleton, model: onnx.ModelProto, label: str, threads: int) -> OrtSession:
+    from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 
+    options = OrtOptions(threads=threads)
     try:
         if isinstance(source, Skeleton):
-            return OrtSession(str(source.path), initializers=source.initializers)
-        return OrtSession(source)
+            return OrtSession(str(source.path), options, initializers=source.initializers)
+        return OrtSession(source, options)
     except FoldnormError as exc:
         missing = _NO_KERNEL.search(str(exc.__cause__ or ""))
         if missing is None:
@@ -136,12 +137,13 @@ def _open(source: str | bytes | Skeleton, model: onnx.ModelProto, label: str) ->
 
 
 def outputs(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str, label: str,
-            draws: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
-    """The outputs of `model` (`source`: its file, or the model itself) for each feed of `draws`, in turn."""
+            draws: Iterable[dict[str, np.ndarray]], *, threads: int = 0) -> Iterator[list[np.ndarray]]:
+    """The outputs of `model` (`source`: its file, or the model itself) for each feed of `draws`, in turn, on
+    `threads` intra-op threads (0: ONNX Runtime's default, every core)."""
     edged = cast_at_edges(model)
     widened = {vi.name for vi in model.graph.input if _elem_type(vi) in THROUGH_FLOAT}
     opened = _session_source(source if edged is None else edged, edged or model, workdir, role)
-    with _open(opened, model, label) as session:
+    with _open(opened, model, label, threads) as session:
         for feeds in draws:
             fed = {k: v.astype(np.float32) if k in widened else v for k, v in feeds.items()}
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from support.builders import parse
 from support.chains import conv_stack, corrupt_conv
 
 import foldnorm
+from foldnorm.errors import InputSpecError
 from foldnorm.verify import tensors
 from foldnorm.verify.compare import compare_models, verification_draws
 from foldnorm.verify.ortrun import outputs
-from foldnorm.verify.tensors import CHUNK, MIN_BYTES, feed_shapes, tensor_errors, tensor_passes
+from foldnorm.verify.tensors import CHUNK, MIN_BYTES, feed_shapes, tensor_errors, tensor_passes, threads_each
 
 Feed = dict[str, np.ndarray]
 
@@ -55,21 +58,40 @@ def test_a_tensor_of_unknown_size_counts_for_a_share_of_the_budget() -> None:
     assert [len(p) for p in tensor_passes(model, many, feed, budget=budget)] == [CHUNK, 1]
 
 
-def test_one_session_is_open_at_a_time(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_small_models_run_side_by_side_big_ones_one_session_at_a_time(tmp_path: Path, rng: np.random.Generator,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     ref = conv_stack(rng, 4)
     cand = foldnorm.fold_model(ref).model
-    events: list[str] = []
+    events: list[tuple[str, str, int, str]] = []
 
     def logged(source: onnx.ModelProto, model: onnx.ModelProto, workdir: Path, role: str, label: str,
-               draws: Iterator[Feed]) -> Iterator[list[np.ndarray]]:
-        events.append(f"open {role}")
-        yield from outputs(source, model, workdir, role, label, draws)
-        events.append(f"close {role}")
+               draws: Iterator[Feed], *, threads: int = 0) -> Iterator[list[np.ndarray]]:
+        events.append(("open", role, threads, threading.current_thread().name))
+        yield from outputs(source, model, workdir, role, label, draws, threads=threads)
+        events.append(("close", role, threads, threading.current_thread().name))
 
     x = feeds(rng)
-    found = tensor_errors(ref, cand, ["b0", "b1", "b2"], x, x, tmp_path, run=logged)
-    assert events == ["open reference", "close reference", "open candidate", "close candidate"]
-    assert sorted(found) == ["b0", "b1", "b2"] and all(s.ok and s.total == 3 * 4 * 36 for s in found.values())
+    together = tensor_errors(ref, cand, ["b0", "b1", "b2"], x, x, tmp_path, run=logged)
+    half, cores = threads_each(ref, cand), len(os.sched_getaffinity(0))
+    assert half == (cores // 2 if cores >= 2 else 0)
+    if half:  # the reference in a thread of its own, both on half the cores
+        assert sorted(events) == sorted([(e, "reference", half, "foldnorm-reference") for e in ("open", "close")]
+                                        + [(e, "candidate", half, "MainThread") for e in ("open", "close")])
+    events.clear()
+    monkeypatch.setattr(tensors, "TOGETHER_BUDGET", 0)  # too big to run together
+    alone = tensor_errors(ref, cand, ["b0", "b1", "b2"], x, x, tmp_path, run=logged)
+    assert [e[:3] for e in events] == [("open", "reference", 0), ("close", "reference", 0),
+                                       ("open", "candidate", 0), ("close", "candidate", 0)]
+    assert alone == together and all(s.ok and s.total == 3 * 4 * 36 for s in alone.values())
+
+
+def test_an_error_in_the_reference_thread_reaches_the_caller(tmp_path: Path, rng: np.random.Generator) -> None:
+    ref = conv_stack(rng, 2)
+    cand = foldnorm.fold_model(ref).model
+    wrong = [{"x": rng.normal(0, 1, (1, 4, 5, 5)).astype(np.float32)}]  # not the model's 6x6
+    with pytest.raises(InputSpecError, match="ONNX Runtime cannot run the reference"):
+        tensor_errors(ref, cand, ["b0"], wrong, feeds(rng, (1,)), tmp_path, shapes=[{"x": (1, 4, 6, 6)}])
+    assert not any(t.name == "foldnorm-reference" for t in threading.enumerate())  # stopped and joined
 
 
 def test_errors_are_the_same_in_any_number_of_passes(tmp_path: Path, rng: np.random.Generator,
