@@ -21,9 +21,9 @@ Each row: median wall time and its ratio to load+save's median, CPU time (user +
 peak RSS of the process, BatchNormalization nodes left in the output. A process start-up row times
 `python -c "import onnx"` and `foldnorm --help`; a verification row gives foldnorm+verify less foldnorm as a
 multiple of foldnorm. Then (`--profile`) the verification's floor in-process (ONNX Runtime's own compute of
-both models at batch sizes 1 and 2, plain and with the fold's record tensors exposed) and the phases of one
-foldnorm fold in-process, to show where the time goes. Files go to `--workdir` (default /dev/shm for the
-ResNet-50, /tmp for the external-data model: it needs about 4x its size free).
+both models at batch sizes 1 and 2: plain, with the fold's record tensors exposed, and so side by side) and the
+phases of one foldnorm fold in-process, to show where the time goes. Files go to `--workdir` (default /dev/shm
+for the ResNet-50, /tmp for the external-data model: it needs about 4x its size free).
 
 Usage:  .venv/bin/python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,wide-1gb]
 """
@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -302,45 +303,59 @@ def profile_fold(src: Path, verify: bool) -> str:
 def verify_floor(src: Path, repeats: int) -> str:
     """What a verification cannot go below, in this process: ONNX Runtime's own compute of both models (the
     input and its fold) at batch sizes 1 then 2 in a fresh session each (optimizations disabled, as the
-    verification runs them), plain and with the fold's record tensors exposed, and the import of onnxruntime."""
+    verification runs them): plain one after the other on every core, with the fold's record tensors exposed, and
+    so exposed side by side (a thread each, on half the cores, as the verification runs small models); and the
+    import of onnxruntime."""
     start = time.perf_counter()
     import onnxruntime  # noqa: F401  (numpy and onnx are imported already, as in foldnorm's CLI)
 
     imported = time.perf_counter() - start
     from foldnorm import fold_file
-    from foldnorm.bench.backends.ort_cpu import OrtSession
+    from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
     from foldnorm.onnxgraph.inputs import make_feeds
 
     folded = src.parent / "floor.onnx"
     fold_file(src, folded, verify=False)
     models = [onnx.load(str(src)), onnx.load(str(folded))]
+    remove_outputs(folded)
     records = [n.output[0] for n in models[0].graph.node if n.op_type == "BatchNormalization"]
     feeds = [make_feeds(models[0], b, seed=b) for b in (1, 2)]
-    serialized: dict[str, list[bytes]] = {"plain": [m.SerializeToString() for m in models]}
+    plain = [m.SerializeToString() for m in models]
     for m in models:
         m.graph.output.extend(onnx.ValueInfoProto(name=r) for r in records)
-    serialized[f"{len(records)} tensors exposed"] = [m.SerializeToString() for m in models]
+    exposed = [m.SerializeToString() for m in models]
     del models
-    remove_outputs(folded)
-    times: dict[str, dict[str, list[float]]] = {k: {"open": [], "runs": [], "cpu": []} for k in serialized}
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
+
+    def run(model: bytes, threads: int, took: list[float]) -> None:
+        with OrtSession(model, OrtOptions(threads=threads)) as session:
+            opened = time.perf_counter()
+            for feed in feeds:
+                session.run(feed)
+        took.append(time.perf_counter() - opened)
+
+    modes = {"plain, one by one": (plain, 0), f"{len(records)} tensors exposed": (exposed, 0),
+             f"... side by side ({half}+{half} threads)": (exposed, half)}
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in modes}
     for _ in range(repeats):
-        for mode, pair in serialized.items():
-            opened = ran = cpu = 0.0
-            for model in pair:
-                t0, c0 = time.perf_counter(), time.process_time()
-                with OrtSession(model) as session:
-                    t1 = time.perf_counter()
-                    for feed in feeds:
-                        session.run(feed)
-                    opened, ran = opened + t1 - t0, ran + time.perf_counter() - t1
-                cpu += time.process_time() - c0
-            for key, value in (("open", opened), ("runs", ran), ("cpu", cpu)):
-                times[mode][key].append(value)
+        for mode, (pair, threads) in modes.items():
+            took: list[float] = []
+            t0, c0 = time.perf_counter(), time.process_time()
+            workers = [threading.Thread(target=run, args=(model, threads, took)) for model in pair]
+            for worker in workers:
+                worker.start()
+                if not threads:
+                    worker.join()
+            for worker in workers:
+                worker.join()
+            wall = time.perf_counter() - t0
+            runs = max(took) if threads else sum(took)
+            times[mode].append((wall, runs, time.process_time() - c0))
     lines = [f"verification floor, in-process (median of {repeats}): import onnxruntime {imported:.3f} s; ONNX Runtime "
-             "(optimizations disabled) on both models, a fresh session each, batch 1 then 2:"]
+             "(optimizations disabled) on both models, a fresh session each (opened from bytes), batch 1 then 2:"]
     for mode, t in times.items():
-        lines.append(f"  {mode:<20} runs {statistics.median(t['runs']):.3f} s wall, session opens "
-                     f"{statistics.median(t['open']):.3f} s (from bytes), CPU {statistics.median(t['cpu']):.3f} s")
+        lines.append(f"  {mode:<32} {statistics.median(x[0] for x in t):.3f} s wall, of which runs "
+                     f"{statistics.median(x[1] for x in t):.3f} s; CPU {statistics.median(x[2] for x in t):.3f} s")
     return "\n".join(lines)
 
 
