@@ -41,7 +41,7 @@ CHUNK = 32
 #: The least a tensor counts for, so that a pass of many tiny tensors stays a bounded list.
 MIN_BYTES = 4096
 #: Two models whose weights take at most this many bytes in all run side by side (two sessions open at once).
-TOGETHER_BUDGET = 1 << 30
+TOGETHER_BUDGET = 512 << 20
 
 Feed = dict[str, np.ndarray]
 Runs = tuple[list[list[np.ndarray]], list[list[np.ndarray]]]
