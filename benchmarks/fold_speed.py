@@ -19,10 +19,12 @@ Builds two unfolded models, then times each tool as a fresh process on each mode
 
 Each row: median wall time and its ratio to load+save's median, CPU time (user + system, from wait4) and
 peak RSS of the process, BatchNormalization nodes left in the output. A process start-up row times
-`python -c "import onnx"` and `foldnorm --help`. Then the phases of one foldnorm fold in-process
-(`--profile`), to show where the time goes. Files go to `--workdir` (default /dev/shm for the ResNet-50,
-/tmp for the external-data model: it needs about 4x its size free). foldnorm's modules are byte-compiled
-first, as pip does when it installs a package (the other tools' packages come compiled).
+`python -c "import onnx"` and `foldnorm --help`; a verification row gives foldnorm+verify less foldnorm as a
+multiple of foldnorm. Then (`--profile`) the verification's floor in-process (ONNX Runtime's own compute of
+both models at batch sizes 1 and 2: plain, with the fold's record tensors exposed, and so side by side) and the
+phases of one foldnorm fold in-process, to show where the time goes. Files go to `--workdir` (default /dev/shm
+for the ResNet-50, /tmp for the external-data model: it needs about 4x its size free). foldnorm's modules are
+byte-compiled first, as pip does when it installs a package (the other tools' packages come compiled).
 
 Usage:  .venv/bin/python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,wide-1gb]
 """
@@ -40,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,6 +306,65 @@ def profile_fold(src: Path, verify: bool) -> str:
     return "\n".join(lines)
 
 
+def verify_floor(src: Path, repeats: int) -> str:
+    """What a verification cannot go below, in this process: ONNX Runtime's own compute of both models (the
+    input and its fold) at batch sizes 1 then 2 in a fresh session each (optimizations disabled, as the
+    verification runs them): plain one after the other on every core, with the fold's record tensors exposed, and
+    so exposed side by side (a thread each, on half the cores, as the verification runs small models); and the
+    import of onnxruntime."""
+    start = time.perf_counter()
+    import onnxruntime  # noqa: F401  (numpy and onnx are imported already, as in foldnorm's CLI)
+
+    imported = time.perf_counter() - start
+    from foldnorm import fold_file
+    from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
+    from foldnorm.onnxgraph.inputs import make_feeds
+
+    folded = src.parent / "floor.onnx"
+    fold_file(src, folded, verify=False)
+    models = [onnx.load(str(src)), onnx.load(str(folded))]
+    remove_outputs(folded)
+    records = [n.output[0] for n in models[0].graph.node if n.op_type == "BatchNormalization"]
+    feeds = [make_feeds(models[0], b, seed=b) for b in (1, 2)]
+    plain = [m.SerializeToString() for m in models]
+    for m in models:
+        m.graph.output.extend(onnx.ValueInfoProto(name=r) for r in records)
+    exposed = [m.SerializeToString() for m in models]
+    del models
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
+
+    def run(model: bytes, threads: int, took: list[float]) -> None:
+        with OrtSession(model, OrtOptions(threads=threads)) as session:
+            opened = time.perf_counter()
+            for feed in feeds:
+                session.run(feed)
+        took.append(time.perf_counter() - opened)
+
+    modes = {"plain, one by one": (plain, 0), f"{len(records)} tensors exposed": (exposed, 0),
+             f"... side by side ({half}+{half} threads)": (exposed, half)}
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in modes}
+    for _ in range(repeats):
+        for mode, (pair, threads) in modes.items():
+            took: list[float] = []
+            t0, c0 = time.perf_counter(), time.process_time()
+            workers = [threading.Thread(target=run, args=(model, threads, took)) for model in pair]
+            for worker in workers:
+                worker.start()
+                if not threads:
+                    worker.join()
+            for worker in workers:
+                worker.join()
+            wall = time.perf_counter() - t0
+            runs = max(took) if threads else sum(took)
+            times[mode].append((wall, runs, time.process_time() - c0))
+    lines = [f"verification floor, in-process (median of {repeats}): import onnxruntime {imported:.3f} s; ONNX Runtime "
+             "(optimizations disabled) on both models, a fresh session each (opened from bytes), batch 1 then 2:"]
+    for mode, t in times.items():
+        lines.append(f"  {mode:<32} {statistics.median(x[0] for x in t):.3f} s wall, of which runs "
+                     f"{statistics.median(x[1] for x in t):.3f} s; CPU {statistics.median(x[2] for x in t):.3f} s")
+    return "\n".join(lines)
+
+
 def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[str]:
     base = statistics.median(runs["load+save"].wall) if "load+save" in runs else None
     lines = [f"{model}: {size / 1e6:.0f} MB; median of {repeats} interleaved runs",
@@ -313,6 +375,11 @@ def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[st
         ratio = f"{wall / base:.2f}" if base else "-"
         lines.append(f"{name:<16} {wall:>7.3f} {min(r.wall):>7.3f} {ratio:>12} {statistics.median(r.cpu):>7.3f} "
                      f"{statistics.median(r.rss) / 2**20:>12.0f} {r.bn_left if r.bn_left is not None else '-':>8}")
+    if "foldnorm" in runs and "foldnorm+verify" in runs:
+        fold = statistics.median(runs["foldnorm"].wall)
+        extra = statistics.median(w - f for w, f in zip(runs["foldnorm+verify"].wall, runs["foldnorm"].wall))
+        lines.append(f"verification: +{extra:.3f} s over the fold (median of the rounds' differences), "
+                     f"{extra / fold:.2f}x foldnorm --no-verify")
     return lines
 
 
@@ -350,7 +417,8 @@ def main() -> None:
     parser.add_argument("--profile-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_of:
-        print(profile_fold(args.profile_of, False) + "\n" + profile_fold(args.profile_of, True) + "\n")
+        print(verify_floor(args.profile_of, args.repeats) + "\n\n" + profile_fold(args.profile_of, False) + "\n"
+              + profile_fold(args.profile_of, True) + "\n")
         return
     if args.build:
         build(args.build[0], Path(args.build[1]), args.wide_layers, args.wide_channels)
@@ -374,8 +442,8 @@ def main() -> None:
             runs = time_tools(src, model != "resnet50", args.repeats, tools)
             lines += [*table(f"{model} in {work.parent}", size, runs, args.repeats), ""]
             if args.profile:
-                profile = subprocess.run([sys.executable, __file__, "--profile-of", str(src)], check=True,
-                                         capture_output=True, text=True).stdout
+                profile = subprocess.run([sys.executable, __file__, "--profile-of", str(src), "--repeats",
+                                          str(args.repeats)], check=True, capture_output=True, text=True).stdout
                 profiles += [f"{model}:", profile]
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -53,7 +53,7 @@ from foldnorm.verify.noise import NoiseFloor, noise_floor
 from foldnorm.verify.ortrun import outputs
 from foldnorm.verify.quantized import QDQ_STEPS, is_quantized, outliers_allowed, output_steps, step_tolerance
 from foldnorm.verify.structure import StructureReport, compare_structure
-from foldnorm.verify.tensors import CHUNK, side_by_side, tensor_errors
+from foldnorm.verify.tensors import feed_shapes, side_by_side, tensor_passes
 
 __all__ = ["DEFAULT_TOLERANCES", "OutputDiff", "VerifyResult", "check_tolerances", "compare_models", "measure_error",
            "tolerances_for"]
@@ -257,13 +257,15 @@ class Draws:
     make: Callable[[], Iterator[Feed]]
     #: the batch sizes the feeds really have (axis 0 of the first input that has one), each once, in order
     batch_sizes: list[int]
+    #: the shape of every input of each feed, in order (known without drawing them)
+    shapes: list[dict[str, Shape]]
 
     def __iter__(self) -> Iterator[Feed]:
         return self.make()
 
     def cast_for(self, model: onnx.ModelProto) -> Draws:
         """The same feeds with float arrays cast to `model`'s input dtypes (fp32 data for an fp16 model)."""
-        return Draws(lambda: (cast_feed(feed, model) for feed in self.make()), self.batch_sizes)
+        return Draws(lambda: (cast_feed(feed, model) for feed in self.make()), self.batch_sizes, self.shapes)
 
 
 def verification_draws(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (1, 2), seed: int = 0,
@@ -284,7 +286,10 @@ def verification_draws(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (
                 for j in range(samples):
                     yield make_feeds(model, batch, seed + k * samples + j, shapes)
 
-        return Draws(draws, list(dict.fromkeys(_batch_run(model, b, shapes) for b in batch_sizes)))
+        specs = input_specs(model)
+        drawn = [{s.name: concrete_shape(s, b, shapes.get(s.name)) for s in specs} for b in batch_sizes
+                 for _ in range(samples)]
+        return Draws(draws, list(dict.fromkeys(_batch_run(model, b, shapes) for b in batch_sizes)), drawn)
     if isinstance(inputs, (str, os.PathLike)):
         from foldnorm.verify.data import read_feeds
 
@@ -295,7 +300,7 @@ def verification_draws(model: onnx.ModelProto, *, batch_sizes: Sequence[int] = (
         raise InputSpecError(f"{where}: holds no feed; give at least one {{input name: array}}")
     loaded = [fit_feed(feed, model, where) for feed in given]
     sizes = [next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in loaded]
-    return Draws(lambda: iter(loaded), list(dict.fromkeys(sizes)))
+    return Draws(lambda: iter(loaded), list(dict.fromkeys(sizes)), feed_shapes(loaded))
 
 
 def _batch_run(model: onnx.ModelProto, batch: int, shapes: Mapping[str, Shape] | None) -> int:
@@ -388,13 +393,13 @@ def compare_models(
     with temporary_directory() as tmp:
         labels = (result.reference, result.candidate)
         got: Iterator[list[np.ndarray]]
-        if tensors:  # the outputs and the first chunk of tensors in one side-by-side run, the rest after
-            wanted = list(dict.fromkeys(tensors))
-            expected, both = side_by_side(ref_model, cand_model, wanted[:CHUNK], draws, cand_draws, tmp,
-                                          result.tensors, rtol=rtol, atol=atol, labels=labels, keep=names,
-                                          run=outputs)
-            result.tensors.update(tensor_errors(ref_model, cand_model, wanted[CHUNK:], draws, cand_draws, tmp,
-                                                rtol=rtol, atol=atol, labels=labels, run=outputs))
+        if tensors:  # the outputs and the first pass of tensors in one side-by-side run, the rest after
+            first, *rest = tensor_passes(ref_model, tensors, draws.shapes)
+            expected, both = side_by_side(ref_model, cand_model, first, draws, cand_draws, tmp, result.tensors,
+                                          rtol=rtol, atol=atol, labels=labels, keep=names, run=outputs)
+            for names_in_pass in rest:
+                side_by_side(ref_model, cand_model, names_in_pass, draws, cand_draws, tmp, result.tensors,
+                             rtol=rtol, atol=atol, labels=labels, run=outputs)
             got = iter(both)
         else:  # one session at a time: two big models are never both loaded, the candidate's outputs not kept
             expected = _kept(outputs(reference, ref_model, tmp, "reference", labels[0], iter(draws)))

@@ -22,7 +22,7 @@ import onnx
 from foldnorm.fold.normalizations import module_path
 from foldnorm.onnxgraph.graph import node_label
 from foldnorm.verify.measure import ErrorStats
-from foldnorm.verify.tensors import CHUNK, produced_tensors, tensor_errors
+from foldnorm.verify.tensors import CHUNK, feed_shapes, produced_tensors, tensor_errors
 
 
 @dataclass
@@ -104,9 +104,14 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
     in_candidate = set(produced_tensors(candidate))
     common = [t for t in order if t in in_candidate]
     errors: dict[str, ErrorStats] = {}
+    shapes = feed_shapes(ref_feeds)
 
     def ancestors(name: str) -> set[str]:
         return _ancestors(name, producers) & set(common)
+
+    def measure(names: list[str]) -> None:
+        errors.update(tensor_errors(reference, candidate, [n for n in names if n not in errors], ref_feeds,
+                                    cand_feeds, workdir, rtol=rtol, atol=atol, shapes=shapes))
 
     suspect = min((f for f in failing if f in order), key=order.__getitem__, default=None)
     if suspect is None:
@@ -115,9 +120,7 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
     rounds = 0
     while pool:
         probes = pool if len(pool) <= chunk else [pool[len(pool) * i // chunk] for i in range(chunk)]
-        wanted = [p for p in probes if p not in errors]
-        errors.update(tensor_errors(reference, candidate, wanted, ref_feeds, cand_feeds, workdir, rtol=rtol,
-                                    atol=atol, chunk=chunk))
+        measure(probes)
         rounds += 1
         cleared = set(probes)
         for probe in probes:
@@ -130,13 +133,9 @@ def localize(reference: onnx.ModelProto, candidate: onnx.ModelProto, failing: Se
         else:
             keep = set(pool) - cleared
         pool = [t for t in pool if t in keep]
-    if suspect not in errors:
-        errors.update(tensor_errors(reference, candidate, [suspect], ref_feeds, cand_feeds, workdir, rtol=rtol,
-                                    atol=atol, chunk=chunk))
+    measure([suspect])
     return _describe_divergence(reference, candidate, suspect, (common.index(suspect), len(common), rounds), errors,
-                                lambda names: errors.update(tensor_errors(
-                                    reference, candidate, [n for n in names if n not in errors], ref_feeds,
-                                    cand_feeds, workdir, rtol=rtol, atol=atol, chunk=chunk)))
+                                measure)
 
 
 def _ordered_tensors(model: onnx.ModelProto) -> list[str]:

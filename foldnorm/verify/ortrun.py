@@ -22,6 +22,7 @@ from foldnorm.errors import BackendUnavailableError, FoldnormError, InputSpecErr
 from foldnorm.onnxgraph.external import has_weights_on_disk
 from foldnorm.onnxgraph.graph import subgraphs
 from foldnorm.onnxgraph.modelio import ModelLike, needs_external_data
+from foldnorm.verify.skeleton import Skeleton, write_skeleton
 
 if TYPE_CHECKING:
     from foldnorm.bench.backends.ort_cpu import OrtSession
@@ -96,22 +97,29 @@ def reported_dtype(model: onnx.ModelProto, index: int, actual: np.dtype) -> np.d
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem in THROUGH_FLOAT else actual
 
 
-def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes:
-    """What ONNX Runtime opens: the file itself, the serialized model, or a copy written to `workdir`."""
+def _session_source(source: ModelLike, model: onnx.ModelProto, workdir: Path, name: str) -> str | bytes | Skeleton:
+    """What ONNX Runtime opens: the file itself, the serialized model, a skeleton whose weights it shares from
+    their files or store (`verify.skeleton`), or a copy written to `workdir`."""
     if not isinstance(source, onnx.ModelProto):
         return str(source)
-    if not has_weights_on_disk(model) and not needs_external_data(model):
+    skeleton = write_skeleton(model, workdir / f"{name}.onnx") if has_weights_on_disk(model) else None
+    if skeleton is not None:
+        return skeleton
+    if not needs_external_data(model):
         return model.SerializeToString()
     from foldnorm.onnxgraph.modelio import save_model
 
     return str(save_model(model, workdir / f"{name}.onnx", external_data=True))
 
 
-def _open(source: str | bytes, model: onnx.ModelProto, label: str) -> OrtSession:
-    from foldnorm.bench.backends.ort_cpu import OrtSession
+def _open(source: str | bytes | Skeleton, model: onnx.ModelProto, label: str, threads: int) -> OrtSession:
+    from foldnorm.bench.backends.ort_cpu import OrtOptions, OrtSession
 
+    options = OrtOptions(threads=threads)
     try:
-        return OrtSession(source)
+        if isinstance(source, Skeleton):
+            return OrtSession(str(source.path), options, initializers=source.initializers)
+        return OrtSession(source, options)
     except FoldnormError as exc:
         missing = _NO_KERNEL.search(str(exc.__cause__ or ""))
         if missing is None:
@@ -129,12 +137,13 @@ def _open(source: str | bytes, model: onnx.ModelProto, label: str) -> OrtSession
 
 
 def outputs(source: ModelLike, model: onnx.ModelProto, workdir: Path, role: str, label: str,
-            draws: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
-    """The outputs of `model` (`source`: its file, or the model itself) for each feed of `draws`, in turn."""
+            draws: Iterable[dict[str, np.ndarray]], *, threads: int = 0) -> Iterator[list[np.ndarray]]:
+    """The outputs of `model` (`source`: its file, or the model itself) for each feed of `draws`, in turn, on
+    `threads` intra-op threads (0: ONNX Runtime's default, every core)."""
     edged = cast_at_edges(model)
     widened = {vi.name for vi in model.graph.input if _elem_type(vi) in THROUGH_FLOAT}
     opened = _session_source(source if edged is None else edged, edged or model, workdir, role)
-    with _open(opened, model, label) as session:
+    with _open(opened, model, label, threads) as session:
         for feeds in draws:
             fed = {k: v.astype(np.float32) if k in widened else v for k, v in feeds.items()}
             try:

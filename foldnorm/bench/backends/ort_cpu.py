@@ -62,15 +62,20 @@ def session_options(options: OrtOptions) -> Any:
 
 class OrtSession(HostSession):
     """An `onnxruntime.InferenceSession` behind the `Session` contract (CPU unless `providers` say otherwise);
-    `config` adds session config entries."""
+    `config` adds session config entries; `initializers` are arrays ONNX Runtime uses in place of the model's
+    initializers of those names, without a copy (they must not change while the session is open)."""
 
     def __init__(self, model: str | bytes, options: OrtOptions | None = None,
-                 providers: Sequence[Any] = ("CPUExecutionProvider",), config: Mapping[str, str] | None = None) -> None:
+                 providers: Sequence[Any] = ("CPUExecutionProvider",), config: Mapping[str, str] | None = None,
+                 initializers: Mapping[str, np.ndarray] | None = None) -> None:
         import onnxruntime as ort
 
         so = session_options(options or OrtOptions())
         for key, value in (config or {}).items():
             so.add_session_config_entry(key, value)
+        self._shared = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in (initializers or {}).items()]
+        for name, value in self._shared:
+            so.add_initializer(name, value)
         try:
             self._session = ort.InferenceSession(model, so, providers=list(providers))
         except Exception as exc:  # ORT raises its own untyped exceptions for invalid models
@@ -90,8 +95,9 @@ class OrtSession(HostSession):
         self._session.run(None, prepared)
 
     def _release(self) -> None:
-        """Drop the ORT session."""
+        """Drop the ORT session, then the initializers it used."""
         del self._session
+        self._shared.clear()
 
 
 class OrtCpuBackend:
