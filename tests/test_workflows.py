@@ -171,6 +171,21 @@ def test_external_data_stays_external_when_every_weight_folds(tmp_path: Path, rn
     assert foldnorm.compare_models(src, tmp_path / "out.onnx").ok
 
 
+def test_a_constant_node_stored_in_external_data_loads_and_folds(tmp_path: Path, rng: np.random.Generator) -> None:
+    # save_model(external_data=True) moves a big Constant node's tensor to the data file too (as
+    # onnx.save(convert_attribute=True) does); the checker used to see its absolute location and refuse the model.
+    model = conv_bn(rng, cin=8, cout=16)
+    weight = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["W"], value=weight))
+    model.graph.initializer.remove(weight)
+    src = tmp_path / "m.onnx"
+    foldnorm.save_model(model, src, external_data=True)
+    stored = onnx.load(src, load_external_data=False).graph.node[0].attribute[0].t
+    assert stored.data_location == onnx.TensorProto.EXTERNAL
+    result = foldnorm.fold_file(src, tmp_path / "out.onnx")
+    assert result.report.folded == 1 and result.verify is not None and result.verify.ok
+
+
 def test_inspect_shows_before_and_after(tmp_path: Path, rng: np.random.Generator) -> None:
     onnx.save(conv_bn_ln(rng), tmp_path / "m.onnx")
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])

@@ -26,10 +26,16 @@ _SMALL = 256  # tensors up to this many elements keep their values (Reshape targ
 
 
 def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with each initializer over 256 elements (or stored externally) turned into a typed graph input."""
+    """`model` with each initializer over 256 elements (or stored externally) turned into a typed graph input, and
+    each main-graph Constant node whose tensor is stored externally too."""
     graph = model.graph
     skeleton = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
-    skeleton.node.extend(graph.node)
+    for node in graph.node:
+        stored = _external_constant(node)
+        if stored is None:
+            skeleton.node.append(node)
+        else:
+            skeleton.input.append(helper.make_tensor_value_info(node.output[0], stored.data_type, list(stored.dims)))
     skeleton.input.extend(graph.input)
     skeleton.output.extend(graph.output)
     skeleton.value_info.extend(graph.value_info)
@@ -46,6 +52,15 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     light = helper.make_model(skeleton, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     light.functions.extend(model.functions)
     return light
+
+
+def _external_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a Constant node that holds it in an external data file, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    value = node.attribute[0]
+    stored = value.name == "value" and value.t.data_location == onnx.TensorProto.EXTERNAL
+    return value.t if stored else None
 
 
 def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
