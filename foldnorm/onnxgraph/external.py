@@ -252,8 +252,6 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
             else:
                 out.write(tensor.raw_data)
             moved.append((tensor, offset, out.tell() - offset, source))
-        out.flush()
-        os.fsync(out.fileno())
     try:
         for tensor, offset, length, _ in moved:
             _set_location(tensor, data_name, offset, length)

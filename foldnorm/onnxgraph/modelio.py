@@ -263,6 +263,15 @@ class StagedModel:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+def _fsync(path: Path) -> None:
+    """Flush the file at `path` to its storage device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _interim_name(out: Path) -> str:
     while True:
         name = f"{out.name}.{secrets.token_hex(4)}.data"
@@ -298,6 +307,8 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
                 rename_data_file(staged.path, staged.interim, staged.data_name, tmpdir / "final.onnx")
         else:
             write_inline(model, staged.path)
+        for written in tmpdir.iterdir():  # on disk before any rename makes them the output
+            _fsync(written)
     except OSError as exc:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
