@@ -94,7 +94,7 @@ def fold_file(
         model = load_model(input_path, keep_weights_on_disk=True)
         data = data_files(model)
         _check_distinct(input_path, output_path, other_outputs, data, in_place)
-        labels = _first_outputs(model)
+        labels = _first_outputs(model) if verify else {}
         size = stored_bytes(input_path, model)
         folded = fold_model(model, options=options, in_place=True, store=store)
         del model

@@ -21,13 +21,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from foldnorm.onnxgraph.external import tensor_array
+from foldnorm.onnxgraph.external import is_on_disk, tensor_array
 from foldnorm.onnxgraph.graph import GraphIndex, attr, attribute_refs, legacy_broadcast
 from foldnorm.onnxgraph.quantize import dequantize, quantize
 from foldnorm.onnxgraph.tensors import element_count, graph_tensors
 
 _MAX_DEPTH = 64
 ELEMENT_FLOOR = 64 << 20  # elements one computed value may always have
+_READ_AGAIN = 1024  # initializers held in the message up to this many elements are not cached
 
 
 @dataclass
@@ -153,8 +154,15 @@ class ConstantResolver:
         if name in self._cache:
             return self._cache[name]
         result = self._evaluate(name, depth)
-        self._cache[name] = result
+        if not self._read_again(name):
+            self._cache[name] = result
         return result
+
+    def _read_again(self, name: str) -> bool:
+        """Whether `name` is a small initializer held in the message: read again when asked again rather than
+        kept (on a graph of many small tensors the copies would outweigh the graph)."""
+        tensor = self.index.initializers.get(name)
+        return tensor is not None and not is_on_disk(tensor) and element_count(tensor) <= _READ_AGAIN
 
     def forget(self, name: str) -> None:
         """Drop a cached value after the graph changed it."""

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from foldnorm.onnxgraph.external import is_on_disk, tensor_array
+from foldnorm.onnxgraph.memory import release_freed_memory
 from foldnorm.onnxgraph.store import TensorStore, is_matrix, stand_in
 
 
@@ -387,7 +388,10 @@ class GraphIndex:
             del graph.node[:]
             graph.node.extend(copies)
             live = {o for n in copies for o in n.output}
+            del ordered, copies  # (the graph holds its own copies now)
             for i in reversed(range(len(graph.value_info))):
                 if graph.value_info[i].name not in live:
                     del graph.value_info[i]
+            del live
+            release_freed_memory()  # the old index and the copies: the new index would stack on them
         self._build()

@@ -35,8 +35,9 @@ from foldnorm.onnxgraph.external import (
     write_with_external_data,
 )
 from foldnorm.onnxgraph.inline import read_skeleton
+from foldnorm.onnxgraph.memory import release_freed_memory
 from foldnorm.onnxgraph.outputs import check_output_path
-from foldnorm.onnxgraph.shapes import weightless_copy
+from foldnorm.onnxgraph.shapes import weightless_bytes
 from foldnorm.onnxgraph.tensors import all_tensors, check_tensors
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def default_opset(imports: Iterable[onnx.OperatorSetIdProto]) -> int:
 def _check_model(model: onnx.ModelProto, path: Path) -> None:
     """Run onnx.checker and strict shape inference on the model's weightless skeleton (both would otherwise
     serialize every weight: the cost of a second load)."""
-    light = weightless_copy(model)
+    light = weightless_bytes(model)
     try:
         onnx.checker.check_model(light)
         onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
@@ -176,6 +177,8 @@ def _check_model(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: the model is invalid ({_brief(exc)}); fix or re-export it (onnx.checker and shape "
             "inference must pass)."
         ) from exc
+    finally:
+        release_freed_memory()  # what the C++ checks freed: the graph index built next would stack on it
 
 
 def model_label(source: ModelLike) -> str:

@@ -25,33 +25,48 @@ log = logging.getLogger(__name__)
 _SMALL = 256  # tensors up to this many elements keep their values (Reshape targets, axes ...)
 
 
-def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with each initializer over 256 elements (or stored externally) turned into a typed graph input, and
-    each main-graph Constant node whose tensor is stored externally too."""
+_PIECE = 4096  # nodes, tensors or value infos serialized at a time by `weightless_bytes`
+
+
+def weightless_bytes(model: onnx.ModelProto) -> bytes:
+    """`model` serialized with each initializer over 256 elements (or stored externally), and each main-graph
+    Constant node whose tensor is stored externally, turned into a typed graph input: its skeleton, for
+    onnx.checker and shape inference.
+
+    Nothing is copied whole: the long repeated fields (nodes, the initializers kept, value infos) are serialized
+    a slice at a time, each slice as a model of its own; protobuf reads the concatenation as one message.
+    """
     graph = model.graph
-    skeleton = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
+    head = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
+    head.input.extend(graph.input)
+    nodes = []
     for node in graph.node:
         stored = _external_constant(node)
         if stored is None:
-            skeleton.node.append(node)
+            nodes.append(node)
         else:
-            skeleton.input.append(helper.make_tensor_value_info(node.output[0], stored.data_type, list(stored.dims)))
-    skeleton.input.extend(graph.input)
-    skeleton.output.extend(graph.output)
-    skeleton.value_info.extend(graph.value_info)
-    skeleton.sparse_initializer.extend(graph.sparse_initializer)
+            head.input.append(helper.make_tensor_value_info(node.output[0], stored.data_type, list(stored.dims)))
+    head.output.extend(graph.output)
+    head.sparse_initializer.extend(graph.sparse_initializer)
     inputs = {i.name for i in graph.input}
+    kept = []
     for tensor in graph.initializer:
         count = 1
         for d in tensor.dims:
             count *= d
         if count <= _SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            skeleton.initializer.append(tensor)
+            kept.append(tensor)
         elif tensor.name not in inputs:
-            skeleton.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    light = helper.make_model(skeleton, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+            head.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    light = helper.make_model(head, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     light.functions.extend(model.functions)
-    return light
+    pieces = [light.SerializeToString()]
+    for field, items in (("node", nodes), ("initializer", kept), ("value_info", graph.value_info)):
+        for start in range(0, len(items), _PIECE):
+            piece = onnx.ModelProto()
+            getattr(piece.graph, field).extend(items[start:start + _PIECE])
+            pieces.append(piece.SerializeToString())
+    return b"".join(pieces)
 
 
 def _external_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -67,7 +82,7 @@ def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
     """The tensor type (element type, and shape as far as known) of every value of the main graph that shape
     inference can determine (empty on failure)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(weightless_copy(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(weightless_bytes(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         log.debug("shape inference failed: %s", exc)
         return {}
