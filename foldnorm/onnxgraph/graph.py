@@ -260,14 +260,14 @@ class GraphIndex:
         """A value name not used in this graph, its enclosing graphs or its subgraphs (no shadowing),
         derived deterministically from `base`."""
         if self._names is None:
-            names = set(self.initializers) | set(self.producer) | self.graph_inputs | self.graph_outputs
-            names |= set(self.consumers)
+            names = set(self.initializers)  # (filled in place: no intermediate sets of every name)
+            names.update(self.producer, self.consumers, self.graph_inputs, self.graph_outputs)
             for node in self.nodes:
                 for sub in subgraphs(node):
-                    names |= _defined_names(sub)
+                    names.update(_defined_names(sub))
             scope = self.outer
             while scope is not None:
-                names |= _defined_names(scope.graph)
+                names.update(_defined_names(scope.graph))
                 scope = scope.outer
             self._names = names
         candidate, k = base, 1
@@ -387,11 +387,12 @@ class GraphIndex:
                 dst.CopyFrom(src)
             del graph.node[:]
             graph.node.extend(copies)
-            live = {o for n in copies for o in n.output}
             del ordered, copies  # (the graph holds its own copies now)
-            for i in reversed(range(len(graph.value_info))):
-                if graph.value_info[i].name not in live:
-                    del graph.value_info[i]
-            del live
+            if graph.value_info:
+                live = {o for n in graph.node for o in n.output}
+                for i in reversed(range(len(graph.value_info))):
+                    if graph.value_info[i].name not in live:
+                        del graph.value_info[i]
+                del live
             release_freed_memory()  # the old index and the copies: the new index would stack on them
         self._build()
