@@ -70,8 +70,20 @@ def load_model(source: ModelLike, *, check: bool = True, keep_weights_on_disk: b
     check_tensors(model, str(path))
     locate_weights(model, path)
     mark_inline(inline)
+    del inline
     if check:
-        _check_model(model, path)
+        light = weightless_bytes(model)
+        # The C++ checks hold up to ~35x the skeleton in C++ messages on a graph of many small tensors: a model
+        # whose message holds no big weights (its bytes at most twice the skeleton's) waits for them as its bytes
+        # (a tenth of its Python messages) and is parsed back after.
+        whole = model.SerializeToString() if model.ByteSize() <= 2 * len(light) else None
+        if whole is not None:
+            del model
+        _check_skeleton(light, path)
+        del light
+        if whole is not None:
+            model = onnx.ModelProto.FromString(whole)
+            del whole
     check_consistency(model, str(path))
     if not keep_weights_on_disk:
         read_weights(model, path)
@@ -164,10 +176,9 @@ def default_opset(imports: Iterable[onnx.OperatorSetIdProto]) -> int:
     return versions[0] if versions else onnx.defs.onnx_opset_version()
 
 
-def _check_model(model: onnx.ModelProto, path: Path) -> None:
-    """Run onnx.checker and strict shape inference on the model's weightless skeleton (both would otherwise
-    serialize every weight: the cost of a second load)."""
-    light = weightless_bytes(model)
+def _check_skeleton(light: bytes, path: Path) -> None:
+    """Run onnx.checker and strict shape inference on the model's weightless skeleton (`shapes.weightless_bytes`:
+    on the model itself both would serialize every weight, the cost of a second load)."""
     try:
         onnx.checker.check_model(light)
         onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)

@@ -105,13 +105,13 @@ def test_data_file_truncated_while_it_is_read(tmp_path: Path, rng: np.random.Gen
     """The data file passes the size check, then shrinks before the fold reads the weights."""
     path = save_external(conv_bn(rng, cin=3), tmp_path / "model.onnx")
     data = tmp_path / "model.onnx.data"
-    real_check = modelio._check_model
+    real_check = modelio._check_skeleton
 
-    def check_then_truncate(model: onnx.ModelProto, where: Path) -> None:
-        real_check(model, where)
+    def check_then_truncate(light: bytes, where: Path) -> None:
+        real_check(light, where)
         data.write_bytes(data.read_bytes()[:100])
 
-    monkeypatch.setattr(modelio, "_check_model", check_then_truncate)
+    monkeypatch.setattr(modelio, "_check_skeleton", check_then_truncate)
     out = tmp_path / "out.onnx"
     result = run(["fold", str(path), "-o", str(out), "--no-verify"])
     assert_user_error(result, data, "ends")
