@@ -10,11 +10,11 @@ Builds, without ever holding a whole model in memory:
 then runs each case in a fresh interpreter and reads its peak resident set size (VmHWM from
 /proc/self/status, which starts afresh at exec; ru_maxrss would carry the parent's peak over the fork).
 `fold-*` folds without verification, `verify-*` with it (one batch size); `load-small` only parses the small
-model with `onnx.load`: the floor of any tool that holds the model as protobuf messages. Prints a table with the
-targets of issue 11 (fold: peak <= 1.5x the model size inline, <= 1.3x with external data, <= 10x the file for
-small tensors; inspect: independent of the weights), the peak of a child that only imports foldnorm (the base),
-and saves it to benchmarks/results/fold_memory.txt (Linux only). Needs about 3x the models' size free in
-`--workdir` (default: a temp dir under /tmp); deletes the files after.
+model with `onnx.load`: the floor of any tool that holds the model as protobuf messages. Prints a table with
+the targets of issue 11 (fold: peak <= 1.5x the model size inline, <= 1.3x with external data, <= 10x the
+file for small tensors; inspect: independent of the weights) and the peak of a child that only imports
+foldnorm, onnx and numpy (the base), and saves it to benchmarks/results/fold_memory.txt (Linux only). Needs
+about 3x the models' size free in `--workdir` (default: a temp dir under /tmp); deletes the files after.
 
     python benchmarks/fold_memory.py                      # 2.2 GB external, 1.6 GB inline, 200k pairs (43 MB)
     python benchmarks/fold_memory.py --cases load-small,fold-small --pairs 50000
@@ -106,8 +106,9 @@ def run_child(*argv: str) -> dict[str, object]:
 
 
 def baseline_rss() -> int:
-    """Peak RSS of a child that only imports foldnorm (interpreter + onnx + numpy)."""
-    code = f"import foldnorm; print({PEAK})"
+    """Peak RSS of a child that only imports foldnorm and the modules every fold loads (onnx, numpy: `import
+    foldnorm` alone loads them lazily)."""
+    code = f"import foldnorm, numpy, onnx; print({PEAK})"
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -168,7 +169,7 @@ def main() -> None:
     lines = [f"# {time.strftime('%Y-%m-%d')}: python benchmarks/fold_memory.py {' '.join(sys.argv[1:])}".rstrip(),
              f"external: {args.layers} Conv [{args.channels},{args.channels},3,3] fp32 + BN, weights in a data file; "
              f"inline: {args.inline_layers} such layers in one file; small: {args.pairs:,} Conv [1,1,1,1] + BN pairs",
-             f"base (python + import foldnorm): {base / 2**20:.0f} MiB; {platform.machine()}, python "
+             f"base (python + import foldnorm, onnx, numpy): {base / 2**20:.0f} MiB; {platform.machine()}, python "
              f"{platform.python_version()}, onnx {onnx.__version__}, {os.cpu_count()} CPUs",
              "",
              "  ".join(h.ljust(w) for h, w in zip(header, widths)),

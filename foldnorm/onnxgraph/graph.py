@@ -382,17 +382,14 @@ class GraphIndex:
                     del graph.initializer[i]
         if self._removed_nodes or self._inserted:
             ordered = [n for node in self.nodes for n in self._placed(node) if id(n) not in self._removed_nodes]
-            copies = [onnx.NodeProto() for _ in ordered]
-            for dst, src in zip(copies, ordered):
-                dst.CopyFrom(src)
-            del graph.node[:]
-            graph.node.extend(copies)
-            del ordered, copies  # (the graph holds its own copies now)
+            del graph.node[:]  # (the messages of `ordered` stay valid, detached from the graph)
+            graph.node.extend(ordered)
+            del ordered  # (the graph holds its own copies now)
             if graph.value_info:
                 live = {o for n in graph.node for o in n.output}
                 for i in reversed(range(len(graph.value_info))):
                     if graph.value_info[i].name not in live:
                         del graph.value_info[i]
                 del live
-            release_freed_memory()  # the old index and the copies: the new index would stack on them
+            release_freed_memory()  # what the edits freed: the new index would stack on it
         self._build()
