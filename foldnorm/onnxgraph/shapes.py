@@ -69,6 +69,11 @@ def weightless_bytes(model: onnx.ModelProto) -> bytes:
     return b"".join(pieces)
 
 
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`'s skeleton (`weightless_bytes`) as a message of its own, to edit."""
+    return onnx.ModelProto.FromString(weightless_bytes(model))
+
+
 def _external_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
     """The tensor of a Constant node that holds it in an external data file, else None."""
     if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
