@@ -1,7 +1,8 @@
 """Fold speed as whole processes: foldnorm vs a plain python load + save, onnxscript's rules and ONNX Runtime.
 
 Builds two unfolded models, then times each tool as a fresh process on each model, interleaved round by round
-(the order rotates every round), `--repeats` rounds:
+(the order rotates every round; `sync` before each run, so that none pays for the writes of the one before),
+`--repeats` rounds:
 
   resnet50   a ResNet-50 (25.6M parameters, 53 Conv+BatchNormalization, random weights and BN statistics),
              one inline .onnx file of 102 MB
@@ -261,6 +262,7 @@ def time_tools(src: Path, external: bool, repeats: int, tools: list[str]) -> dic
         order = tools[r % len(tools):] + tools[:r % len(tools)]
         for name in order:
             dst = src.parent / f"out-{name}.onnx"
+            os.sync()  # no tool pays for the previous one's writes still on their way to the disk
             wall, cpu, rss = run_process(TOOLS[name](src, dst, external))
             runs[name].wall.append(wall)
             runs[name].cpu.append(cpu)
@@ -378,8 +380,10 @@ def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[st
     if "foldnorm" in runs and "foldnorm+verify" in runs:
         fold = statistics.median(runs["foldnorm"].wall)
         extra = statistics.median(w - f for w, f in zip(runs["foldnorm+verify"].wall, runs["foldnorm"].wall))
-        lines.append(f"verification: +{extra:.3f} s over the fold (median of the rounds' differences), "
-                     f"{extra / fold:.2f}x foldnorm --no-verify")
+        lines.append(f"verification: {extra:+.3f} s over the fold (median of the rounds' differences), "
+                     f"{extra / fold:.2f}x foldnorm --no-verify" if extra > 0 else
+                     f"verification: {extra:+.3f} s over the fold (median of the rounds' differences): the noise "
+                     "between runs is larger than its cost")
     return lines
 
 
