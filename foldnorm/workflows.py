@@ -17,7 +17,7 @@ from foldnorm.fold.report import FoldReport
 from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.graph import node_label
 from foldnorm.onnxgraph.inputs import Shape
-from foldnorm.onnxgraph.modelio import check_output_path, load_model, stage_model
+from foldnorm.onnxgraph.modelio import StagedModel, check_output_path, load_model, stage_model
 from foldnorm.onnxgraph.outputs import check_distinct
 from foldnorm.onnxgraph.stats import stored_bytes
 from foldnorm.onnxgraph.store import TensorStore
@@ -90,28 +90,30 @@ def fold_file(
         check_output_path(output_path, input_path, in_place=in_place)
     # Weights stay on disk (inline ones in the input file itself): the engine reads the ones it folds, keeps
     # the new ones in a store, and the writer copies every one of them into the output, file to file.
-    with TensorStore() as store:
-        model = load_model(input_path, keep_weights_on_disk=True)
-        data = data_files(model)
-        _check_distinct(input_path, output_path, other_outputs, data, in_place)
-        labels = _first_outputs(model) if verify else {}
-        size = stored_bytes(input_path, model)
-        folded = fold_model(model, options=options, in_place=True, store=store)
-        del model
-        report = folded.report
-        if report.before is not None:
-            report.before.file_bytes = size
-        result = FoldFileResult(str(input_path), None, report, None)
-        tensors = _record_tensors(report, labels, folded.model) if verify else {}
-        if output_path is None:
-            if verify:
-                _verify(result, input_path, folded.model, checks, tensors)
-            return result
-        # An input with external data gives an output with external data, even when every tensor that was
-        # in its data files was rewritten (the output then holds none of them).
-        staged = stage_model(folded.model, output_path, external_data=True if data else None, in_place=in_place,
-                             inputs=(input_path,), keep_in_memory=False)
+    # `staged` is discarded in the same try that stages it: an interrupt at any point leaves no staged file.
+    staged: StagedModel | None = None
     try:
+        with TensorStore() as store:
+            model = load_model(input_path, keep_weights_on_disk=True)
+            data = data_files(model)
+            _check_distinct(input_path, output_path, other_outputs, data, in_place)
+            labels = _first_outputs(model) if verify else {}
+            size = stored_bytes(input_path, model)
+            folded = fold_model(model, options=options, in_place=True, store=store)
+            del model
+            report = folded.report
+            if report.before is not None:
+                report.before.file_bytes = size
+            result = FoldFileResult(str(input_path), None, report, None)
+            tensors = _record_tensors(report, labels, folded.model) if verify else {}
+            if output_path is None:
+                if verify:
+                    _verify(result, input_path, folded.model, checks, tensors)
+                return result
+            # An input with external data gives an output with external data, even when every tensor that was
+            # in its data files was rewritten (the output then holds none of them).
+            staged = stage_model(folded.model, output_path, external_data=True if data else None,
+                                 in_place=in_place, inputs=(input_path,), keep_in_memory=False)
         del folded  # the staged file holds it now; ONNX Runtime reads it from there
         if report.after is not None:
             report.after.file_bytes = sum(f.stat().st_size for f in staged.tmpdir.iterdir() if f.is_file())
@@ -119,7 +121,8 @@ def fold_file(
             _verify(result, input_path, staged.path, checks, tensors, label=str(output_path))
         result.output = str(staged.commit())
     finally:
-        staged.discard()
+        if staged is not None:
+            staged.discard()
     return result
 
 

@@ -341,7 +341,11 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     itself is left as it was. An interrupt (Ctrl-C) or a write error leaves the previous file, if any,
     untouched and no temporary file behind.
     """
-    return stage_model(model, output, external_data=external_data).commit()
+    staged = stage_model(model, output, external_data=external_data)
+    try:  # (an interrupt before commit() starts must not leave the staged files either)
+        return staged.commit()
+    finally:
+        staged.discard()
 
 
 def _brief(exc: BaseException) -> str:
