@@ -73,3 +73,29 @@ def signals_as_interrupts() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Within the block (a cleanup), SIGINT, SIGTERM and SIGHUP wait: the first that arrives is handled as it
+    would have been once the block is done, so that an interrupt never stops a cleanup half-way.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[signal.Signals] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signal.Signals(signum)))
+                for s in (signal.SIGINT, *HANDLED)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(caught[0])

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from foldnorm.errors import OutputPathError, first_line
+from foldnorm.interrupts import deferred_signals
 
 TEMP_PREFIX = ".foldnorm-tmp-"
 _STALE = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
@@ -78,6 +79,12 @@ def temporary_directory() -> Iterator[Path]:
         path.mkdir(mode=0o700)
         yield path
     finally:
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove the folder `path` and everything in it, if it exists; a signal waits until it is done."""
+    with deferred_signals():
         shutil.rmtree(path, ignore_errors=True)
 
 

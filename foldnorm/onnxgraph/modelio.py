@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from foldnorm.errors import FoldnormError, InvalidModelError, ModelLoadError, OutputPathError, first_line
-from foldnorm.onnxgraph.atomicfile import refuse_non_regular, sweep_stale, temp_name
+from foldnorm.onnxgraph.atomicfile import refuse_non_regular, remove_tree, sweep_stale, temp_name
 from foldnorm.onnxgraph.consistency import check_consistency
 from foldnorm.onnxgraph.external import (
     SIZE_THRESHOLD,
@@ -274,7 +274,7 @@ class StagedModel:
 
     def discard(self) -> None:
         """Remove whatever is still staged."""
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        remove_tree(self.tmpdir)
 
 
 def _fsync(path: Path) -> None:
@@ -324,11 +324,11 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_d
         for written in tmpdir.iterdir():  # on disk before any rename makes them the output
             _fsync(written)
     except OSError as exc:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        remove_tree(tmpdir)
         raise OutputPathError(f"{out}: cannot write ({first_line(exc)}); choose a writable path with free "
                               "space.") from exc
     except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        remove_tree(tmpdir)
         raise
     return staged
 

@@ -21,7 +21,8 @@ from support.cli import run
 from support.hostile import save_external
 
 import foldnorm
-from foldnorm.onnxgraph import modelio
+from foldnorm import interrupts
+from foldnorm.onnxgraph import atomicfile, modelio
 from foldnorm.onnxgraph.atomicfile import TEMP_PREFIX
 
 FOLDNORM = str(Path(sys.executable).parent / "foldnorm")
@@ -233,3 +234,27 @@ def test_an_interrupt_a_library_wrapped_is_still_an_interrupt(tmp_path: Path, rn
     assert result.exit_code == 143, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
     assert temp_entries(tmp_path) == [] and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_cleanup_waits_until_it_is_done(signum: int, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last window of the fold's cleanup: a signal that arrives while a staged folder is being removed is
+    raised once the folder is gone, not half-way through."""
+    staged = tmp_path / f"{TEMP_PREFIX}1-0000000000000000"
+    for k in range(50):
+        (staged / f"d{k}").mkdir(parents=True)
+        (staged / f"d{k}" / "f").write_bytes(b"x")
+    unlink = os.unlink
+    sent: list[str] = []
+
+    def unlink_and_signal(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlink(path, *args, **kwargs)
+        if not sent:  # the first file removed: the signal comes in the middle of the tree
+            sent.append(str(path))
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(os, "unlink", unlink_and_signal)
+    with interrupts.signals_as_interrupts(), pytest.raises(KeyboardInterrupt):
+        atomicfile.remove_tree(staged)
+    assert sent and not staged.exists()
