@@ -98,7 +98,7 @@ def fold_file(
             data = data_files(model)
             _check_distinct(input_path, output_path, other_outputs, data, in_place)
             labels = _first_outputs(model) if verify else {}
-            size = stored_bytes(input_path, model)
+            size = stored_bytes(input_path, data)
             folded = fold_model(model, options=options, in_place=True, store=store)
             del model
             report = folded.report

@@ -56,6 +56,7 @@ from foldnorm.fold.rules import (
 from foldnorm.onnxgraph import initializer_inputs
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.edits import shape_readers, value_reader
+from foldnorm.onnxgraph.external import data_files
 from foldnorm.onnxgraph.graph import (
     GraphIndex,
     attribute_refs,
@@ -123,7 +124,7 @@ def fold_model(
         size = None
     else:
         model = load_model(source, keep_weights_on_disk=True)
-        size = stored_bytes(source, model)
+        size = stored_bytes(source, data_files(model))
         read_weights(model, source)
     opts = options or FoldOptions()
     report = FoldReport(before=model_stats(model, size))
@@ -171,7 +172,7 @@ def inspect_model(source: ModelLike, *, options: FoldOptions | None = None) -> F
         return fold_model(source, options=options).report
     with TensorStore(values=False) as store:
         model = load_model(source, keep_weights_on_disk=True)
-        size = stored_bytes(source, model)
+        size = stored_bytes(source, data_files(model))
         report = fold_model(model, options=options, in_place=True, store=store).report
     if report.before is not None:
         report.before.file_bytes = size

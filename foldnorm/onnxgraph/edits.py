@@ -22,7 +22,8 @@ def shape_readers(index: GraphIndex, name: str) -> list[onnx.NodeProto]:
 def value_reader(index: GraphIndex, name: str) -> onnx.NodeProto | None:
     """The single node reading the values of `name` (besides its `shape_readers`), or None when there are
     several or it is a graph output."""
-    readers = [n for n in index.consumers.get(name, ()) if n not in shape_readers(index, name)]
+    metadata = shape_readers(index, name)
+    readers = [n for n in index.consumers.get(name, ()) if n not in metadata]
     return readers[0] if len(readers) == 1 and name not in index.graph_outputs else None
 
 

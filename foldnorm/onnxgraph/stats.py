@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from foldnorm.onnxgraph.external import all_tensors, data_files, in_memory_bytes
+from foldnorm.onnxgraph.external import all_tensors, in_memory_bytes
 from foldnorm.onnxgraph.graph import subgraphs
 
 
@@ -61,7 +62,7 @@ def model_stats(model: onnx.ModelProto, file_bytes: int | None = None) -> ModelS
     return ModelStats(dict(sorted(counts.items())), parameters, in_memory_bytes(model), file_bytes)
 
 
-def stored_bytes(path: str | os.PathLike, model: onnx.ModelProto) -> int:
-    """The size of the model file at `path` and of the external data files `model` reads from: `model` is the
-    one `load_model(path, keep_weights_on_disk=True)` returned (its locations checked, resolved, not re-read)."""
-    return Path(path).stat().st_size + sum(data.stat().st_size for data in data_files(model))
+def stored_bytes(path: str | os.PathLike, data: Iterable[Path]) -> int:
+    """The size of the model file at `path` and of its external data files `data` (`external.data_files` of the
+    model `load_model(path, keep_weights_on_disk=True)` returned: locations checked, resolved, not re-read)."""
+    return Path(path).stat().st_size + sum(file.stat().st_size for file in data)
