@@ -19,6 +19,7 @@ from onnx import helper
 
 from foldnorm.onnxgraph.constants import ConstantResolver
 from foldnorm.onnxgraph.graph import GraphIndex, is_onnx_op
+from foldnorm.onnxgraph.tensors import element_count
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,7 @@ def weightless_bytes(model: onnx.ModelProto) -> bytes:
     inputs = {i.name for i in graph.input}
     kept = []
     for tensor in graph.initializer:
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        if count <= _SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if element_count(tensor) <= _SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
             kept.append(tensor)
         elif tensor.name not in inputs:
             head.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
