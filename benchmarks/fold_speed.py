@@ -380,10 +380,9 @@ def table(model: str, size: int, runs: dict[str, Runs], repeats: int) -> list[st
     if "foldnorm" in runs and "foldnorm+verify" in runs:
         fold = statistics.median(runs["foldnorm"].wall)
         extra = statistics.median(w - f for w, f in zip(runs["foldnorm+verify"].wall, runs["foldnorm"].wall))
-        lines.append(f"verification: {extra:+.3f} s over the fold (median of the rounds' differences), "
-                     f"{extra / fold:.2f}x foldnorm --no-verify" if extra > 0 else
-                     f"verification: {extra:+.3f} s over the fold (median of the rounds' differences): the noise "
-                     "between runs is larger than its cost")
+        head = f"verification: {extra:+.3f} s over the fold (median of the rounds' differences)"
+        lines.append(f"{head}, {extra / fold:.2f}x foldnorm --no-verify" if extra > 0 else
+                     f"{head}: the noise between runs is larger than its cost")
     return lines
 
 

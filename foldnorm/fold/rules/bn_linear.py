@@ -104,10 +104,11 @@ def _through_flatten(ctx: FoldContext, bn: onnx.NodeProto, flatten: onnx.NodePro
     if axis != 1:
         raise Refusal(f"{label} flattens from axis {attr(flatten, 'axis', 1)}, not from the BN's channel axis 1")
     channels = params.channels
-    if k % channels or (pooled and k != channels):
+    if k % channels:
         raise Refusal(f"the {k} inputs of the layer after {label} are no whole number of the BN's "
-                      f"{channels} channels" if k % channels else
-                      f"the layer after {label} has {k} inputs, not the BN's {channels} pooled channels")
+                      f"{channels} channels")
+    if pooled and k != channels:
+        raise Refusal(f"the layer after {label} has {k} inputs, not the BN's {channels} pooled channels")
     affine = params.on_axis(rank, 1, channels)
     spatial = k // channels
     return ChannelAffine(np.repeat(affine.scale, spatial), np.repeat(affine.shift, spatial))
